@@ -1,0 +1,42 @@
+# digest: `make run` starts the service on the embedded default; `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint typecheck pytest test-long bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(BIN)/.installed-test: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(BIN)/.installed
+
+## Install, create or upgrade the schema, ingest seeds/, and serve (web, scheduler, worker, capture SMTP).
+run: $(BIN)/.installed
+	$(BIN)/digest init
+	$(BIN)/digest run
+
+## Lint, type-check and run the whole test suite (PostgreSQL tests skip with a reason when none answers).
+test: $(BIN)/.installed-test lint typecheck pytest
+
+lint: $(BIN)/.installed-test
+	$(BIN)/ruff check src tests bench
+
+typecheck: $(BIN)/.installed-test
+	$(BIN)/mypy src
+
+pytest: $(BIN)/.installed-test
+	$(BIN)/python -m pytest -q -rs
+
+## The long crash and multi-worker runs (minutes).
+test-long: $(BIN)/.installed-test
+	DIGEST_LONG=1 $(BIN)/python -m pytest -q -rs -m slow
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,663 @@
+"""The `digest` command line: what an operator types.
+
+User mistakes print one line and exit 2; operational failures print one line and exit 1;
+`DIGEST_DEBUG=1` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from digest import db, pipeline, readers_io
+from digest.config import Config, load_config
+from digest.errors import DigestError, UsageError
+from digest.rendering import TOKEN_PLACEHOLDER
+from digest.schedule import WEEKDAYS
+
+T = TypeVar("T")
+out = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(
+    help="digest: email digests of what is new, per reader, sent correctly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+subscribers_app = typer.Typer(help="Add, list, show, import and export readers.", no_args_is_help=True)
+app.add_typer(subscribers_app, name="subscribers")
+
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def _main(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML config file (default: $DIGEST_CONFIG or ./digest.toml)."),
+    ] = None,
+) -> None:
+    _state["config_path"] = config
+
+
+def _config() -> Config:
+    if "config" not in _state:
+        try:
+            _state["config"] = load_config(_state.get("config_path"))
+        except DigestError as exc:
+            _fail(exc)
+    cfg: Config = _state["config"]
+    return cfg
+
+
+def _fail(exc: BaseException) -> None:
+    code = exc.exit_code if isinstance(exc, DigestError) else 1
+    if os.environ.get("DIGEST_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    message = str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        return asyncio.run(coro_fn())
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        _fail(exc)
+        raise  # unreachable: _fail always raises
+
+
+def _with_app(fn: Callable[[pipeline.App], Awaitable[T]], *, check: bool = True) -> T:
+    async def go() -> T:
+        application = await pipeline.open_app(_config(), check=check)
+        try:
+            return await fn(application)
+        finally:
+            await application.db.close()
+
+    return _run(go)
+
+
+def _parse_now(value: str | None) -> datetime:
+    if not value:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        _fail(UsageError(f"--now {value!r} is not an ISO 8601 time such as 2026-03-29T07:01:00+02:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _shifted_clock(start: datetime) -> pipeline.Clock:
+    """A clock that starts at `start` and runs at real speed (for `tick --now`)."""
+    offset = start - datetime.now(UTC)
+    return lambda: datetime.now(UTC) + offset
+
+
+def _ensure_capture(cfg: Config) -> Any:
+    """When mail goes to the capture server and none is running, run one for this command."""
+    if cfg.relays or not cfg.capture.enabled:
+        return None
+    from digest import capture
+
+    if capture.is_listening(cfg.capture.host, cfg.capture.port):
+        return None
+    return capture.start_capture(
+        cfg.capture.host, cfg.capture.port, pipeline.resolve_path(cfg, cfg.capture.directory)
+    )
+
+
+def _check_mail_route(cfg: Config) -> None:
+    if not cfg.relays and not cfg.capture.enabled:
+        _fail(UsageError("no mail route: configure [smtp] host (or [[smtp.relays]]) or enable [capture]"))
+
+
+async def _deliver_with_progress(application: pipeline.App, clock: pipeline.Clock) -> pipeline.DeliverStats:
+    _check_mail_route(application.cfg)
+    controller = _ensure_capture(application.cfg)
+    try:
+        return await pipeline.deliver(application, clock, once=True)
+    finally:
+        if controller is not None:
+            controller.stop()
+
+
+def _say_stats(stats: pipeline.DeliverStats) -> None:
+    parts = [f"{n} {name}" for name, n in vars(stats).items() if n]
+    out.print("delivered: " + (", ".join(parts) if parts else "nothing was due"))
+
+
+# ---------------------------------------------------------------- schema
+
+
+@app.command()
+def init() -> None:
+    """Create or upgrade the schema, sync sources and lists, and ingest once.
+
+    Example: digest init
+    """
+    cfg = _config()
+    url = db.resolve_url(cfg.database.url, cfg.base_dir)
+    try:
+        before, after = db.migrate(url)
+    except Exception as exc:
+        _fail(exc)
+    out.print(f"schema: {before or 'empty'} -> {after}")
+
+    async def go(application: pipeline.App) -> None:
+        for r in await pipeline.ingest_sources(application, datetime.now(UTC)):
+            _say_ingest(r)
+
+    _with_app(go)
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the database schema to this version of digest.
+
+    Example: digest migrate
+    """
+    cfg = _config()
+    try:
+        before, after = db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    except Exception as exc:
+        _fail(exc)
+    out.print(
+        f"schema: {before or 'empty'} -> {after}" if before != after else f"schema: up to date ({after})"
+    )
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def _say_ingest(r: pipeline.IngestReport) -> None:
+    if r.error:
+        err.print(f"[yellow]source {r.source}: {r.error}[/yellow]", highlight=False)
+        return
+    note = " (not modified)" if r.not_modified else ""
+    out.print(f"source {r.source}: {r.new} new, {r.seen} already known{note}", highlight=False)
+    for w in r.warnings:
+        out.print(f"  warning: {w}", highlight=False)
+
+
+@app.command("ingest")
+def ingest_cmd(
+    source: Annotated[str | None, typer.Option("--source", help="Only this source.")] = None,
+) -> None:
+    """Fetch sources now; a broken source is reported and the rest still ingest.
+
+    Example: digest ingest --source seeds
+    """
+
+    async def go(application: pipeline.App) -> list[pipeline.IngestReport]:
+        return await pipeline.ingest_sources(application, datetime.now(UTC), source)
+
+    reports = _with_app(go)
+    for r in reports:
+        _say_ingest(r)
+    if reports and all(r.error for r in reports):
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- subscribers
+
+
+def _weekday_option(value: str | None) -> int | None:
+    if value is None:
+        return None
+    v = value.strip().lower()[:3]
+    if v not in WEEKDAYS:
+        _fail(UsageError(f"--weekday {value!r} is not one of {', '.join(WEEKDAYS)}"))
+    return WEEKDAYS.index(v)
+
+
+@subscribers_app.command("add")
+def subscribers_add(
+    email: str,
+    list_slug: Annotated[str, typer.Option("--list", help="List slug.")],
+    name: Annotated[str, typer.Option("--name")] = "",
+    confirmed: Annotated[
+        bool, typer.Option("--confirmed", help="Skip double opt-in (you hold consent).")
+    ] = False,
+    cadence: Annotated[str, typer.Option("--cadence", help="default | daily | weekly")] = "default",
+    weekday: Annotated[str | None, typer.Option("--weekday", help="mon..sun, for weekly")] = None,
+    hour: Annotated[int | None, typer.Option("--hour", help="Local send hour 0-23")] = None,
+    timezone: Annotated[str | None, typer.Option("--timezone", help="IANA zone, e.g. Europe/Berlin")] = None,
+) -> None:
+    """Subscribe a reader (pending until confirmed unless --confirmed).
+
+    Example: digest subscribers add ann@example.com --list demo --confirmed
+             --cadence daily --hour 7 --timezone Europe/Berlin
+    """
+    prefs = pipeline.ReaderPrefs(
+        name=name, cadence=cadence, weekday=_weekday_option(weekday), send_hour=hour, timezone=timezone
+    )
+
+    async def go(application: pipeline.App) -> pipeline.AddResult:
+        lst = await pipeline.get_list(application, list_slug)
+        async with application.db.write() as s:
+            return await pipeline.add_subscription(
+                s,
+                lst,
+                email,
+                prefs,
+                confirmed=confirmed,
+                now=datetime.now(UTC),
+                consent=pipeline.Consent(source="cli"),
+            )
+
+    result = _with_app(go)
+    state = "confirmed" if confirmed else "pending (awaiting confirmation)"
+    if result.created or result.changed:
+        out.print(f"{email} subscribed to {list_slug}: {state}", highlight=False)
+    else:
+        out.print(f"{email} was already subscribed to {list_slug}; nothing changed", highlight=False)
+
+
+@subscribers_app.command("list")
+def subscribers_list(
+    list_slug: Annotated[str | None, typer.Option("--list", help="Only this list.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List readers and their subscriptions.
+
+    Example: digest subscribers list --list demo
+    """
+
+    async def go(application: pipeline.App) -> list[dict[str, str]]:
+        lst = await pipeline.get_list(application, list_slug) if list_slug else None
+        return await readers_io.export_rows(application, lst.id if lst else None)
+
+    rows = _with_app(go)
+    if as_json:
+        for row in rows:
+            out.print_json(json.dumps(row))
+        return
+    table = Table("email", "name", "list", "status", "cadence", "since")
+    for row in rows:
+        table.add_row(
+            row["email"], row["name"], row["list"], row["status"], row["cadence"], row["signup_at"][:16]
+        )
+    out.print(table)
+    out.print(f"{len(rows)} subscription(s)")
+
+
+def _local(when: datetime | None, tz: str) -> str:
+    if when is None:
+        return "-"
+    return f"{when:%Y-%m-%d %H:%M} UTC ({when.astimezone(ZoneInfo(tz)):%Y-%m-%d %H:%M %Z})"
+
+
+@subscribers_app.command("show")
+def subscribers_show(email: str) -> None:
+    """A reader's subscriptions, consent record, events and last deliveries.
+
+    Example: digest subscribers show ann@example.com
+    """
+
+    async def go(application: pipeline.App) -> None:
+        _, key = pipeline.normalize_address(email)
+        async with application.db.read() as s:
+            reader = await db.subscriber_by_email(s, key)
+            if reader is None:
+                raise UsageError(f"no reader {email}")
+            subs = await db.subscriptions_of(s, reader.id)
+            events = await db.events_of(s, reader.id)
+            deliveries = await db.deliveries_to(s, reader.email)
+        out.print(
+            f"[bold]{reader.email}[/bold] {reader.name}  status: {reader.status}"
+            f"  bounce score: {reader.bounce_score}",
+            highlight=False,
+        )
+        for sub, lst in subs:
+            _, tz = pipeline.reader_schedule(sub, lst)
+            table = Table(title=f"list {lst.slug}", show_header=False)
+            table.add_row("status", sub.status)
+            table.add_row(
+                "cadence",
+                f"{sub.cadence}"
+                + (f" {WEEKDAYS[sub.weekday]}" if sub.weekday is not None else "")
+                + (f" at {sub.send_hour}:00" if sub.send_hour is not None else "")
+                + f" ({tz})",
+            )
+            table.add_row("next digest", _local(sub.next_due_at, tz))
+            table.add_row(
+                "signed up",
+                f"{_local(sub.signup_at, tz)} ip={sub.signup_ip or '-'} source={sub.signup_source or '-'}"
+                f" ua={sub.signup_user_agent or '-'} consent={sub.consent_text_version or '-'}",
+            )
+            table.add_row("confirmed", f"{_local(sub.confirmed_at, tz)} ip={sub.confirm_ip or '-'}")
+            if sub.unsubscribed_at:
+                table.add_row(
+                    "unsubscribed", f"{_local(sub.unsubscribed_at, tz)} by {sub.unsubscribe_method}"
+                )
+            table.add_row("watermark", str(sub.watermark))
+            out.print(table)
+        et = Table("time (UTC)", "event", "detail", title="events")
+        for e in events:
+            et.add_row(f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.kind, json.dumps(e.detail, default=str))
+        out.print(et)
+        dt = Table("id", "kind", "status", "attempts", "reply", "sent (UTC)", title="last deliveries")
+        for d in deliveries:
+            dt.add_row(
+                str(d.id),
+                d.kind,
+                d.status,
+                str(d.attempts),
+                (d.smtp_reply or "")[:60],
+                f"{d.sent_at:%Y-%m-%d %H:%M}" if d.sent_at else "-",
+            )
+        out.print(dt)
+
+    _with_app(go)
+
+
+@subscribers_app.command("import")
+def subscribers_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with an email column; optional name, timezone, cadence, weekday, "
+            "send_hour, signup_ip, signup_source, consent_text_version."
+        ),
+    ],
+    list_slug: Annotated[str, typer.Option("--list")],
+    confirmed: Annotated[
+        bool, typer.Option("--confirmed", help="You hold consent for these readers.")
+    ] = False,
+    apply: Annotated[bool, typer.Option("--apply", help="Write; without it this is a dry run.")] = False,
+) -> None:
+    """Import readers from CSV; a dry run unless --apply. Bad rows are reported by line.
+
+    Example: digest subscribers import readers.csv --list demo --confirmed --apply
+    """
+    if not file.is_file():
+        _fail(UsageError(f"{file}: no such file"))
+
+    async def go(application: pipeline.App) -> readers_io.ImportReport:
+        lst = await pipeline.get_list(application, list_slug)
+        with file.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+            return await readers_io.import_csv(
+                application, lst, handle, confirmed=confirmed, apply=apply, now=datetime.now(UTC)
+            )
+
+    report = _with_app(go)
+    for line, reason in report.bad:
+        err.print(f"line {line}: {reason}", highlight=False, soft_wrap=True)
+    verb = "imported" if apply else "would import (dry run; add --apply to write)"
+    out.print(
+        f"{verb}: {report.added} new, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{len(report.bad)} bad row(s)",
+        highlight=False,
+    )
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    list_slug: Annotated[str | None, typer.Option("--list")] = None,
+    output: Annotated[Path | None, typer.Option("--out", help="Write to a file instead of stdout.")] = None,
+) -> None:
+    """Export readers with status and consent as CSV.
+
+    Example: digest subscribers export --list demo > readers.csv
+    """
+
+    async def go(application: pipeline.App) -> list[dict[str, str]]:
+        lst = await pipeline.get_list(application, list_slug) if list_slug else None
+        return await readers_io.export_rows(application, lst.id if lst else None)
+
+    rows = _with_app(go)
+    handle = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        writer = csv.DictWriter(handle, fieldnames=readers_io.EXPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if output:
+            handle.close()
+
+
+# ---------------------------------------------------------------- compose and send
+
+
+@app.command("preview")
+def preview_cmd(
+    list_slug: Annotated[str, typer.Argument(metavar="LIST")],
+    as_email: Annotated[str | None, typer.Option("--as", help="Preview what this reader gets next.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the HTML part here.")] = None,
+) -> None:
+    """Show exactly what a reader would get next; sends and changes nothing.
+
+    Example: digest preview demo --as ann@example.com --out preview.html
+    """
+
+    async def go(application: pipeline.App) -> tuple[pipeline.Draft, Any]:
+        lst = await pipeline.get_list(application, list_slug)
+        return await pipeline.preview(application, lst, datetime.now(UTC), as_email)
+
+    d, rendered = _with_app(go)
+    if d.empty:
+        out.print(
+            f"nothing new for {as_email or 'a new reader'} on {list_slug}: no digest would be sent",
+            highlight=False,
+        )
+        return
+    text = rendered.text.replace(TOKEN_PLACEHOLDER, "preview")
+    if out_file:
+        out_file.write_text(
+            rendered.html.replace(TOKEN_PLACEHOLDER, "preview"), encoding="utf-8"
+        )
+        out.print(
+            f"subject: {rendered.subject}\n{len(d.picked)} article(s), {d.more} more;"
+            f" HTML written to {out_file}",
+            highlight=False,
+        )
+    else:
+        out.print(f"Subject: {rendered.subject}\n", highlight=False)
+        out.print(text, highlight=False, markup=False)
+
+
+@app.command("send-test")
+def send_test(
+    list_slug: Annotated[str, typer.Argument(metavar="LIST")],
+    to: Annotated[str, typer.Option("--to", help="Any address; gets what a new reader would get.")],
+) -> None:
+    """Send a list's digest to any address as a test; moves no watermark, links are inert.
+
+    Example: digest send-test demo --to you@example.com
+    """
+
+    async def go(application: pipeline.App) -> tuple[int, pipeline.DeliverStats]:
+        lst = await pipeline.get_list(application, list_slug)
+        delivery_id = await pipeline.queue_test(application, lst, to, datetime.now(UTC))
+        return delivery_id, await _deliver_with_progress(application, pipeline.utcnow)
+
+    delivery_id, stats = _with_app(go)
+    out.print(f"test delivery {delivery_id} to {to}", highlight=False)
+    _say_stats(stats)
+    if stats.sent == 0 and (stats.deferred or stats.failed or stats.unknown):
+        raise typer.Exit(1)
+
+
+@app.command("send")
+def send_cmd(list_slug: Annotated[str, typer.Argument(metavar="LIST")]) -> None:
+    """Compose for every confirmed reader with something new, and deliver now.
+
+    Example: digest send demo
+    """
+
+    async def go(application: pipeline.App) -> tuple[pipeline.ComposeReport, pipeline.DeliverStats]:
+        lst = await pipeline.get_list(application, list_slug)
+        report = await pipeline.compose(application, lst, datetime.now(UTC), manual=True)
+        return report, await _deliver_with_progress(application, pipeline.utcnow)
+
+    report, stats = _with_app(go)
+    out.print(f"composed {report.deliveries} digest(s) in {len(report.editions)} edition(s)", highlight=False)
+    _say_stats(stats)
+
+
+@app.command("tick")
+def tick_cmd(
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit (the only mode).")] = True,
+    now: Annotated[str | None, typer.Option("--now", help="Pretend it is this ISO time.")] = None,
+) -> None:
+    """Compose what is due at NOW, then deliver until nothing is pending.
+
+    Example: digest tick --once --now 2026-03-29T05:01:00Z
+    """
+    at = _parse_now(now)
+
+    async def go(application: pipeline.App) -> tuple[list[pipeline.ComposeReport], pipeline.DeliverStats]:
+        reports = await pipeline.compose_due(application, at)
+        return reports, await _deliver_with_progress(application, _shifted_clock(at))
+
+    reports, stats = _with_app(go)
+    for r in reports:
+        if r.deliveries or r.skipped:
+            out.print(
+                f"list {r.list_slug}: {r.deliveries} composed, {r.skipped} skipped (nothing new)",
+                highlight=False,
+            )
+    _say_stats(stats)
+
+
+@app.command("worker")
+def worker_cmd(
+    once: Annotated[bool, typer.Option("--once", help="Drain the queue, then exit.")] = False,
+) -> None:
+    """Deliver queued mail (reclaims expired leases); runs until stopped unless --once.
+
+    Example: digest worker --once
+    """
+
+    async def go(application: pipeline.App) -> pipeline.DeliverStats:
+        _check_mail_route(application.cfg)
+        controller = _ensure_capture(application.cfg) if once else None
+        try:
+            return await pipeline.deliver(application, pipeline.utcnow, once=once)
+        finally:
+            if controller is not None:
+                controller.stop()
+
+    _say_stats(_with_app(go))
+
+
+@app.command("status")
+def status_cmd(list_slug: Annotated[str | None, typer.Argument(metavar="[LIST]")] = None) -> None:
+    """Recent editions and their deliveries by status.
+
+    Example: digest status demo
+    """
+
+    async def go(application: pipeline.App) -> tuple[list[Any], dict[tuple[str, str], int]]:
+        lst = await pipeline.get_list(application, list_slug) if list_slug else None
+        async with application.db.read() as s:
+            return await db.edition_counts(s, lst.id if lst else None), await db.delivery_counts(s)
+
+    editions, totals = _with_app(go)
+    table = Table(
+        "edition",
+        "list",
+        "kind",
+        "created (UTC)",
+        "status",
+        "sent",
+        "pending",
+        "deferred",
+        "failed",
+        "other",
+        "subject",
+    )
+    for e, slug, counts in editions:
+        other = sum(
+            n for k, n in counts.items() if k not in ("sent", "pending", "sending", "deferred", "failed")
+        )
+        table.add_row(
+            str(e.id),
+            slug,
+            e.kind,
+            f"{e.created_at:%Y-%m-%d %H:%M}",
+            e.status,
+            str(counts.get("sent", 0)),
+            str(counts.get("pending", 0) + counts.get("sending", 0)),
+            str(counts.get("deferred", 0)),
+            str(counts.get("failed", 0)),
+            str(other),
+            e.subject[:50],
+        )
+    out.print(table)
+    summary = ", ".join(f"{kind}/{status}: {n}" for (kind, status), n in sorted(totals.items()))
+    out.print(f"all deliveries: {summary or 'none yet'}", highlight=False)
+
+
+# ---------------------------------------------------------------- long-running
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command("run")
+def run_cmd() -> None:
+    """Run everything in one process: web, scheduler, delivery worker (and the capture server).
+
+    Example: digest run
+    """
+    from digest import service
+
+    _setup_logging()
+    _with_app(lambda application: service.run_all(application, web=True, scheduler=True, worker=True))
+
+
+@app.command("web")
+def web_cmd() -> None:
+    """Serve the web pages and API (and deliver confirmation mail).
+
+    Example: digest web
+    """
+    from digest import service
+
+    _setup_logging()
+    _with_app(lambda application: service.run_all(application, web=True, scheduler=False, worker=False))
+
+
+@app.command("scheduler")
+def scheduler_cmd() -> None:
+    """Run the scheduler alone: ingest on each source's interval, compose every tick.
+
+    Example: digest scheduler
+    """
+    from digest import service
+
+    _setup_logging()
+    _with_app(lambda application: service.run_all(application, web=False, scheduler=True, worker=False))
+
+
+def main() -> None:
+    try:
+        app()
+    except DigestError as exc:  # raised while Typer parsed options (e.g. the config)
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,836 @@
+"""The database edge: engines, transactions, migrations, and every query as a named function.
+
+SQLite runs in WAL mode with a busy timeout, and every write transaction starts with
+`BEGIN IMMEDIATE`: the write lock is taken up front, so two processes never both read under a
+shared lock and then deadlock upgrading it ("database is locked"). Reads use a second engine
+whose transactions begin deferred, so readers never wait for writers. PostgreSQL uses one engine;
+its row locks and advisory locks give the same guarantees between machines.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, and_, create_engine, delete, event, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from digest.errors import SchemaError
+from digest.models import (
+    OUTSTANDING,
+    Article,
+    ArticleSource,
+    Delivery,
+    DeliveryStatus,
+    Edition,
+    Event,
+    ListSource,
+    MailingList,
+    Setting,
+    Source,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
+
+# Any constant works; it only has to be the same in every process that assigns seq values.
+SEQ_LOCK_KEY = 7_141_957
+
+
+def _async_url(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    return "postgresql+psycopg://" + url[len("postgresql://") :]
+
+
+def _sync_url(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return url
+    return _async_url(url)
+
+
+def resolve_url(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite path relative to the config file's folder."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rel = url[len("sqlite:///") :]
+        if rel != ":memory:":
+            return "sqlite:///" + str((base_dir / rel).resolve())
+    return url
+
+
+def _sqlite_engine(url: str, immediate: bool) -> AsyncEngine:
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit at the driver level, so the BEGIN below is the only one issued.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """Engines and transactions for one database URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        aurl = _async_url(url)
+        if self.is_sqlite:
+            self.writer = _sqlite_engine(aurl, immediate=True)
+            self.reader = _sqlite_engine(aurl, immediate=False)
+        else:
+            self.writer = self.reader = create_async_engine(aurl, pool_size=10, max_overflow=10)
+        self._write = async_sessionmaker(self.writer, expire_on_commit=False)
+        self._read = async_sessionmaker(self.reader, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """One write transaction: committed on success, rolled back on error."""
+        async with self._write() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self._read() as session, session.begin():
+            yield session
+
+    async def close(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def _alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", "digest:migrations")
+    cfg.set_main_option("sqlalchemy.url", _sync_url(url).replace("%", "%%"))
+    return cfg
+
+
+def _sync_engine_for(url: str) -> Any:
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return create_engine(_sync_url(url), connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+
+
+def migrate(url: str) -> tuple[str | None, str]:
+    """Upgrade the schema to the newest revision; returns (old, new) revisions."""
+    engine = _sync_engine_for(url)
+    try:
+        with engine.begin() as conn:
+            if url.startswith("sqlite"):
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            before = MigrationContext.configure(conn).get_current_revision()
+            cfg = _alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            after = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    return before, after or ""
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config("sqlite:///:memory:")).get_current_head()
+    assert head is not None
+    return head
+
+
+async def check_schema(db: Database) -> None:
+    """Refuse to run on a missing or outdated schema, saying which command fixes it."""
+    head = head_revision()
+
+    def current(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    async with db.reader.connect() as conn:
+        rev = await conn.run_sync(current)
+    if rev is None:
+        raise SchemaError("the database has no schema yet: run `digest init`")
+    if rev != head:
+        raise SchemaError(
+            f"the database schema is at revision {rev}, this code needs {head}: run `digest migrate`"
+        )
+
+
+# ---------------------------------------------------------------- clock and settings
+
+
+async def db_now(session: AsyncSession, wanted: datetime) -> datetime:
+    """`wanted` (the caller's clock) read off the database's clock, so that workers on several
+    machines agree about leases; a simulated clock (`tick --now`) keeps its offset. SQLite is local."""
+    if _is_postgres(session):
+        value = (await session.execute(text("SELECT clock_timestamp()"))).scalar_one()
+        assert isinstance(value, datetime)
+        return value + (wanted - datetime.now(UTC))
+    return wanted
+
+
+async def get_or_create_setting(session: AsyncSession, key: str, make: str | None = None) -> str:
+    """A value generated once and shared by every process (e.g. a signing key)."""
+    found = await session.get(Setting, key)
+    if found:
+        return found.value
+    value = make if make is not None else secrets.token_urlsafe(32)
+    await session.execute(_insert(session, Setting).values(key=key, value=value).on_conflict_do_nothing())
+    again = await session.get(Setting, key)
+    assert again is not None
+    return again.value
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    """INSERT with ON CONFLICT support for the session's dialect."""
+    return pg_insert(table) if _is_postgres(session) else sqlite_insert(table)
+
+
+# ---------------------------------------------------------------- sources and lists
+
+
+async def upsert_source(
+    session: AsyncSession, name: str, kind: str, location: str, interval: timedelta
+) -> Source:
+    """Config is the truth for sources: create or update by name, keeping fetch state."""
+    src = (await session.execute(select(Source).where(Source.name == name))).scalar_one_or_none()
+    if src is None:
+        src = Source(name=name, kind=kind, location=location, interval_seconds=int(interval.total_seconds()))
+        session.add(src)
+    else:
+        if src.location != location:
+            src.etag = src.last_modified = None  # conditional GET state belongs to the old URL
+        src.kind, src.location = kind, location
+        src.interval_seconds = int(interval.total_seconds())
+    await session.flush()
+    return src
+
+
+async def upsert_list(
+    session: AsyncSession, slug: str, values: dict[str, Any], source_ids: Sequence[int]
+) -> MailingList:
+    """Config is the truth for lists: create or update by slug and replace its sources."""
+    lst = (await session.execute(select(MailingList).where(MailingList.slug == slug))).scalar_one_or_none()
+    if lst is None:
+        lst = MailingList(slug=slug, **values)
+        session.add(lst)
+    else:
+        for key, value in values.items():
+            setattr(lst, key, value)
+    lst.active = True
+    await session.flush()
+    await session.execute(delete(ListSource).where(ListSource.list_id == lst.id))
+    for sid in source_ids:
+        session.add(ListSource(list_id=lst.id, source_id=sid))
+    await session.flush()
+    return lst
+
+
+async def deactivate_lists_except(session: AsyncSession, slugs: Sequence[str]) -> None:
+    """Lists removed from the config stop composing; their readers and history stay."""
+    await session.execute(update(MailingList).where(MailingList.slug.not_in(slugs)).values(active=False))
+
+
+async def source_by_name(session: AsyncSession, name: str) -> Source | None:
+    return (await session.execute(select(Source).where(Source.name == name))).scalar_one_or_none()
+
+
+async def all_sources(session: AsyncSession) -> Sequence[Source]:
+    return (await session.execute(select(Source).order_by(Source.name))).scalars().all()
+
+
+async def list_by_slug(session: AsyncSession, slug: str) -> MailingList | None:
+    return (await session.execute(select(MailingList).where(MailingList.slug == slug))).scalar_one_or_none()
+
+
+async def active_lists(session: AsyncSession) -> Sequence[MailingList]:
+    stmt = select(MailingList).where(MailingList.active.is_(True)).order_by(MailingList.slug)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def list_source_names(session: AsyncSession, list_id: int) -> list[str]:
+    stmt = (
+        select(Source.name)
+        .join(ListSource, ListSource.source_id == Source.id)
+        .where(ListSource.list_id == list_id)
+    )
+    return list((await session.execute(stmt)).scalars().all())
+
+
+# ---------------------------------------------------------------- ingest
+
+
+@dataclass(frozen=True)
+class NewArticle:
+    guid: str
+    url: str | None
+    title: str
+    author: str | None
+    published_at: datetime
+    summary: str
+    content: str
+    image_url: str | None
+    fingerprint: str
+
+
+async def lock_seq(session: AsyncSession) -> int:
+    """Serialize seq assignment so seq values become visible in commit order; returns the last seq.
+
+    SQLite already holds its write lock (BEGIN IMMEDIATE); PostgreSQL takes a transaction-scoped
+    advisory lock, released at commit, so a composer never sees seq 102 committed before 101.
+    """
+    if _is_postgres(session):
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SEQ_LOCK_KEY})
+    return int((await session.execute(select(func.coalesce(func.max(ArticleSource.seq), 0)))).scalar_one())
+
+
+async def store_articles(
+    session: AsyncSession, source_id: int, items: Sequence[NewArticle], now: datetime
+) -> int:
+    """Upsert a source's items, deduplicated by source guid, canonical URL and fingerprint.
+
+    Returns how many new sightings were recorded (each gets the next seq).
+    """
+    last_seq = await lock_seq(session)
+    added = 0
+    for item in items:
+        seen = await session.execute(
+            select(ArticleSource.article_id).where(
+                ArticleSource.source_id == source_id, ArticleSource.guid == item.guid
+            )
+        )
+        if seen.first() is not None:
+            continue
+        match = [Article.fingerprint == item.fingerprint]
+        if item.url:
+            match.append(Article.url == item.url)
+        article = (await session.execute(select(Article).where(or_(*match)).limit(1))).scalar_one_or_none()
+        if article is None:
+            article = Article(
+                guid=item.guid,
+                url=item.url,
+                title=item.title,
+                author=item.author,
+                published_at=item.published_at,
+                summary=item.summary,
+                content=item.content,
+                image_url=item.image_url,
+                fingerprint=item.fingerprint,
+                created_at=now,
+            )
+            session.add(article)
+            await session.flush()
+        else:
+            linked = await session.execute(
+                select(ArticleSource.seq).where(
+                    ArticleSource.article_id == article.id, ArticleSource.source_id == source_id
+                )
+            )
+            if linked.first() is not None:
+                continue  # same story under a new guid in the same source
+        last_seq += 1
+        session.add(
+            ArticleSource(
+                article_id=article.id, source_id=source_id, guid=item.guid, seq=last_seq, ingested_at=now
+            )
+        )
+        await session.flush()
+        added += 1
+    return added
+
+
+async def record_fetch(
+    session: AsyncSession,
+    source_id: int,
+    now: datetime,
+    *,
+    error: str | None,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    keep_validators: bool = False,
+) -> None:
+    """Remember when a source was fetched and how it went (the error stays until a success)."""
+    values: dict[str, Any] = {"last_fetched_at": now}
+    if error is None:
+        values.update(last_error=None, last_error_at=None, last_success_at=now)
+        if not keep_validators:
+            values.update(etag=etag, last_modified=last_modified)
+    else:
+        values.update(last_error=error[:2000], last_error_at=now)
+    await session.execute(update(Source).where(Source.id == source_id).values(**values))
+
+
+async def article_count(session: AsyncSession) -> int:
+    return int((await session.execute(select(func.count()).select_from(Article))).scalar_one())
+
+
+# ---------------------------------------------------------------- selection
+
+
+async def list_max_seq(session: AsyncSession, list_id: int) -> int:
+    """The newest sighting any of the list's sources has committed."""
+    stmt = (
+        select(func.coalesce(func.max(ArticleSource.seq), 0))
+        .join(ListSource, ListSource.source_id == ArticleSource.source_id)
+        .where(ListSource.list_id == list_id)
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+@dataclass(frozen=True)
+class Candidate:
+    article: Article
+    source_name: str
+    seq: int
+
+
+async def new_articles_for_list(
+    session: AsyncSession, list_id: int, after_seq: int, upto_seq: int, since: datetime
+) -> list[Candidate]:
+    """Articles first seen by this list in (after_seq, upto_seq], published since `since`.
+
+    An article seen in two of the list's sources counts at its first sighting, so a reader who
+    already had it from one source does not get it again when the other source catches up.
+    """
+    first = (
+        select(ArticleSource.article_id, func.min(ArticleSource.seq).label("seq"))
+        .join(ListSource, ListSource.source_id == ArticleSource.source_id)
+        .where(ListSource.list_id == list_id, ArticleSource.seq <= upto_seq)
+        .group_by(ArticleSource.article_id)
+        .subquery()
+    )
+    stmt = (
+        select(Article, Source.name, first.c.seq)
+        .join(first, first.c.article_id == Article.id)
+        .join(ArticleSource, and_(ArticleSource.article_id == Article.id, ArticleSource.seq == first.c.seq))
+        .join(Source, Source.id == ArticleSource.source_id)
+        .where(first.c.seq > after_seq, Article.published_at >= since)
+        .order_by(Article.published_at.desc(), first.c.seq.desc())
+    )
+    rows = (await session.execute(stmt)).all()
+    return [Candidate(article=a, source_name=name, seq=int(seq)) for a, name, seq in rows]
+
+
+async def articles_by_ids(session: AsyncSession, ids: Sequence[int]) -> list[Article]:
+    found = {a.id: a for a in (await session.execute(select(Article).where(Article.id.in_(ids)))).scalars()}
+    return [found[i] for i in ids if i in found]
+
+
+# ---------------------------------------------------------------- subscribers
+
+
+async def subscriber_by_email(session: AsyncSession, email_key: str) -> Subscriber | None:
+    stmt = select(Subscriber).where(Subscriber.email_key == email_key)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_or_create_subscriber(
+    session: AsyncSession, email: str, email_key: str, name: str, now: datetime
+) -> tuple[Subscriber, bool]:
+    found = await subscriber_by_email(session, email_key)
+    if found:
+        return found, False
+    sub = Subscriber(email=email, email_key=email_key, name=name, created_at=now, updated_at=now)
+    session.add(sub)
+    await session.flush()
+    return sub, True
+
+
+async def subscription_for(session: AsyncSession, subscriber_id: int, list_id: int) -> Subscription | None:
+    stmt = select(Subscription).where(
+        Subscription.subscriber_id == subscriber_id, Subscription.list_id == list_id
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def subscription_by_token(session: AsyncSession, token: str) -> Subscription | None:
+    return (
+        await session.execute(select(Subscription).where(Subscription.token == token))
+    ).scalar_one_or_none()
+
+
+async def subscriptions_of(
+    session: AsyncSession, subscriber_id: int
+) -> list[tuple[Subscription, MailingList]]:
+    stmt = (
+        select(Subscription, MailingList)
+        .join(MailingList, MailingList.id == Subscription.list_id)
+        .where(Subscription.subscriber_id == subscriber_id)
+        .order_by(MailingList.slug)
+    )
+    return [(s, lst) for s, lst in (await session.execute(stmt)).all()]
+
+
+async def readers(
+    session: AsyncSession, list_id: int | None
+) -> list[tuple[Subscriber, Subscription, MailingList]]:
+    """Every subscription (optionally of one list) with its reader, for listing and export."""
+    stmt = (
+        select(Subscriber, Subscription, MailingList)
+        .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+        .join(MailingList, MailingList.id == Subscription.list_id)
+        .order_by(Subscriber.email_key, MailingList.slug)
+    )
+    if list_id is not None:
+        stmt = stmt.where(Subscription.list_id == list_id)
+    return [(a, b, c) for a, b, c in (await session.execute(stmt)).all()]
+
+
+async def add_event(
+    session: AsyncSession,
+    kind: str,
+    now: datetime,
+    *,
+    subscriber_id: int | None,
+    subscription_id: int | None = None,
+    delivery_id: int | None = None,
+    **detail: Any,
+) -> None:
+    session.add(
+        Event(
+            subscriber_id=subscriber_id,
+            subscription_id=subscription_id,
+            delivery_id=delivery_id,
+            kind=kind,
+            detail=detail,
+            created_at=now,
+        )
+    )
+
+
+async def events_of(session: AsyncSession, subscriber_id: int, limit: int = 50) -> Sequence[Event]:
+    stmt = (
+        select(Event)
+        .where(Event.subscriber_id == subscriber_id)
+        .order_by(Event.created_at.desc(), Event.id.desc())
+        .limit(limit)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def deliveries_to(session: AsyncSession, address: str, limit: int = 10) -> Sequence[Delivery]:
+    stmt = (
+        select(Delivery)
+        .where(func.lower(Delivery.address) == address.lower())
+        .order_by(Delivery.id.desc())
+        .limit(limit)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+# ---------------------------------------------------------------- compose
+
+
+async def sendable_subscriptions(
+    session: AsyncSession, list_id: int, due_before: datetime | None
+) -> list[tuple[Subscription, Subscriber]]:
+    """Confirmed readers of a list with an active address and nothing outstanding.
+
+    With `due_before`, only those whose next slot has come; without, every one (`digest send`).
+    """
+    outstanding = (
+        select(Delivery.id)
+        .where(Delivery.subscription_id == Subscription.id, Delivery.status.in_(list(OUTSTANDING)))
+        .exists()
+    )
+    stmt = (
+        select(Subscription, Subscriber)
+        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+        .where(
+            Subscription.list_id == list_id,
+            Subscription.status == SubscriptionStatus.CONFIRMED,
+            Subscription.confirmed_at.is_not(None),
+            Subscriber.status == "active",
+            ~outstanding,
+        )
+        .order_by(Subscription.id)
+    )
+    if due_before is not None:
+        stmt = stmt.where(Subscription.next_due_at <= due_before)
+    return [(a, b) for a, b in (await session.execute(stmt)).all()]
+
+
+async def claim_reader(
+    session: AsyncSession,
+    subscription_id: int,
+    old_watermark: int,
+    new_watermark: int,
+    old_due: datetime | None,
+    next_due: datetime | None,
+    now: datetime,
+) -> bool:
+    """Compare-and-set a reader's watermark and slot; False when another composer got there first."""
+    stmt = (
+        update(Subscription)
+        .where(
+            Subscription.id == subscription_id,
+            Subscription.watermark == old_watermark,
+            Subscription.next_due_at.is_(None) if old_due is None else Subscription.next_due_at == old_due,
+        )
+        .values(watermark=new_watermark, next_due_at=next_due, last_digest_at=now)
+    )
+    result = await session.execute(stmt)
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def insert_delivery(session: AsyncSession, values: dict[str, Any]) -> int | None:
+    """Insert one delivery; None when its dedupe key exists already (composed before)."""
+    stmt = _insert(session, Delivery).values(**values).on_conflict_do_nothing().returning(Delivery.id)
+    row = (await session.execute(stmt)).first()
+    return int(row[0]) if row else None
+
+
+async def set_next_due(session: AsyncSession, subscription_id: int, next_due: datetime | None) -> None:
+    await session.execute(
+        update(Subscription).where(Subscription.id == subscription_id).values(next_due_at=next_due)
+    )
+
+
+# ---------------------------------------------------------------- deliver
+
+
+async def claim_deliveries(
+    session: AsyncSession,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    lease_now: datetime | None = None,
+) -> list[int]:
+    """Lease up to `limit` due deliveries; SKIP LOCKED lets workers on PostgreSQL share the queue.
+
+    `now` decides what is due; `lease_now` (the database clock, see db_now) dates the lease.
+    """
+    due = (
+        select(Delivery.id)
+        .where(
+            Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
+            Delivery.next_attempt_at <= now,
+        )
+        .order_by(Delivery.priority, Delivery.next_attempt_at, Delivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(Delivery)
+        .where(Delivery.id.in_(due.scalar_subquery()))
+        .values(
+            status=DeliveryStatus.SENDING,
+            lease_owner=owner,
+            lease_expires_at=(lease_now or now) + lease,
+            updated_at=now,
+        )
+        .returning(Delivery.id)
+    )
+    return sorted(int(r) for r in (await session.execute(stmt)).scalars().all())
+
+
+async def reap_expired_leases(session: AsyncSession, now: datetime) -> int:
+    """Deliveries whose worker died go back to pending (they are resent with the same Message-ID)."""
+    stmt = (
+        update(Delivery)
+        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now)
+        .values(status=DeliveryStatus.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now)
+    )
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    delivery: Delivery
+    subscription: Subscription | None
+    subscriber: Subscriber | None
+    edition: Edition | None
+    mailing_list: MailingList | None
+
+
+async def load_claimed(session: AsyncSession, ids: Sequence[int]) -> list[Claimed]:
+    stmt = (
+        select(Delivery, Subscription, Subscriber, Edition, MailingList)
+        .outerjoin(Subscription, Subscription.id == Delivery.subscription_id)
+        .outerjoin(Subscriber, Subscriber.id == Subscription.subscriber_id)
+        .outerjoin(Edition, Edition.id == Delivery.edition_id)
+        .outerjoin(MailingList, MailingList.id == Edition.list_id)
+        .where(Delivery.id.in_(ids))
+        .order_by(Delivery.id)
+    )
+    return [Claimed(*row) for row in (await session.execute(stmt)).all()]
+
+
+async def finish_delivery(
+    session: AsyncSession, delivery_id: int, owner: str, values: dict[str, Any]
+) -> bool:
+    """Record an outcome if this worker still holds the lease; False means someone else took it."""
+    stmt = (
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.lease_owner == owner,
+            Delivery.status == DeliveryStatus.SENDING,
+        )
+        .values(lease_owner=None, lease_expires_at=None, **values)
+    )
+    return bool((await session.execute(stmt)).rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def renew_leases(session: AsyncSession, owner: str, until: datetime) -> None:
+    """Extend every lease this worker holds; a worker that stops renewing loses them to the reaper."""
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.lease_owner == owner, Delivery.status == DeliveryStatus.SENDING)
+        .values(lease_expires_at=until)
+    )
+
+
+async def release_leases(session: AsyncSession, owner: str, ids: Sequence[int], now: datetime) -> None:
+    """Give back claimed rows this worker did not get to (it is stopping)."""
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.lease_owner == owner, Delivery.status == DeliveryStatus.SENDING)
+        .values(status=DeliveryStatus.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now)
+    )
+
+
+async def skip_outstanding(session: AsyncSession, subscription_id: int, now: datetime, reason: str) -> int:
+    """A reader who left gets nothing more, even from an edition that is half sent.
+
+    Rows being sent right now keep their lease; the worker re-checks the reader before sending.
+    """
+    stmt = (
+        update(Delivery)
+        .where(
+            Delivery.subscription_id == subscription_id,
+            Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
+        )
+        .values(status=DeliveryStatus.SKIPPED, smtp_reply=reason, updated_at=now)
+    )
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def rollback_watermark(session: AsyncSession, subscription_id: int, from_seq: int, to_seq: int) -> None:
+    """Give a reader back the articles of a delivery that will never arrive."""
+    await session.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id, Subscription.watermark == to_seq)
+        .values(watermark=from_seq)
+    )
+
+
+async def pending_count(session: AsyncSession, now: datetime | None = None) -> int:
+    stmt = select(func.count()).select_from(Delivery).where(Delivery.status.in_(list(OUTSTANDING)))
+    if now is not None:
+        stmt = stmt.where(
+            or_(
+                and_(Delivery.status != DeliveryStatus.SENDING, Delivery.next_attempt_at <= now),
+                and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now),
+            )
+        )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def add_edition(session: AsyncSession, edition: Edition) -> Edition:
+    session.add(edition)
+    await session.flush()
+    return edition
+
+
+async def finish_done_editions(session: AsyncSession) -> None:
+    """An edition with nothing outstanding is done."""
+    outstanding = (
+        select(Delivery.id)
+        .where(Delivery.edition_id == Edition.id, Delivery.status.in_(list(OUTSTANDING)))
+        .exists()
+    )
+    await session.execute(
+        update(Edition).where(Edition.status == "sending", ~outstanding).values(status="done")
+    )
+
+
+# ---------------------------------------------------------------- status
+
+
+async def edition_counts(
+    session: AsyncSession, list_id: int | None, limit: int = 20
+) -> list[tuple[Edition, str, dict[str, int]]]:
+    """Recent editions with their list slug and delivery counts by status."""
+    stmt = select(Edition, MailingList.slug).join(MailingList, MailingList.id == Edition.list_id)
+    if list_id is not None:
+        stmt = stmt.where(Edition.list_id == list_id)
+    stmt = stmt.order_by(Edition.id.desc()).limit(limit)
+    rows = (await session.execute(stmt)).all()
+    ids = [e.id for e, _ in rows]
+    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+    if ids:
+        cstmt = (
+            select(Delivery.edition_id, Delivery.status, func.count())
+            .where(Delivery.edition_id.in_(ids))
+            .group_by(Delivery.edition_id, Delivery.status)
+        )
+        for eid, status, n in (await session.execute(cstmt)).all():
+            if eid is not None:
+                counts[int(eid)][str(status)] = int(n)
+    return [(e, slug, counts[e.id]) for e, slug in rows]
+
+
+async def delivery_counts(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """Deliveries by (kind, status), for the status command and metrics."""
+    stmt = select(Delivery.kind, Delivery.status, func.count()).group_by(Delivery.kind, Delivery.status)
+    return {(str(k), str(s)): int(n) for k, s, n in (await session.execute(stmt)).all()}
+
+
+# ---------------------------------------------------------------- web pages
+
+
+async def article_by_id(session: AsyncSession, article_id: int) -> Article | None:
+    return await session.get(Article, article_id)
+
+
+async def edition_by_id(session: AsyncSession, edition_id: int) -> Edition | None:
+    return await session.get(Edition, edition_id)
+
+
+async def public_editions(session: AsyncSession, list_id: int, limit: int = 100) -> Sequence[Edition]:
+    """A list's past digests for its archive page (never test sends)."""
+    stmt = (
+        select(Edition)
+        .where(Edition.list_id == list_id, Edition.kind == "digest")
+        .order_by(Edition.id.desc())
+        .limit(limit)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def ping(session: AsyncSession) -> None:
+    await session.execute(text("SELECT 1"))
+
+
+async def list_by_id(session: AsyncSession, list_id: int) -> MailingList | None:
+    return await session.get(MailingList, list_id)

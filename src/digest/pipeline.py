@@ -1,0 +1,935 @@
+"""Where the pure core meets the edges: ingest, compose, deliver, and the reader operations.
+
+Every function takes `now` (or a clock) from its caller, so the CLI's `tick --once --now` and the
+tests drive time explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from digest import db, ingest, messages, rendering, schedule, selection, tokens
+from digest.config import Config, ListConfig
+from digest.errors import AddressError, SourceError, UsageError
+from digest.models import (
+    Cadence,
+    DeliveryKind,
+    DeliveryStatus,
+    Edition,
+    EditionStatus,
+    MailingList,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
+from digest.smtp import SendOutcome, SmtpConnection
+
+log = logging.getLogger("digest")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Sender(Protocol):
+    """One SMTP connection's worth of sending (implemented by smtp.SmtpConnection)."""
+
+    async def send(self, env_from: str, rcpt: str, data: bytes) -> SendOutcome: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class App:
+    """What every operation needs: the config, the database, templates and signing keys."""
+
+    cfg: Config
+    db: db.Database
+    templates: rendering.Templates
+    keys: list[str]
+
+    @property
+    def base_url(self) -> str:
+        return self.cfg.web.base_url
+
+
+def resolve_path(cfg: Config, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else (cfg.base_dir / p)
+
+
+def templates_dir(cfg: Config) -> Path:
+    return (
+        resolve_path(cfg, cfg.templates.directory)
+        if cfg.templates.directory
+        else rendering.default_templates_dir()
+    )
+
+
+def open_database(cfg: Config) -> db.Database:
+    return db.Database(db.resolve_url(cfg.database.url, cfg.base_dir))
+
+
+async def open_app(cfg: Config, *, check: bool = True) -> App:
+    """Connect, refuse an outdated schema, sync sources and lists from the config, load templates."""
+    templates = rendering.Templates(templates_dir(cfg))
+    database = open_database(cfg)
+    try:
+        if check:
+            await db.check_schema(database)
+        async with database.write() as s:
+            await sync_config(s, cfg)
+            keys = list(cfg.web.keys) or [await db.get_or_create_setting(s, "secret_key")]
+    except BaseException:
+        await database.close()
+        raise
+    return App(cfg=cfg, db=database, templates=templates, keys=keys)
+
+
+async def sync_config(s: AsyncSession, cfg: Config) -> None:
+    ids: dict[str, int] = {}
+    for src in cfg.sources:
+        location = src.location
+        if src.kind == "directory" or (src.kind == "feed" and not src.url):
+            location = str(resolve_path(cfg, location))
+        row = await db.upsert_source(s, src.name, src.kind, location, src.interval)
+        ids[src.name] = row.id
+    for lst in cfg.lists:
+        await db.upsert_list(s, lst.slug, _list_values(lst), [ids[n] for n in lst.sources])
+    await db.deactivate_lists_except(s, [lst.slug for lst in cfg.lists])
+
+
+def _list_values(lst: ListConfig) -> dict[str, object]:
+    return {
+        "name": lst.name,
+        "description": lst.description,
+        "schedule": lst.schedule,
+        "timezone": lst.timezone,
+        "min_articles": lst.min_articles,
+        "max_articles": lst.max_articles,
+        "max_age_seconds": int(lst.max_age.total_seconds()),
+        "template": lst.template,
+        "from_addr": lst.from_,
+        "reply_to": lst.reply_to,
+        "public": lst.public,
+        "language": lst.language,
+    }
+
+
+async def get_list(app: App, slug: str) -> MailingList:
+    async with app.db.read() as s:
+        lst = await db.list_by_slug(s, slug)
+    if lst is None or not lst.active:
+        known = ", ".join(x.slug for x in app.cfg.lists) or "none"
+        raise UsageError(f"no list {slug!r} (configured lists: {known})")
+    return lst
+
+
+# ---------------------------------------------------------------- ingest
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    source: str
+    new: int
+    seen: int
+    not_modified: bool = False
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+async def ingest_sources(app: App, now: datetime, only: str | None = None) -> list[IngestReport]:
+    """Fetch every feed and directory source (or one); a broken source is reported, the rest go on."""
+    async with app.db.read() as s:
+        sources = [src for src in await db.all_sources(s) if src.name in {c.name for c in app.cfg.sources}]
+    if only is not None:
+        sources = [src for src in sources if src.name == only]
+        if not sources:
+            raise UsageError(f"no source {only!r} (configured: {', '.join(c.name for c in app.cfg.sources)})")
+    reports = []
+    for src in sources:
+        if src.kind == "api":
+            continue
+        reports.append(
+            await ingest_one(app, src.id, src.name, src.kind, src.location, src.etag, src.last_modified, now)
+        )
+    return reports
+
+
+async def ingest_one(
+    app: App,
+    source_id: int,
+    name: str,
+    kind: str,
+    location: str,
+    etag: str | None,
+    last_modified: str | None,
+    now: datetime,
+) -> IngestReport:
+    try:
+        result = await ingest.fetch_source(
+            name, kind, location, now=now, etag=etag, last_modified=last_modified
+        )
+    except SourceError as exc:
+        async with app.db.write() as s:
+            await db.record_fetch(s, source_id, now, error=str(exc))
+        log.warning("ingest failed: %s", exc)
+        return IngestReport(name, 0, 0, error=str(exc))
+    items = [
+        db.NewArticle(
+            guid=a.guid,
+            url=a.url,
+            title=a.title,
+            author=a.author,
+            published_at=a.published_at,
+            summary=a.summary,
+            content=a.content_html,
+            image_url=a.image_url,
+            fingerprint=a.fingerprint,
+        )
+        for a in result.articles
+    ]
+    async with app.db.write() as s:
+        new = await db.store_articles(s, source_id, items, now) if items else 0
+        await db.record_fetch(
+            s,
+            source_id,
+            now,
+            error=None,
+            etag=result.etag,
+            last_modified=result.last_modified,
+            keep_validators=result.not_modified,
+        )
+    return IngestReport(name, new, len(items) - new, result.not_modified, None, tuple(result.warnings))
+
+
+# ---------------------------------------------------------------- readers
+
+
+def normalize_address(address: str) -> tuple[str, str]:
+    """(address as stored, lookup key); AddressError says what is wrong with it."""
+    raw = address.strip()
+    if not raw:
+        raise AddressError("the email address is empty")
+    if any(c in raw for c in "\r\n,\x00") or len(raw) > 254:
+        raise AddressError(f"{raw[:60]!r} is not a single email address")
+    try:
+        normalized = validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise AddressError(f"{raw[:60]!r} is not a valid email address: {exc}") from None
+    return normalized, normalized.casefold()
+
+
+@lru_cache(maxsize=4096)
+def _cron(expr: str) -> schedule.Cron:
+    return schedule.parse_cron(expr)
+
+
+def reader_schedule(sub: Subscription, lst: MailingList) -> tuple[str, str]:
+    """(cron expression, time zone) of one reader's slots."""
+    expr = schedule.cadence_cron(sub.cadence, sub.send_hour, sub.weekday, lst.schedule)
+    tz = lst.timezone if sub.cadence == Cadence.DEFAULT or not sub.timezone else sub.timezone
+    return expr, tz
+
+
+def next_slot(sub: Subscription, lst: MailingList, after: datetime) -> datetime:
+    expr, tz = reader_schedule(sub, lst)
+    return schedule.next_due(_cron(expr), ZoneInfo(tz), after)
+
+
+@dataclass(frozen=True)
+class ReaderPrefs:
+    name: str = ""
+    cadence: str = Cadence.DEFAULT
+    weekday: int | None = None
+    send_hour: int | None = None
+    timezone: str | None = None
+
+
+def validate_prefs(prefs: ReaderPrefs) -> ReaderPrefs:
+    if prefs.cadence not in {c.value for c in Cadence}:
+        raise UsageError(f"cadence must be default, daily or weekly, not {prefs.cadence!r}")
+    if prefs.send_hour is not None and not 0 <= prefs.send_hour <= 23:
+        raise UsageError(f"send hour must be 0-23, not {prefs.send_hour}")
+    if prefs.weekday is not None and not 0 <= prefs.weekday <= 6:
+        raise UsageError("weekday must be one of mon, tue, wed, thu, fri, sat, sun")
+    if prefs.cadence != Cadence.DEFAULT and prefs.send_hour is None:
+        raise UsageError(f"cadence {prefs.cadence} needs a send hour (--hour)")
+    if prefs.cadence == Cadence.WEEKLY and prefs.weekday is None:
+        raise UsageError("cadence weekly needs a weekday (--weekday)")
+    if prefs.timezone:
+        try:
+            ZoneInfo(prefs.timezone)
+        except (KeyError, ValueError):
+            raise UsageError(
+                f"unknown time zone {prefs.timezone!r} (use an IANA name such as Europe/Berlin)"
+            ) from None
+    return prefs
+
+
+@dataclass(frozen=True)
+class Consent:
+    ip: str | None = None
+    user_agent: str | None = None
+    source: str | None = None
+    referer: str | None = None
+    text_version: str | None = None
+
+
+@dataclass(frozen=True)
+class AddResult:
+    subscription_id: int
+    created: bool
+    changed: bool
+
+
+async def add_subscription(
+    s: AsyncSession,
+    lst: MailingList,
+    address: str,
+    prefs: ReaderPrefs,
+    *,
+    confirmed: bool,
+    now: datetime,
+    consent: Consent = Consent(),
+    method: str = "operator",
+) -> AddResult:
+    """Subscribe one reader to one list (idempotent: an existing subscription is left as it is,
+    except that `confirmed` confirms a pending one)."""
+    email, key = normalize_address(address)
+    prefs = validate_prefs(prefs)
+    subscriber, _ = await db.get_or_create_subscriber(s, email, key, prefs.name, now)
+    sub = await db.subscription_for(s, subscriber.id, lst.id)
+    if sub is not None and sub.status != SubscriptionStatus.UNSUBSCRIBED:
+        if confirmed and sub.status == SubscriptionStatus.PENDING:
+            sub.status, sub.confirmed_at = SubscriptionStatus.CONFIRMED, now
+            sub.next_due_at = next_slot(sub, lst, now)
+            await db.add_event(
+                s, "confirmed", now, subscriber_id=subscriber.id, subscription_id=sub.id, method=method
+            )
+            return AddResult(sub.id, False, True)
+        return AddResult(sub.id, False, False)
+    created = sub is None
+    if sub is None:
+        sub = Subscription(
+            subscriber_id=subscriber.id, list_id=lst.id, token=tokens.new_subscription_token(), watermark=0
+        )
+        s.add(sub)
+    sub.status = SubscriptionStatus.CONFIRMED if confirmed else SubscriptionStatus.PENDING
+    sub.cadence, sub.weekday, sub.send_hour, sub.timezone = (
+        prefs.cadence,
+        prefs.weekday,
+        prefs.send_hour,
+        prefs.timezone,
+    )
+    sub.signup_at = now
+    sub.signup_ip, sub.signup_user_agent = consent.ip, consent.user_agent
+    sub.signup_source, sub.signup_referer, sub.consent_text_version = (
+        consent.source,
+        consent.referer,
+        consent.text_version,
+    )
+    sub.unsubscribed_at = sub.unsubscribe_method = None
+    sub.confirmed_at = now if confirmed else None
+    sub.next_due_at = next_slot(sub, lst, now) if confirmed else None
+    if prefs.name and not subscriber.name:
+        subscriber.name = prefs.name
+    await s.flush()
+    await db.add_event(
+        s,
+        "subscribed",
+        now,
+        subscriber_id=subscriber.id,
+        subscription_id=sub.id,
+        list=lst.slug,
+        method=method,
+        ip=consent.ip,
+        source=consent.source,
+    )
+    if confirmed:
+        await db.add_event(
+            s, "confirmed", now, subscriber_id=subscriber.id, subscription_id=sub.id, method=method
+        )
+    return AddResult(sub.id, created, True)
+
+
+async def unsubscribe(s: AsyncSession, sub: Subscription, method: str, now: datetime) -> bool:
+    """Leave a list at once: outstanding deliveries to this reader are skipped. Idempotent."""
+    if sub.status == SubscriptionStatus.UNSUBSCRIBED:
+        return False
+    sub.status, sub.unsubscribed_at, sub.unsubscribe_method, sub.next_due_at = (
+        SubscriptionStatus.UNSUBSCRIBED,
+        now,
+        method,
+        None,
+    )
+    await db.skip_outstanding(s, sub.id, now, "reader unsubscribed")
+    await db.add_event(
+        s, "unsubscribed", now, subscriber_id=sub.subscriber_id, subscription_id=sub.id, method=method
+    )
+    return True
+
+
+# ---------------------------------------------------------------- compose
+
+
+def _article_url(app: App, article_id: int, url: str | None) -> str:
+    return url or f"{app.base_url}/articles/{article_id}"
+
+
+def edition_view(
+    app: App, lst: MailingList, picked: Sequence[db.Candidate], more: int, now: datetime, web_url: str
+) -> rendering.EditionView:
+    b = app.cfg.branding
+    contact = (
+        lst.reply_to or app.cfg.sender.reply_to or messages.address_of(lst.from_addr or app.cfg.sender.from_)
+    )
+    return rendering.EditionView(
+        list_slug=lst.slug,
+        list_name=lst.name,
+        list_description=lst.description,
+        language=lst.language,
+        direction="rtl" if lst.language.split("-")[0] in {"ar", "he", "fa", "ur", "yi", "ps"} else "ltr",
+        edition_date=now.astimezone(ZoneInfo(lst.timezone)).date(),
+        articles=[
+            rendering.ArticleView(
+                title=c.article.title,
+                url=_article_url(app, c.article.id, c.article.url),
+                source=c.source_name,
+                published_at=c.article.published_at,
+                summary=c.article.summary,
+                image_url=c.article.image_url,
+            )
+            for c in picked
+        ],
+        more_count=more,
+        archive_url=f"{app.base_url}/archive/{lst.slug}",
+        web_url=web_url,
+        base_url=app.base_url,
+        postal_address=app.cfg.sender.postal_address,
+        contact=contact,
+        branding=rendering.Branding(accent=b.accent, logo_url=b.logo_url, footer_text=b.footer_text),
+    )
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A digest that would go to readers at one watermark, not yet stored."""
+
+    lst: MailingList
+    after_seq: int
+    upto_seq: int
+    picked: tuple[db.Candidate, ...]
+    more: int
+
+    @property
+    def empty(self) -> bool:
+        return not self.picked
+
+
+async def draft(
+    app: App, s: AsyncSession, lst: MailingList, after_seq: int, upto_seq: int, now: datetime
+) -> Draft:
+    since = now - timedelta(seconds=lst.max_age_seconds)
+    candidates = await db.new_articles_for_list(s, lst.id, after_seq, upto_seq, since)
+    chosen = selection.select_articles(candidates, lst.min_articles, lst.max_articles)
+    return Draft(lst, after_seq, upto_seq, chosen.chosen, chosen.more)
+
+
+def render_draft(app: App, d: Draft, now: datetime, web_url: str) -> rendering.Rendered:
+    return rendering.render_edition(app.templates, edition_view(app, d.lst, d.picked, d.more, now, web_url))
+
+
+@dataclass
+class ComposeReport:
+    list_slug: str
+    editions: list[int] = field(default_factory=list)
+    deliveries: int = 0
+    skipped: int = 0
+    renders: int = 0
+
+
+async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) -> ComposeReport:
+    """Compose digests for a list's readers, exactly once per reader and watermark.
+
+    `manual` (digest send): every confirmed reader with something new, whatever their slot; their
+    next slot is then computed from now. Otherwise only readers whose slot has come; a reader with
+    nothing new gets a `skipped` event and their next slot.
+    """
+    report = ComposeReport(lst.slug)
+    async with app.db.read() as s:
+        upto = await db.list_max_seq(s, lst.id)
+        due = await db.sendable_subscriptions(s, lst.id, None if manual else now)
+    groups: dict[int, list[tuple[Subscription, Subscriber]]] = defaultdict(list)
+    for sub, reader in due:
+        groups[sub.watermark].append((sub, reader))
+    for watermark, members in sorted(groups.items()):
+        async with app.db.read() as s:
+            d = await draft(app, s, lst, watermark, upto, now)
+        if d.empty:
+            if not manual:
+                report.skipped += await _skip_slot(app, lst, members, now)
+            continue
+        rendered: rendering.Rendered | None = None
+        for start in range(0, len(members), 2000):
+            chunk = members[start : start + 2000]
+            async with app.db.write() as s:
+                edition = Edition(
+                    list_id=lst.id,
+                    kind=DeliveryKind.DIGEST,
+                    article_ids=[c.article.id for c in d.picked],
+                    more_count=d.more,
+                    subject="",
+                    html="",
+                    text="",
+                    created_at=now,
+                    status=EditionStatus.SENDING,
+                )
+                await db.add_edition(s, edition)
+                if rendered is None:
+                    rendered = render_draft(app, d, now, f"{app.base_url}/archive/{lst.slug}/{edition.id}")
+                    report.renders += 1
+                edition.subject, edition.html, edition.text = rendered.subject, rendered.html, rendered.text
+                inserted = 0
+                for sub, reader in chunk:
+                    nxt = next_slot(sub, lst, now)
+                    if not await db.claim_reader(s, sub.id, watermark, upto, sub.next_due_at, nxt, now):
+                        continue  # another composer advanced this reader first
+                    new_id = await db.insert_delivery(
+                        s, _digest_delivery(app, edition.id, sub, reader, watermark, upto, now)
+                    )
+                    inserted += new_id is not None
+                if inserted:
+                    report.editions.append(edition.id)
+                    report.deliveries += inserted
+                else:
+                    await s.delete(edition)
+    return report
+
+
+def _digest_delivery(
+    app: App,
+    edition_id: int,
+    sub: Subscription,
+    reader: Subscriber,
+    from_seq: int,
+    to_seq: int,
+    now: datetime,
+) -> dict[str, object]:
+    return {
+        "kind": DeliveryKind.DIGEST,
+        "edition_id": edition_id,
+        "subscription_id": sub.id,
+        "address": reader.email,
+        "dedupe_key": f"digest:{sub.id}:{from_seq}:{to_seq}",
+        "from_seq": from_seq,
+        "to_seq": to_seq,
+        "priority": 10,
+        "status": DeliveryStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "message_id": messages.new_message_id(app.cfg.sender.domain),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def _skip_slot(
+    app: App, lst: MailingList, members: Sequence[tuple[Subscription, Subscriber]], now: datetime
+) -> int:
+    skipped = 0
+    async with app.db.write() as s:
+        for sub, _ in members:
+            nxt = next_slot(sub, lst, now)
+            if await db.claim_reader(
+                s, sub.id, sub.watermark, sub.watermark, sub.next_due_at, nxt, sub.last_digest_at or now
+            ):
+                await db.add_event(
+                    s,
+                    "skipped",
+                    now,
+                    subscriber_id=sub.subscriber_id,
+                    subscription_id=sub.id,
+                    reason="nothing new",
+                    next_due_at=nxt.isoformat(),
+                )
+                skipped += 1
+    return skipped
+
+
+async def compose_due(app: App, now: datetime) -> list[ComposeReport]:
+    """One scheduler pass: compose for every reader whose slot has come."""
+    async with app.db.read() as s:
+        lists = await db.active_lists(s)
+    return [await compose(app, lst, now, manual=False) for lst in lists]
+
+
+async def reader_subscription(app: App, lst: MailingList, address: str) -> tuple[Subscription, Subscriber]:
+    _, key = normalize_address(address)
+    async with app.db.read() as s:
+        reader = await db.subscriber_by_email(s, key)
+        sub = await db.subscription_for(s, reader.id, lst.id) if reader else None
+    if reader is None or sub is None:
+        raise UsageError(f"{address} is not subscribed to {lst.slug}")
+    return sub, reader
+
+
+async def preview(
+    app: App, lst: MailingList, now: datetime, address: str | None = None
+) -> tuple[Draft, rendering.Rendered]:
+    """Exactly the digest a reader (or a new reader) would get next; changes nothing."""
+    watermark = 0
+    if address:
+        sub, _ = await reader_subscription(app, lst, address)
+        watermark = sub.watermark
+    async with app.db.read() as s:
+        upto = await db.list_max_seq(s, lst.id)
+        d = await draft(app, s, lst, watermark, upto, now)
+    if d.empty:
+        return d, rendering.Rendered("", "", "")
+    return d, render_draft(app, d, now, f"{app.base_url}/archive/{lst.slug}")
+
+
+async def queue_test(app: App, lst: MailingList, address: str, now: datetime) -> int:
+    """Queue the digest a new reader would get, to any address, as a test: moves no watermark."""
+    to, _ = normalize_address(address)
+    async with app.db.read() as s:
+        upto = await db.list_max_seq(s, lst.id)
+        d = await draft(app, s, lst, 0, upto, now)
+    if d.empty:
+        raise UsageError(
+            f"list {lst.slug} has no articles to put in a test digest (run `digest ingest` first)"
+        )
+    async with app.db.write() as s:
+        edition = Edition(
+            list_id=lst.id,
+            kind=DeliveryKind.TEST,
+            article_ids=[c.article.id for c in d.picked],
+            more_count=d.more,
+            subject="",
+            html="",
+            text="",
+            created_at=now,
+            status=EditionStatus.SENDING,
+        )
+        await db.add_edition(s, edition)
+        rendered = render_draft(app, d, now, f"{app.base_url}/archive/{lst.slug}/{edition.id}")
+        edition.subject, edition.html, edition.text = (
+            f"[Test] {rendered.subject}",
+            rendered.html,
+            rendered.text,
+        )
+        new_id = await db.insert_delivery(
+            s,
+            {
+                "kind": DeliveryKind.TEST,
+                "edition_id": edition.id,
+                "subscription_id": None,
+                "address": to,
+                "priority": 5,
+                "status": DeliveryStatus.PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "message_id": messages.new_message_id(app.cfg.sender.domain),
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+    assert new_id is not None
+    return new_id
+
+
+# ---------------------------------------------------------------- deliver
+
+
+TEST_TOKEN = "test"  # noqa: S105 (a marker, not a secret)  # test sends link to an inert page that says it was a test
+
+
+@dataclass
+class DeliverStats:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    lost_leases: int = 0
+
+    def add(self, status: str) -> None:
+        setattr(self, status, getattr(self, status) + 1)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{random.getrandbits(32):08x}"
+
+
+def make_senders(app: App) -> list[Sender]:
+    relays = app.cfg.relays
+    if not relays:
+        from digest.config import RelayConfig
+
+        c = app.cfg.capture
+        relays = [RelayConfig(host=c.host, port=c.port, security="none", concurrency=2)]
+    relay = relays[0]
+    return [SmtpConnection(relay) for _ in range(relay.concurrency)]
+
+
+class _Assembler:
+    """Per-edition message templates, built once and reused for every reader of the edition."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.cache: dict[int, messages.MessageTemplate] = {}
+
+    def template(self, c: db.Claimed) -> messages.MessageTemplate:
+        e, lst = c.edition, c.mailing_list
+        if e is not None and e.id in self.cache:
+            return self.cache[e.id]
+        cfg = self.app.cfg
+        if e is None:
+            d = c.delivery
+            tpl = messages.prepare(
+                from_addr=cfg.sender.from_,
+                subject=d.subject or "",
+                text=d.body_text or "",
+                html=d.body_html or "",
+                reply_to=cfg.sender.reply_to,
+                list_unsubscribe_post=False,
+                extra=(("Auto-Submitted", "auto-generated"),),
+            )
+            return tpl
+        if lst is None:
+            raise LookupError(f"edition {e.id} has no list")
+        lst_row = lst
+        tpl = messages.prepare(
+            from_addr=lst_row.from_addr or cfg.sender.from_,
+            reply_to=lst_row.reply_to or cfg.sender.reply_to,
+            subject=e.subject,
+            text=e.text,
+            html=e.html,
+            list_id=f"{lst_row.name} <{lst_row.slug}.{cfg.sender.domain}>",
+            feedback_id=f"{e.id}:{lst_row.slug}:{e.kind}:{_sender_id(cfg.sender.domain)}",
+            extra=(("Precedence", "bulk"),),
+        )
+        self.cache[e.id] = tpl
+        return tpl
+
+    def message(self, c: db.Claimed, now: datetime) -> tuple[str, bytes]:
+        """(envelope sender, message bytes) for one claimed delivery."""
+        cfg, d = self.app.cfg, c.delivery
+        bounce_domain = cfg.bounce.domain or cfg.sender.domain
+        env_from = tokens.verp_address(d.id, self.app.keys[0], bounce_domain)
+        tpl = self.template(c)
+        token = c.subscription.token if c.subscription is not None else TEST_TOKEN
+        unsub = None
+        if d.kind != DeliveryKind.TRANSACTIONAL:
+            unsub = f"<{self.app.base_url}/u/{token}>"
+            if cfg.bounce.listen:
+                unsub += f", <mailto:unsub+{token}@{bounce_domain}>"
+        name = c.subscriber.name if c.subscriber is not None else ""
+        raw = messages.assemble(
+            tpl,
+            to=messages.format_address(d.address, name),
+            message_id=d.message_id,
+            date=now,
+            token=token,
+            list_unsubscribe=unsub,
+        )
+        return env_from, raw
+
+
+def _sender_id(domain: str) -> str:
+    """Feedback-ID's SenderId: stable, 5-15 characters of [A-Za-z0-9_-]."""
+    core = "".join(ch for ch in domain.split(".")[0] if ch.isalnum() or ch in "-_")[:15]
+    return core if len(core) >= 5 else (core + "digest")[:15]
+
+
+def retry_delay(attempts: int, base: timedelta) -> timedelta:
+    """Exponential back-off with ±20% jitter, capped at four hours."""
+    delay = min(base.total_seconds() * (2 ** max(attempts - 1, 0)), 4 * 3600)
+    return timedelta(seconds=delay * random.uniform(0.8, 1.2))
+
+
+async def _record(
+    app: App,
+    c: db.Claimed,
+    owner: str,
+    outcome: SendOutcome | None,
+    now: datetime,
+    skip_reason: str | None = None,
+) -> str:
+    d = c.delivery
+    values: dict[str, object] = {"updated_at": now}
+    if outcome is None:
+        status = DeliveryStatus.SKIPPED
+        values.update(status=status, smtp_reply=skip_reason)
+    else:
+        values.update(
+            attempts=d.attempts + 1, smtp_code=outcome.code, smtp_reply=outcome.reply, relay=outcome.relay
+        )
+        status = DeliveryStatus(outcome.verdict)
+        if status == DeliveryStatus.SENT:
+            values["sent_at"] = now
+        elif status == DeliveryStatus.DEFERRED:
+            if now - d.created_at >= app.cfg.delivery.lifetime:
+                status = DeliveryStatus.FAILED
+                values["smtp_reply"] = f"gave up after {app.cfg.delivery.lifetime}: {outcome.reply}"
+            else:
+                values["next_attempt_at"] = now + retry_delay(d.attempts + 1, app.cfg.delivery.retry_base)
+        values["status"] = status
+    async with app.db.write() as s:
+        if not await db.finish_delivery(s, d.id, owner, values):
+            log.warning(
+                "delivery %s: lease lost before its outcome (%s) was recorded; it may be sent twice",
+                d.id,
+                status,
+            )
+            return "lost_leases"
+        if (
+            status == DeliveryStatus.FAILED
+            and d.subscription_id
+            and d.from_seq is not None
+            and d.to_seq is not None
+        ):
+            await db.rollback_watermark(s, d.subscription_id, d.from_seq, d.to_seq)
+        if c.subscriber is not None and status in (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN):
+            await db.add_event(
+                s,
+                f"delivery_{status}",
+                now,
+                subscriber_id=c.subscriber.id,
+                subscription_id=d.subscription_id,
+                delivery_id=d.id,
+                code=outcome.code if outcome else None,
+                reply=outcome.reply if outcome else None,
+            )
+    return str(status)
+
+
+def _skip_reason(c: db.Claimed) -> str | None:
+    if c.delivery.kind != DeliveryKind.DIGEST:
+        return None
+    if c.subscription is None or c.subscription.status != SubscriptionStatus.CONFIRMED:
+        return "reader is no longer subscribed"
+    if c.subscriber is None or c.subscriber.status != "active":
+        return f"reader is {c.subscriber.status if c.subscriber else 'gone'}"
+    return None
+
+
+async def deliver(
+    app: App,
+    clock: Clock = utcnow,
+    *,
+    senders: Sequence[Sender] | None = None,
+    once: bool = True,
+    stop: asyncio.Event | None = None,
+    on_outcome: Callable[[str], None] | None = None,
+) -> DeliverStats:
+    """Send what is due over several connections until nothing is claimable (`once`) or `stop`.
+
+    Each connection claims its own small batch under a lease, and records each outcome in its own
+    committed transaction before it starts the next message, so a crash repeats at most the
+    messages in flight. A renewal task keeps this worker's leases alive while it works.
+    """
+    owner = worker_id()
+    conns = list(senders) if senders is not None else make_senders(app)
+    stats = DeliverStats()
+    assembler = _Assembler(app)
+    lease = app.cfg.delivery.lease
+    per_conn = max(1, min(app.cfg.delivery.batch_size, 20))
+    stop = stop or asyncio.Event()
+    done = asyncio.Event()
+
+    async def renew() -> None:
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), timeout=max(lease.total_seconds() / 3, 0.2))
+            except TimeoutError:
+                async with app.db.write() as s:
+                    await db.renew_leases(s, owner, await db.db_now(s, clock()) + lease)
+
+    async def run(conn: Sender) -> None:
+        idle = 0.0
+        while not stop.is_set():
+            async with app.db.write() as s:
+                now = clock()
+                lease_now = await db.db_now(s, now)
+                await db.reap_expired_leases(s, lease_now)
+                ids = await db.claim_deliveries(s, owner, now, lease, per_conn, lease_now)
+            if not ids:
+                if once:
+                    return
+                idle = min(idle + 0.25, 2.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=idle)
+                continue
+            idle = 0.0
+            async with app.db.read() as s:
+                claimed = await db.load_claimed(s, ids)
+            for c in claimed:
+                if stop.is_set():
+                    break
+                await _deliver_one(app, c, conn, owner, clock, assembler, stats, on_outcome)
+            await _release(app, owner, [c.delivery.id for c in claimed], clock())
+
+    renewer = asyncio.create_task(renew())
+    try:
+        await asyncio.gather(*(run(c) for c in conns))
+    finally:
+        done.set()
+        await renewer
+        for c in conns:
+            await c.close()
+        async with app.db.write() as s:
+            await db.finish_done_editions(s)
+    return stats
+
+
+async def _deliver_one(
+    app: App,
+    c: db.Claimed,
+    conn: Sender,
+    owner: str,
+    clock: Clock,
+    assembler: _Assembler,
+    stats: DeliverStats,
+    on_outcome: Callable[[str], None] | None,
+) -> None:
+    reason = _skip_reason(c)
+    if reason is not None:
+        status = await _record(app, c, owner, None, clock(), reason)
+    else:
+        try:
+            env_from, raw = assembler.message(c, clock())
+        except Exception as exc:  # a broken edition must not stop the queue
+            log.exception("delivery %s: cannot build the message", c.delivery.id)
+            outcome = SendOutcome("failed", None, f"cannot build the message: {exc}", "")
+        else:
+            outcome = await conn.send(env_from, c.delivery.address, raw)
+        status = await _record(app, c, owner, outcome, clock())
+    stats.add(status)
+    if on_outcome:
+        on_outcome(status)
+
+
+async def _release(app: App, owner: str, ids: Sequence[int], now: datetime) -> None:
+    """Rows of a batch this worker stopped before sending go straight back to pending."""
+    async with app.db.write() as s:
+        await db.release_leases(s, owner, ids, now)

@@ -1,0 +1,183 @@
+"""Subscriber CSV import and export (streamed, row by row, so a large file never sits in memory)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO
+
+from digest import db, pipeline
+from digest.errors import DigestError
+from digest.models import MailingList
+from digest.schedule import WEEKDAYS
+
+EXPORT_COLUMNS = [
+    "email",
+    "name",
+    "list",
+    "status",
+    "reader_status",
+    "cadence",
+    "weekday",
+    "send_hour",
+    "timezone",
+    "signup_at",
+    "signup_ip",
+    "signup_source",
+    "consent_text_version",
+    "confirmed_at",
+    "confirm_ip",
+    "unsubscribed_at",
+    "unsubscribe_method",
+]
+_ALIASES = {
+    "time_zone": "timezone",
+    "tz": "timezone",
+    "hour": "send_hour",
+    "e-mail": "email",
+    "mail": "email",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int
+    address: str
+    prefs: pipeline.ReaderPrefs
+    consent: pipeline.Consent
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    unchanged: int = 0
+    updated: int = 0
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _weekday(value: str) -> int | None:
+    v = value.strip().lower()[:3]
+    if not v:
+        return None
+    if v not in WEEKDAYS:
+        raise ValueError(f"weekday {value!r} is not one of {', '.join(WEEKDAYS)}")
+    return WEEKDAYS.index(v)
+
+
+def read_rows(handle: IO[str]) -> Iterator[Row | tuple[int, str]]:
+    """Each data row as a Row, or (line number, reason) when it cannot be used."""
+    reader = csv.DictReader(handle)
+    if not reader.fieldnames or not any(
+        (f or "").strip().lower() in ("email", "e-mail", "mail") for f in reader.fieldnames
+    ):
+        raise DigestError("the CSV file has no 'email' column in its header line")
+    for raw in reader:
+        line = reader.line_num
+        row = {
+            _ALIASES.get((k or "").strip().lower(), (k or "").strip().lower()): (v or "")
+            for k, v in raw.items()
+            if k
+        }
+        try:
+            hour = row.get("send_hour", "").strip()
+            prefs = pipeline.ReaderPrefs(
+                name=" ".join(row.get("name", "").split())[:200],
+                cadence=row.get("cadence", "").strip().lower() or "default",
+                weekday=_weekday(row.get("weekday", "")),
+                send_hour=int(hour) if hour else None,
+                timezone=row.get("timezone", "").strip() or None,
+            )
+        except ValueError as exc:
+            yield line, str(exc)
+            continue
+        consent = pipeline.Consent(
+            ip=row.get("signup_ip") or None,
+            source=row.get("signup_source") or row.get("source") or "import",
+            text_version=row.get("consent_text_version") or None,
+        )
+        yield Row(line, row.get("email", ""), prefs, consent)
+
+
+async def import_csv(
+    app: pipeline.App,
+    lst: MailingList,
+    handle: IO[str],
+    *,
+    confirmed: bool,
+    apply: bool,
+    now: datetime,
+    chunk: int = 500,
+) -> ImportReport:
+    """Import readers; a dry run (apply=False) validates and counts inside a rolled-back transaction."""
+    report = ImportReport()
+    rows = read_rows(handle)
+    while True:
+        batch = [r for _, r in zip(range(chunk), rows, strict=False)]
+        if not batch:
+            return report
+        try:
+            async with app.db.write() as s:
+                for item in batch:
+                    if isinstance(item, tuple):
+                        report.bad.append(item)
+                        continue
+                    try:
+                        async with s.begin_nested():
+                            result = await pipeline.add_subscription(
+                                s,
+                                lst,
+                                item.address,
+                                item.prefs,
+                                confirmed=confirmed,
+                                now=now,
+                                consent=item.consent,
+                                method="import",
+                            )
+                    except DigestError as exc:
+                        report.bad.append((item.line, str(exc)))
+                        continue
+                    if result.created:
+                        report.added += 1
+                    elif result.changed:
+                        report.updated += 1
+                    else:
+                        report.unchanged += 1
+                if not apply:
+                    raise _DryRun
+        except _DryRun:
+            pass
+
+
+class _DryRun(Exception):
+    """Rolls back a dry run's transaction."""
+
+
+async def export_rows(app: pipeline.App, list_id: int | None) -> list[dict[str, str]]:
+    async with app.db.read() as s:
+        rows = await db.readers(s, list_id)
+    out = []
+    for reader, sub, lst in rows:
+        out.append(
+            {
+                "email": reader.email,
+                "name": reader.name,
+                "list": lst.slug,
+                "status": sub.status,
+                "reader_status": reader.status,
+                "cadence": sub.cadence,
+                "weekday": WEEKDAYS[sub.weekday] if sub.weekday is not None else "",
+                "send_hour": "" if sub.send_hour is None else str(sub.send_hour),
+                "timezone": sub.timezone or "",
+                "signup_at": sub.signup_at.isoformat() if sub.signup_at else "",
+                "signup_ip": sub.signup_ip or "",
+                "signup_source": sub.signup_source or "",
+                "consent_text_version": sub.consent_text_version or "",
+                "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else "",
+                "confirm_ip": sub.confirm_ip or "",
+                "unsubscribed_at": sub.unsubscribed_at.isoformat() if sub.unsubscribed_at else "",
+                "unsubscribe_method": sub.unsubscribe_method or "",
+            }
+        )
+    return out

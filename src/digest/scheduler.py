@@ -1,0 +1,93 @@
+"""APScheduler wiring only: which job runs how often. Due times come from digest.schedule.
+
+On PostgreSQL each job runs under `pg_try_advisory_lock`, so several scheduler processes do
+each job once; a process that does not get the lock skips that run.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import text
+
+from digest import pipeline
+
+log = logging.getLogger("digest.scheduler")
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(f"digest-job:{name}".encode())
+
+
+async def run_exclusive(app: pipeline.App, name: str, job: Callable[[], Awaitable[object]]) -> bool:
+    """Run `job` unless another scheduler process is running the same job right now."""
+    if app.db.is_sqlite:
+        await job()
+        return True
+    async with app.db.writer.connect() as conn:
+        got = (
+            await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(name)})
+        ).scalar_one()
+        await conn.commit()
+        if not got:
+            return False
+        try:
+            await job()
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
+            await conn.commit()
+    return True
+
+
+def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(timezone=UTC)
+
+    def guarded(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            try:
+                await run_exclusive(app, name, job)
+            except Exception:
+                log.exception("scheduled job %s failed", name)
+
+        return run
+
+    for src in app.cfg.sources:
+        if src.kind == "api":
+            continue
+
+        async def ingest_one(name: str = src.name) -> None:
+            for report in await pipeline.ingest_sources(app, datetime.now(UTC), only=name):
+                if report.new:
+                    log.info("source %s: %d new", report.source, report.new)
+
+        scheduler.add_job(
+            guarded(f"ingest:{src.name}", ingest_one),
+            "interval",
+            seconds=src.interval.total_seconds(),
+            next_run_time=datetime.now(UTC),
+            id=f"ingest:{src.name}",
+            max_instances=1,
+            coalesce=True,
+        )
+
+    async def compose() -> None:
+        for report in await pipeline.compose_due(app, datetime.now(UTC)):
+            if report.deliveries or report.skipped:
+                log.info(
+                    "list %s: %d composed, %d skipped", report.list_slug, report.deliveries, report.skipped
+                )
+
+    scheduler.add_job(
+        guarded("compose", compose),
+        "interval",
+        seconds=app.cfg.scheduler.tick.total_seconds(),
+        next_run_time=datetime.now(UTC),
+        id="compose",
+        max_instances=1,
+        coalesce=True,
+    )
+    return scheduler

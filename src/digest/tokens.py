@@ -1,0 +1,43 @@
+"""Opaque tokens and signed addresses (pure; keys come in as parameters).
+
+Unsubscribe and preference links carry a random per-subscription token: it reveals nothing about
+the address, cannot be forged, never expires, and survives any rotation of the signing keys.
+Bounce return paths (VERP) carry the delivery id and a short HMAC in lowercase hex, since some
+MTAs fold the case of local parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Sequence
+
+VERP_PREFIX = "bounces"
+_VERP = re.compile(r"^bounces\+(\d+)\.([0-9a-f]{10})@(.+)$")
+
+
+def new_subscription_token() -> str:
+    """32 random bytes, URL-safe: the key to one reader's unsubscribe and preferences pages."""
+    return secrets.token_urlsafe(32)
+
+
+def _mac(key: str, delivery_id: int) -> str:
+    return hmac.new(key.encode(), f"verp:{delivery_id}".encode(), hashlib.sha256).hexdigest()[:10]
+
+
+def verp_address(delivery_id: int, key: str, domain: str) -> str:
+    """The envelope sender of one delivery: bounces come back naming exactly it."""
+    return f"{VERP_PREFIX}+{delivery_id}.{_mac(key, delivery_id)}@{domain}"
+
+
+def parse_verp(address: str, keys: Sequence[str]) -> int | None:
+    """The delivery id in a VERP address, or None if it is not ours or its HMAC is wrong."""
+    m = _VERP.match(address.strip().strip("<>").lower())
+    if not m:
+        return None
+    delivery_id, mac = int(m.group(1)), m.group(2)
+    if any(hmac.compare_digest(mac, _mac(k, delivery_id)) for k in keys):
+        return delivery_id
+    return None

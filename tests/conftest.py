@@ -1,0 +1,170 @@
+"""Shared fixtures: a real SMTP server (aiosmtpd), real SQLite and PostgreSQL databases, projects."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("DIGEST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_PG = os.environ.get("DIGEST_TEST_REQUIRE_POSTGRES") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+@dataclass
+class SmtpSink:
+    """A real aiosmtpd server on loopback; `reply_for(address, attempt)` may script RCPT replies."""
+
+    port: int
+    messages: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reply_for: Callable[[str, int], str | None] | None = None
+    rcpt_attempts: dict[str, int] = field(default_factory=dict)
+
+    def to(self, address: str) -> list[Received]:
+        with self.lock:
+            return [m for m in self.messages if address in m.rcpt_tos]
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        with self.sink.lock:
+            n = self.sink.rcpt_attempts.get(address, 0) + 1
+            self.sink.rcpt_attempts[address] = n
+        if self.sink.reply_for is not None:
+            reply = self.sink.reply_for(address, n)
+            if reply:
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.sink.lock:
+            self.sink.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
+            n = len(self.sink.messages)
+        return f"250 2.0.0 queued as t{n:06d}"
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink(port=free_port())
+    controller = Controller(_Handler(sink), hostname="127.0.0.1", port=sink.port, decode_data=False)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+def _postgres_available() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except Exception as exc:
+        name = type(exc).__name__
+        return f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({name}); set DIGEST_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    reason = _postgres_available()
+    if reason:
+        if REQUIRE_PG:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database, dropped after the test."""
+    import psycopg
+
+    name = f"digest_test_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = postgres_admin.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(postgres_admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs on real SQLite and on real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/digest.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def write_config(
+    directory: Path,
+    *,
+    database_url: str,
+    smtp_port: int | None,
+    web_port: int = 8000,
+    extra: str = "",
+    lists: str | None = None,
+) -> Path:
+    """A digest.toml like an operator would write, with seeds/ as a directory source."""
+    seeds = directory / "seeds"
+    if not seeds.exists():
+        import shutil
+
+        shutil.copytree(ROOT / "seeds", seeds)
+    smtp = (
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n\n[capture]\nenabled = false\n\n'
+        if smtp_port
+        else f'[capture]\nenabled = true\nport = {free_port()}\ndirectory = "{directory}/captured"\n\n'
+    )
+    lists = (
+        lists
+        if lists is not None
+        else (
+            '[[lists]]\nslug = "demo"\nname = "Demo Digest"\nsources = ["seeds"]\n'
+            'schedule = "0 7 * * *"\ntimezone = "UTC"\nmax_articles = 10\nmax_age = "3650d"\n'
+        )
+    )
+    path = directory / "digest.toml"
+    path.write_text(
+        f'[database]\nurl = "{database_url}"\n\n'
+        + smtp
+        + f'[web]\nhost = "127.0.0.1"\nport = {web_port}\nbase_url = "http://127.0.0.1:{web_port}"\n'
+        'secret_keys = ["test-secret-key-0123456789abcdef"]\n\n'
+        '[sender]\nfrom = "Digest <digest@news.example.com>"\n'
+        'postal_address = "1 Example Street, Springfield"\n'
+        'domain = "news.example.com"\n\n'
+        f'[[sources]]\nname = "seeds"\nkind = "directory"\npath = "{seeds}"\n\n' + lists + extra
+    )
+    return path
