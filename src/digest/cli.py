@@ -51,6 +51,7 @@ def _main(
         typer.Option("--config", "-c", help="TOML config file (default: $DIGEST_CONFIG or ./digest.toml)."),
     ] = None,
 ) -> None:
+    _state.clear()
     _state["config_path"] = config
 
 
@@ -466,9 +467,7 @@ def preview_cmd(
         return
     text = rendered.text.replace(TOKEN_PLACEHOLDER, "preview")
     if out_file:
-        out_file.write_text(
-            rendered.html.replace(TOKEN_PLACEHOLDER, "preview"), encoding="utf-8"
-        )
+        out_file.write_text(rendered.html.replace(TOKEN_PLACEHOLDER, "preview"), encoding="utf-8")
         out.print(
             f"subject: {rendered.subject}\n{len(d.picked)} article(s), {d.more} more;"
             f" HTML written to {out_file}",
@@ -617,6 +616,8 @@ def status_cmd(list_slug: Annotated[str | None, typer.Argument(metavar="[LIST]")
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every SMTP command of the capture server at INFO.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 @app.command("run")

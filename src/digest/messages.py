@@ -22,7 +22,12 @@ from email.utils import format_datetime, make_msgid, parseaddr
 from digest.rendering import TOKEN_PLACEHOLDER
 
 POLICY = email.policy.SMTP.clone(cte_type="7bit")
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 controls plus the separators str.splitlines() breaks on (U+0085 is C1).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_WORD = re.compile(r" *[^ ]+")
+_BREAK_WITHOUT_FWS = re.compile(rb"\r\n(?![ \t])|\r(?!\n)|(?<!\r)\n")
+_HEADER_LINE = 78
+_MAX_LINE = 998
 
 
 def clean_header_value(value: str) -> str:
@@ -31,8 +36,42 @@ def clean_header_value(value: str) -> str:
 
 
 def header(name: str, value: str) -> bytes:
-    """One folded, 7-bit header line ending in CRLF."""
-    return POLICY.fold_binary(name, clean_header_value(value))
+    """One folded, 7-bit header line ending in CRLF.
+
+    ASCII values are folded at their spaces and never re-parsed: a URI in List-Unsubscribe stays
+    literal, and `=?..?=` in user text is not decoded into a line break (CVE-2026-1299). Other
+    values go through the policy's header objects, which emit RFC 2047 encoded-words; passing a
+    plain string to `fold_binary` would write short values unencoded and fail on non-ASCII.
+    """
+    value = clean_header_value(value)
+    if value.isascii():
+        folded = _fold_ascii(name, value)
+    else:
+        obj = POLICY.header_factory(name, value)
+        if _UNSAFE.search(str(obj)):  # an encoded-word in the text decoded to a control character
+            obj = POLICY.header_factory(name, clean_header_value(str(obj)))
+        folded = POLICY.fold_binary(name, obj)
+    lines = folded[:-2].split(b"\r\n")
+    if (
+        not folded.endswith(b"\r\n")
+        or _BREAK_WITHOUT_FWS.search(folded[:-2])
+        or max(len(line) for line in lines) > _MAX_LINE
+    ):
+        raise ValueError(f"header {name} cannot be folded safely: {folded[:200]!r}")
+    return folded
+
+
+def _fold_ascii(name: str, value: str) -> bytes:
+    """Fold before spaces so lines stay within 78 characters where the words allow it."""
+    lines = [f"{name}:"]
+    for i, word in enumerate(_WORD.findall(value)):
+        if i == 0:
+            lines[-1] += " " + word
+        elif len(lines[-1]) + len(word) > _HEADER_LINE:
+            lines.append(word)
+        else:
+            lines[-1] += word
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
 def format_address(addr_spec: str, display_name: str = "") -> str:
@@ -75,6 +114,16 @@ def encode_body(body: str, cte: str) -> bytes:
     if not out.endswith(b"\n"):
         out += b"\n"
     return out.replace(b"\n", b"\r\n")
+
+
+def list_unsubscribe_header(value: str) -> bytes:
+    """List-Unsubscribe, folded only between its URIs, never inside one or before the first.
+
+    A generic folder would move a long first URI to a continuation line, leaving a leading space
+    in the value that some receivers keep (RFC 8058 consumers compare the URI exactly).
+    """
+    uris = [u.strip() for u in clean_header_value(value).split(",") if u.strip()]
+    return ("List-Unsubscribe: " + ",\r\n ".join(uris) + "\r\n").encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -150,7 +199,7 @@ def assemble(
         header("To", to),
     ]
     if list_unsubscribe:
-        head.append(header("List-Unsubscribe", list_unsubscribe))
+        head.append(list_unsubscribe_header(list_unsubscribe))
     text = tpl.text.replace(TOKEN_PLACEHOLDER, token)
     html = tpl.html.replace(TOKEN_PLACEHOLDER, token)
     return b"".join(

@@ -51,7 +51,7 @@ def _field(text: str, low: int, high: int, names: dict[str, int] | None, what: s
         token = token.lower()
         if names and token in names:
             return names[token]
-        if not token.isdigit():
+        if not (token.isascii() and token.isdigit()):
             raise ValueError(f"{what}: {token!r} is not a number")
         return int(token)
 
@@ -117,18 +117,24 @@ def resolve_local(naive: datetime, tz: ZoneInfo) -> datetime:
     return first.astimezone(UTC)
 
 
+def _day_slots(cron: Cron, tz: ZoneInfo, d: date) -> list[datetime]:
+    """The due instants of one local date (none if the date does not match)."""
+    if not cron.matches_date(d):
+        return []
+    return [resolve_local(datetime.combine(d, time(h, m)), tz) for h in cron.hours for m in cron.minutes]
+
+
 def next_due(cron: Cron, tz: ZoneInfo, after: datetime) -> datetime:
     """The first due instant strictly after `after` (aware), in UTC."""
     local_day = after.astimezone(tz).date() - timedelta(days=1)
     for offset in range(366 * 8 + 2):
         d = local_day + timedelta(days=offset)
-        if not cron.matches_date(d):
-            continue
-        for hour in cron.hours:
-            for minute in cron.minutes:
-                due = resolve_local(datetime.combine(d, time(hour, minute)), tz)
-                if due > after:
-                    return due
+        later = [due for due in _day_slots(cron, tz, d) if due > after]
+        if later:
+            # A wall time moved forward by a gap can overtake later slots (of that day or, for a gap
+            # at midnight, the next), so take the earliest rather than the first in wall-clock order.
+            later += [due for due in _day_slots(cron, tz, d + timedelta(days=1)) if due > after]
+            return min(later)
     raise ValueError("the cron expression never matches a real date")
 
 
@@ -137,11 +143,8 @@ def previous_due(cron: Cron, tz: ZoneInfo, at: datetime) -> datetime | None:
     local_day = at.astimezone(tz).date() + timedelta(days=1)
     for offset in range(402):
         d = local_day - timedelta(days=offset)
-        if not cron.matches_date(d):
-            continue
-        for hour in reversed(cron.hours):
-            for minute in reversed(cron.minutes):
-                due = resolve_local(datetime.combine(d, time(hour, minute)), tz)
-                if due <= at:
-                    return due
+        earlier = [due for due in _day_slots(cron, tz, d) if due <= at]
+        if earlier:
+            earlier += [due for due in _day_slots(cron, tz, d - timedelta(days=1)) if due <= at]
+            return max(earlier)
     return None
