@@ -26,7 +26,7 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed-test lint typecheck pytest
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
 
 typecheck: $(BIN)/.installed-test
 	$(BIN)/mypy src
