@@ -116,8 +116,16 @@ def editions() -> dict[str, EditionView]:
         direction="rtl",
         articles=[
             article(0, title="Zoë's café reopens — à bientôt! ☕🎉", source="Gazette Ñandú"),
-            article(1, title="港の新しいフェリー時刻表が承認されました", summary="東京湾の交通委員会が発表しました。🚢"),
-            article(2, title="المجلس يوافق على جدول العبّارة الجديد", summary="قالت لجنة النقل إن التغيير يبدأ في أبريل."),
+            article(
+                1,
+                title="港の新しいフェリー時刻表が承認されました",
+                summary="東京湾の交通委員会が発表しました。🚢",
+            ),
+            article(
+                2,
+                title="المجلس يوافق على جدول العبّارة الجديد",
+                summary="قالت لجنة النقل إن التغيير يبدأ في أبريل.",
+            ),
         ],
     )
     cjk = edition(
@@ -185,13 +193,15 @@ def build(
     view: EditionView | None = None,
     mailto: bool = True,
 ) -> bytes:
+    headers = list_headers(view or edition())
     tpl = messages.prepare(
         from_addr=from_addr,
         subject=r.subject if subject is None else subject,
         text=r.text,
         html=r.html,
         reply_to=f"editor@{DOMAIN}",
-        **list_headers(view or edition()),
+        list_id=headers["list_id"],
+        feedback_id=headers["feedback_id"],
         extra=(("Precedence", "bulk"),),
     )
     return messages.assemble(
@@ -297,7 +307,9 @@ def test_header_lines_over_78_are_reported(
     long_lines = [line for line in header_section(raws[name, tok]).split(b"\r\n") if len(line) > 78]
     if long_lines:
         with capsys.disabled():
-            fields = ", ".join(f"{line.split(b':')[0].decode() or 'continuation'}={len(line)}" for line in long_lines)
+            fields = ", ".join(
+                f"{line.split(b':')[0].decode() or 'continuation'}={len(line)}" for line in long_lines
+            )
             print(f"\n[{name}-{tok}] header lines over 78 octets: {fields}")
     assert all(len(line) <= 998 for line in long_lines)
 
@@ -580,8 +592,8 @@ def test_article_title_cannot_inject_headers(baseline: int, payload: str) -> Non
 # Property: any subject, name and body gives a clean message
 
 
-SCARY = "\x00\t\n\r\x0b\x0c\x1b\x7f\x85\u2028\u2029 =?:<>\",;\\@"
-fuzz_text = st.text(st.one_of(st.characters(blacklist_categories=("Cs",)), st.sampled_from(SCARY)), max_size=120)
+SCARY = '\x00\t\n\r\x0b\x0c\x1b\x7f\x85\u2028\u2029 =?:<>",;\\@'
+fuzz_text = st.text(st.one_of(st.characters(), st.sampled_from(SCARY)), max_size=120)
 
 
 def expected_header_text(value: str) -> str:

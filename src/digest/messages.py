@@ -165,7 +165,7 @@ def prepare(
     for name, value in extra:
         lines.append(header(name, value))
     lines.append(b"MIME-Version: 1.0\r\n")
-    lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'.encode("ascii"))
+    lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'.encode("ascii"))
     return MessageTemplate(
         shared_headers=b"".join(lines),
         boundary=boundary,
