@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -41,6 +42,7 @@ class SmtpSink:
     lock: threading.Lock = field(default_factory=threading.Lock)
     reply_for: Callable[[str, int], str | None] | None = None
     rcpt_attempts: dict[str, int] = field(default_factory=dict)
+    data_delay: Callable[[list[str]], float] | None = None
 
     def to(self, address: str) -> list[Received]:
         with self.lock:
@@ -63,6 +65,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.sink.data_delay is not None:
+            await asyncio.sleep(self.sink.data_delay(list(envelope.rcpt_tos)))
         with self.sink.lock:
             self.sink.messages.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "digest"
-PURE = ["schedule", "selection", "rendering", "messages", "tokens", "extract"]
+PURE = ["schedule", "selection", "rendering", "messages", "tokens", "extract", "inbound"]
 EDGES = ["db", "ingest", "smtp", "capture"]
 LEAVES = ["models", "config", "errors"]
 IO_LIBRARIES = {
@@ -83,7 +83,7 @@ def test_edges_never_import_the_pipeline_or_the_front_ends(module: str) -> None:
     assert not digest_imports(module) & {"pipeline", "cli", "web", "scheduler", "service"}
 
 
-@pytest.mark.parametrize("module", ["web", "scheduler", "pipeline", "service"])
+@pytest.mark.parametrize("module", ["web", "scheduler", "pipeline", "service", "delivery"])
 def test_nothing_but_the_entry_point_imports_the_cli(module: str) -> None:
     assert "cli" not in digest_imports(module)
 

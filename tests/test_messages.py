@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest import messages
-from digest.pipeline import _sender_id
+from digest.delivery import sender_id as _sender_id
 from digest.rendering import (
     TOKEN_PLACEHOLDER,
     ArticleView,
@@ -46,7 +46,7 @@ BARE_CR = re.compile(rb"\r(?!\n)")
 REQUIRED = ("Date", "From", "To", "Subject", "Message-ID", "MIME-Version")
 # What clean_header_value() promises: controls (and the line separators str.splitlines() honours)
 # become one space, then the value is trimmed.
-CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
 INJECTIONS = [
     "x\r\nBcc: a@evil.test",
     "x\n",

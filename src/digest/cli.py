@@ -563,6 +563,65 @@ def worker_cmd(
     _say_stats(_with_app(go))
 
 
+editions_app = typer.Typer(help="Pause, resume, cancel or resend an edition.", no_args_is_help=True)
+app.add_typer(editions_app, name="editions")
+
+
+@editions_app.command("pause")
+def editions_pause(
+    edition_id: Annotated[int, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option("--reason")] = "paused by the operator",
+) -> None:
+    """Stop sending an edition; messages in flight finish.
+
+    Example: digest editions pause 12 --reason "wrong article"
+    """
+    _with_app(lambda a: pipeline.pause_edition(a, edition_id, reason))
+    out.print(f"edition {edition_id} paused", highlight=False)
+
+
+@editions_app.command("resume")
+def editions_resume(edition_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Resume a paused edition (paused by you or by the circuit breaker).
+
+    Example: digest editions resume 12
+    """
+    _with_app(lambda a: pipeline.resume_edition(a, edition_id, datetime.now(UTC)))
+    out.print(
+        f"edition {edition_id} resumed; `digest worker` (or `digest run`) sends the rest", highlight=False
+    )
+
+
+@editions_app.command("cancel")
+def editions_cancel(edition_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Cancel what has not gone out; those readers get the articles in their next digest.
+
+    Example: digest editions cancel 12
+    """
+    n = _with_app(lambda a: pipeline.cancel_edition(a, edition_id, datetime.now(UTC)))
+    out.print(f"edition {edition_id} cancelled: {n} unsent message(s) will not go out", highlight=False)
+
+
+@editions_app.command("resend")
+def editions_resend(
+    edition_id: Annotated[int, typer.Argument(metavar="ID")],
+    only_unsent: Annotated[
+        bool, typer.Option("--only-unsent", help="Required: only what never arrived.")
+    ] = False,
+    include_unknown: Annotated[
+        bool, typer.Option("--include-unknown", help="Also resend messages whose outcome is unknown.")
+    ] = False,
+) -> None:
+    """Queue again the messages of an edition that failed or were cancelled (same Message-ID).
+
+    Example: digest editions resend 12 --only-unsent --include-unknown
+    """
+    if not only_unsent:
+        _fail(UsageError("say --only-unsent: digest never resends messages that were delivered"))
+    n = _with_app(lambda a: pipeline.resend_edition(a, edition_id, include_unknown, datetime.now(UTC)))
+    out.print(f"edition {edition_id}: {n} message(s) queued again", highlight=False)
+
+
 @app.command("status")
 def status_cmd(list_slug: Annotated[str | None, typer.Argument(metavar="[LIST]")] = None) -> None:
     """Recent editions and their deliveries by status.

@@ -15,13 +15,30 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, and_, create_engine, delete, event, func, or_, select, text, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    String,
+    Table,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -32,8 +49,10 @@ from digest.models import (
     Article,
     ArticleSource,
     Delivery,
+    DeliveryKind,
     DeliveryStatus,
     Edition,
+    EditionStatus,
     Event,
     ListSource,
     MailingList,
@@ -42,7 +61,10 @@ from digest.models import (
     Subscriber,
     Subscription,
     SubscriptionStatus,
+    UTCDateTime,
 )
+
+HELD_EDITIONS = (EditionStatus.PAUSED, EditionStatus.CANCELLED)
 
 # Any constant works; it only has to be the same in every process that assigns seq values.
 SEQ_LOCK_KEY = 7_141_957
@@ -217,6 +239,12 @@ def _insert(session: AsyncSession, table: Any) -> Any:
 # ---------------------------------------------------------------- sources and lists
 
 
+async def lock_config_sync(session: AsyncSession) -> None:
+    """Processes starting together (several workers) sync the config one after another."""
+    if _is_postgres(session):
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SEQ_LOCK_KEY + 1})
+
+
 async def upsert_source(
     session: AsyncSession, name: str, kind: str, location: str, interval: timedelta
 ) -> Source:
@@ -247,10 +275,14 @@ async def upsert_list(
             setattr(lst, key, value)
     lst.active = True
     await session.flush()
-    await session.execute(delete(ListSource).where(ListSource.list_id == lst.id))
-    for sid in source_ids:
-        session.add(ListSource(list_id=lst.id, source_id=sid))
-    await session.flush()
+    current = set(
+        (await session.execute(select(ListSource.source_id).where(ListSource.list_id == lst.id))).scalars()
+    )
+    if current != set(source_ids):
+        await session.execute(delete(ListSource).where(ListSource.list_id == lst.id))
+        for sid in source_ids:
+            session.add(ListSource(list_id=lst.id, source_id=sid))
+        await session.flush()
     return lst
 
 
@@ -549,56 +581,133 @@ async def deliveries_to(session: AsyncSession, address: str, limit: int = 10) ->
 # ---------------------------------------------------------------- compose
 
 
-async def sendable_subscriptions(
-    session: AsyncSession, list_id: int, due_before: datetime | None
-) -> list[tuple[Subscription, Subscriber]]:
-    """Confirmed readers of a list with an active address and nothing outstanding.
+@dataclass(frozen=True)
+class Slot:
+    """One reader due for a digest, as little as composing needs (100,000 of these stay small)."""
 
-    With `due_before`, only those whose next slot has come; without, every one (`digest send`).
-    """
+    id: int
+    watermark: int
+    cadence: str
+    send_hour: int | None
+    weekday: int | None
+    timezone: str | None
+
+
+def _sendable(list_id: int) -> Any:
     outstanding = (
         select(Delivery.id)
         .where(Delivery.subscription_id == Subscription.id, Delivery.status.in_(list(OUTSTANDING)))
         .exists()
     )
-    stmt = (
-        select(Subscription, Subscriber)
-        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .where(
-            Subscription.list_id == list_id,
-            Subscription.status == SubscriptionStatus.CONFIRMED,
-            Subscription.confirmed_at.is_not(None),
-            Subscriber.status == "active",
-            ~outstanding,
-        )
-        .order_by(Subscription.id)
+    active = select(Subscriber.id).where(
+        Subscriber.id == Subscription.subscriber_id, Subscriber.status == "active"
     )
+    return and_(
+        Subscription.list_id == list_id,
+        Subscription.status == SubscriptionStatus.CONFIRMED,
+        Subscription.confirmed_at.is_not(None),
+        active.exists(),
+        ~outstanding,
+    )
+
+
+async def due_readers(session: AsyncSession, list_id: int, due_before: datetime | None) -> list[Slot]:
+    """Confirmed, active readers of a list with nothing outstanding (and, with `due_before`, due)."""
+    stmt = select(
+        Subscription.id,
+        Subscription.watermark,
+        Subscription.cadence,
+        Subscription.send_hour,
+        Subscription.weekday,
+        Subscription.timezone,
+    ).where(_sendable(list_id))
     if due_before is not None:
         stmt = stmt.where(Subscription.next_due_at <= due_before)
-    return [(a, b) for a, b in (await session.execute(stmt)).all()]
+    return [Slot(*row) for row in (await session.execute(stmt.order_by(Subscription.id))).all()]
 
 
-async def claim_reader(
+async def advance_readers(
     session: AsyncSession,
-    subscription_id: int,
+    list_id: int,
+    ids: Sequence[int],
     old_watermark: int,
     new_watermark: int,
-    old_due: datetime | None,
-    next_due: datetime | None,
+    next_due: datetime,
     now: datetime,
-) -> bool:
-    """Compare-and-set a reader's watermark and slot; False when another composer got there first."""
-    stmt = (
-        update(Subscription)
-        .where(
-            Subscription.id == subscription_id,
-            Subscription.watermark == old_watermark,
-            Subscription.next_due_at.is_(None) if old_due is None else Subscription.next_due_at == old_due,
+    due_before: datetime | None,
+) -> list[int]:
+    """Compare-and-set watermark and next slot for a set of readers; returns those this composer won.
+
+    The row locks this UPDATE takes come before any delivery is inserted, so two composers
+    (a second scheduler, a retried tick) can never both compose for one reader.
+    """
+    cond = [Subscription.id.in_(ids), Subscription.watermark == old_watermark, _sendable(list_id)]
+    if due_before is not None:
+        cond.append(Subscription.next_due_at <= due_before)
+    values: dict[str, Any] = {"watermark": new_watermark, "next_due_at": next_due}
+    if new_watermark != old_watermark:
+        values["last_digest_at"] = now
+    stmt = update(Subscription).where(*cond).values(**values).returning(Subscription.id)
+    return [int(i) for i in (await session.execute(stmt)).scalars().all()]
+
+
+async def insert_digest_deliveries(
+    session: AsyncSession,
+    edition_id: int,
+    ids: Sequence[int],
+    from_seq: int,
+    to_seq: int,
+    now: datetime,
+    message_id_suffix: str,
+) -> int:
+    """One INSERT … SELECT for a chunk of readers; Message-IDs are <d{edition}.{subscription}{suffix}>."""
+    sid = func.cast(Subscription.id, String)
+    source = (
+        select(
+            literal(DeliveryKind.DIGEST.value),
+            literal(edition_id),
+            Subscription.id,
+            Subscriber.email,
+            literal("digest:") + sid + literal(f":{from_seq}:{to_seq}"),
+            literal(from_seq),
+            literal(to_seq),
+            literal(10),
+            literal(DeliveryStatus.PENDING.value),
+            literal(0),
+            literal(now, UTCDateTime()),
+            literal(f"<d{edition_id}.") + sid + literal(message_id_suffix),
+            literal(now, UTCDateTime()),
+            literal(now, UTCDateTime()),
         )
-        .values(watermark=new_watermark, next_due_at=next_due, last_digest_at=now)
+        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+        .where(Subscription.id.in_(ids))
     )
-    result = await session.execute(stmt)
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    columns = [
+        "kind", "edition_id", "subscription_id", "address", "dedupe_key", "from_seq", "to_seq", "priority",
+        "status", "attempts", "next_attempt_at", "message_id", "created_at", "updated_at",
+    ]  # fmt: skip
+    stmt = (
+        _insert(session, Delivery)
+        .from_select(columns, source)
+        .on_conflict_do_nothing()
+        .returning(Delivery.id)
+    )
+    return len((await session.execute(stmt)).all())
+
+
+async def record_skips(session: AsyncSession, ids: Sequence[int], now: datetime, next_due: datetime) -> None:
+    """A `skipped` event for each reader whose slot came with nothing new."""
+    source = select(
+        Subscription.subscriber_id,
+        Subscription.id,
+        literal("skipped"),
+        literal({"reason": "nothing new", "next_due_at": next_due.isoformat()}, JSON()),
+        literal(now, UTCDateTime()),
+    ).where(Subscription.id.in_(ids))
+    stmt = insert(Event).from_select(
+        ["subscriber_id", "subscription_id", "kind", "detail", "created_at"], source
+    )
+    await session.execute(stmt)
 
 
 async def insert_delivery(session: AsyncSession, values: dict[str, Any]) -> int | None:
@@ -634,6 +743,9 @@ async def claim_deliveries(
         .where(
             Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
             Delivery.next_attempt_at <= now,
+            ~select(Edition.id)
+            .where(Edition.id == Delivery.edition_id, Edition.status.in_(list(HELD_EDITIONS)))
+            .exists(),
         )
         .order_by(Delivery.priority, Delivery.next_attempt_at, Delivery.id)
         .limit(limit)
@@ -719,6 +831,104 @@ async def release_leases(session: AsyncSession, owner: str, ids: Sequence[int], 
     )
 
 
+async def release_owner(session: AsyncSession, owner: str, now: datetime) -> int:
+    """A stopping worker hands back every row it still holds, so nothing waits for a lease to expire."""
+    stmt = (
+        update(Delivery)
+        .where(Delivery.lease_owner == owner, Delivery.status == DeliveryStatus.SENDING)
+        .values(status=DeliveryStatus.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now)
+    )
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def pause_edition(session: AsyncSession, edition_id: int, reason: str, now: datetime) -> None:
+    """Stop an edition; what its breaker deferred goes back to pending, to go out on resume."""
+    await session.execute(
+        update(Edition)
+        .where(Edition.id == edition_id, Edition.status == EditionStatus.SENDING)
+        .values(status=EditionStatus.PAUSED, pause_reason=reason[:1000])
+    )
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.edition_id == edition_id, Delivery.status == DeliveryStatus.DEFERRED)
+        .values(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+    )
+
+
+async def set_edition_status(session: AsyncSession, edition_id: int, status: str, reason: str | None) -> bool:
+    """Pause or resume an edition by hand; False when it does not exist."""
+    result = await session.execute(
+        update(Edition).where(Edition.id == edition_id).values(status=status, pause_reason=reason)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def cancel_edition(session: AsyncSession, edition_id: int, now: datetime) -> list[Delivery]:
+    """Cancel what has not gone out; returns the cancelled digests so their watermarks roll back."""
+    await session.execute(
+        update(Edition).where(Edition.id == edition_id).values(status=EditionStatus.CANCELLED)
+    )
+    stmt = (
+        update(Delivery)
+        .where(
+            Delivery.edition_id == edition_id,
+            Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
+        )
+        .values(status=DeliveryStatus.CANCELLED, updated_at=now)
+        .returning(Delivery)
+    )
+    return list((await session.execute(stmt)).scalars().all())
+
+
+async def requeue_unsent(session: AsyncSession, edition_id: int, include_unknown: bool, now: datetime) -> int:
+    """Send again what never arrived (same Message-ID, so receivers can de-duplicate).
+
+    A digest is requeued only while its reader's watermark still stands where this delivery
+    left it (rolled back to from_seq, or at to_seq): a reader who has since had a newer digest
+    holding these articles must not get them twice.
+    """
+    statuses = [DeliveryStatus.FAILED, DeliveryStatus.CANCELLED, DeliveryStatus.DEFERRED]
+    if include_unknown:
+        statuses.append(DeliveryStatus.UNKNOWN)
+    rows = await session.execute(
+        select(Delivery, Subscription.watermark)
+        .outerjoin(Subscription, Subscription.id == Delivery.subscription_id)
+        .where(Delivery.edition_id == edition_id, Delivery.status.in_(statuses))
+    )
+    requeued = 0
+    for d, watermark in rows.all():
+        if d.subscription_id is not None and d.from_seq is not None and d.to_seq is not None:
+            if watermark not in (d.from_seq, d.to_seq):
+                continue
+            await rollback_watermark(session, d.subscription_id, d.to_seq, d.from_seq)
+        d.status, d.attempts, d.next_attempt_at, d.created_at, d.updated_at = (
+            DeliveryStatus.PENDING,
+            0,
+            now,
+            now,
+            now,
+        )
+        requeued += 1
+    await session.execute(
+        update(Edition)
+        .where(Edition.id == edition_id)
+        .values(status=EditionStatus.SENDING, pause_reason=None)
+    )
+    return requeued
+
+
+async def suppress_subscriber(
+    session: AsyncSession, subscriber_id: int, status: str, now: datetime, reason: str
+) -> None:
+    """Stop all mail to a reader (hard bounce, complaint, operator); the event says why."""
+    await session.execute(
+        update(Subscriber).where(Subscriber.id == subscriber_id).values(status=status, updated_at=now)
+    )
+    await add_event(
+        session, "suppressed", now, subscriber_id=subscriber_id, status=status, reason=reason[:500]
+    )
+
+
 async def skip_outstanding(session: AsyncSession, subscription_id: int, now: datetime, reason: str) -> int:
     """A reader who left gets nothing more, even from an edition that is half sent.
 
@@ -733,6 +943,40 @@ async def skip_outstanding(session: AsyncSession, subscription_id: int, now: dat
         .values(status=DeliveryStatus.SKIPPED, smtp_reply=reason, updated_at=now)
     )
     return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def finish_deliveries(
+    session: AsyncSession, owner: str, outcomes: Sequence[tuple[int, dict[str, Any]]]
+) -> set[int]:
+    """Record many outcomes in one statement per shape; returns the ids whose lease was lost.
+
+    Only rows this worker still holds are written: a row whose lease expired and was taken by
+    another worker keeps that worker's state (the message may go out twice; it is logged).
+    """
+    ids = [i for i, _ in outcomes]
+    held = select(Delivery.id).where(
+        Delivery.id.in_(ids), Delivery.lease_owner == owner, Delivery.status == DeliveryStatus.SENDING
+    )
+    mine = {int(i) for i in (await session.execute(held)).scalars()}
+    table = cast(Table, Delivery.__table__)
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for delivery_id, values in outcomes:
+        if delivery_id in mine:
+            shapes.setdefault(tuple(sorted(values)), []).append(
+                {"b_id": delivery_id, **{f"b_{k}": v for k, v in values.items()}}
+            )
+    for keys, params in shapes.items():
+        stmt = (
+            update(table)
+            .where(
+                table.c.id == bindparam("b_id"),
+                table.c.lease_owner == owner,
+                table.c.status == DeliveryStatus.SENDING,
+            )
+            .values({**{k: bindparam(f"b_{k}") for k in keys}, "lease_owner": None, "lease_expires_at": None})
+        )
+        await session.execute(stmt, params)
+    return set(ids) - mine
 
 
 async def rollback_watermark(session: AsyncSession, subscription_id: int, from_seq: int, to_seq: int) -> None:
@@ -834,3 +1078,92 @@ async def ping(session: AsyncSession) -> None:
 
 async def list_by_id(session: AsyncSession, list_id: int) -> MailingList | None:
     return await session.get(MailingList, list_id)
+
+
+# ---------------------------------------------------------------- readers on the web (signup.py)
+
+
+async def subscription_by_id(session: AsyncSession, subscription_id: int) -> Subscription | None:
+    """A subscription named by a confirmation token (which carries ids, never addresses)."""
+    return await session.get(Subscription, subscription_id)
+
+
+async def subscription_for_update(session: AsyncSession, subscription_id: int) -> Subscription | None:
+    """Lock a subscription while confirming it, so two clicks confirm (and record) it once."""
+    stmt = (
+        select(Subscription)
+        .where(Subscription.id == subscription_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def subscription_by_token_for_update(session: AsyncSession, token: str) -> Subscription | None:
+    """Lock the subscription a link names while it changes, so concurrent clicks record one event."""
+    stmt = (
+        select(Subscription)
+        .where(Subscription.token == token)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def subscription_by_token_casefold(session: AsyncSession, token: str) -> Subscription | None:
+    """Mail to unsub+TOKEN@ may arrive case-folded by an MTA; only a unique match counts."""
+    stmt = select(Subscription).where(func.lower(Subscription.token) == token.lower()).limit(2)
+    found = (await session.execute(stmt)).scalars().all()
+    return found[0] if len(found) == 1 else None
+
+
+async def subscriber_by_id(session: AsyncSession, subscriber_id: int) -> Subscriber | None:
+    """The reader behind a subscription (for the address and global status)."""
+    return await session.get(Subscriber, subscriber_id)
+
+
+async def last_confirmation_sent(session: AsyncSession, subscription_id: int) -> datetime | None:
+    """When this subscription was last mailed a confirmation: at most one per address and list a day."""
+    stmt = select(func.max(Event.created_at)).where(
+        Event.subscription_id == subscription_id, Event.kind == "confirmation_sent"
+    )
+    found: datetime | None = (await session.execute(stmt)).scalar_one_or_none()
+    return found
+
+
+async def transactional_count_since(session: AsyncSession, since: datetime) -> int:
+    """Confirmation emails queued since a time, for the global hourly budget against list bombing."""
+    stmt = (
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.kind == "transactional", Delivery.created_at >= since)
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def delete_pending_before(session: AsyncSession, before: datetime) -> int:
+    """Signups nobody confirmed within the grace period are deleted, not kept as unconsented data."""
+    stmt = delete(Subscription).where(
+        Subscription.status == SubscriptionStatus.PENDING, Subscription.signup_at < before
+    )
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_readers_without_history(session: AsyncSession) -> int:
+    """Addresses left with no subscription and nothing on record that must be kept (consent, bounces)."""
+    has_subscription = select(Subscription.id).where(Subscription.subscriber_id == Subscriber.id).exists()
+    has_history = (
+        select(Event.id)
+        .where(
+            Event.subscriber_id == Subscriber.id,
+            Event.kind.in_(["confirmed", "unsubscribed", "bounced", "complained", "suppressed"]),
+        )
+        .exists()
+    )
+    stmt = delete(Subscriber).where(~has_subscription, ~has_history)
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_subscriber(session: AsyncSession, subscriber_id: int) -> None:
+    """Erase a reader on an operator's request: subscriptions and events go with the row."""
+    await session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))

@@ -22,8 +22,9 @@ from email.utils import format_datetime, make_msgid, parseaddr
 from digest.rendering import TOKEN_PLACEHOLDER
 
 POLICY = email.policy.SMTP.clone(cte_type="7bit")
-# C0 and C1 controls plus the separators str.splitlines() breaks on (U+0085 is C1).
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Controls, line and paragraph separators (the email policy splits on them), and lone surrogates
+# (which no UTF-8 encoder accepts; a JSON body may carry them as \\ud800 escapes).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
 _WORD = re.compile(r" *[^ ]+")
 _BREAK_WITHOUT_FWS = re.compile(rb"\r\n(?![ \t])|\r(?!\n)|(?<!\r)\n")
 _HEADER_LINE = 78
@@ -90,7 +91,7 @@ def new_message_id(domain: str) -> str:
 
 
 def _choose_cte(body: str) -> str:
-    raw = body.encode("utf-8")
+    raw = body.encode("utf-8", "replace")
     if raw.isascii() and all(len(line) <= 76 for line in raw.split(b"\n")):
         return "7bit"
     qp = len(_encode_qp(raw))
@@ -104,7 +105,7 @@ def _encode_qp(raw: bytes) -> bytes:
 
 def encode_body(body: str, cte: str) -> bytes:
     """Encode one part's decoded text with the edition's transfer encoding, CRLF line ends."""
-    raw = body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    raw = body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "replace")
     if cte == "base64":
         out = base64.encodebytes(raw)
     elif cte == "quoted-printable":

@@ -7,24 +7,20 @@ tests drive time explicitly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import random
-import socket
+import secrets
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import db, ingest, messages, rendering, schedule, selection, tokens
+from digest import db, delivery, ingest, messages, rendering, schedule, selection, tokens
 from digest.config import Config, ListConfig
 from digest.errors import AddressError, SourceError, UsageError
 from digest.models import (
@@ -38,7 +34,6 @@ from digest.models import (
     Subscription,
     SubscriptionStatus,
 )
-from digest.smtp import SendOutcome, SmtpConnection
 
 log = logging.getLogger("digest")
 
@@ -47,14 +42,6 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class Sender(Protocol):
-    """One SMTP connection's worth of sending (implemented by smtp.SmtpConnection)."""
-
-    async def send(self, env_from: str, rcpt: str, data: bytes) -> SendOutcome: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass
@@ -105,6 +92,7 @@ async def open_app(cfg: Config, *, check: bool = True) -> App:
 
 
 async def sync_config(s: AsyncSession, cfg: Config) -> None:
+    await db.lock_config_sync(s)
     ids: dict[str, int] = {}
     for src in cfg.sources:
         location = src.location
@@ -467,111 +455,93 @@ class ComposeReport:
     renders: int = 0
 
 
+COMPOSE_CHUNK = 2000  # readers per transaction: short locks, bounded memory
+
+
 async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) -> ComposeReport:
     """Compose digests for a list's readers, exactly once per reader and watermark.
 
     `manual` (digest send): every confirmed reader with something new, whatever their slot; their
     next slot is then computed from now. Otherwise only readers whose slot has come; a reader with
-    nothing new gets a `skipped` event and their next slot.
+    nothing new gets a `skipped` event and their next slot. Readers at one watermark share one
+    edition, rendered once; each chunk of them is claimed (compare-and-set on watermark and slot)
+    and given its deliveries by set-based SQL in one transaction.
     """
     report = ComposeReport(lst.slug)
     async with app.db.read() as s:
         upto = await db.list_max_seq(s, lst.id)
-        due = await db.sendable_subscriptions(s, lst.id, None if manual else now)
-    groups: dict[int, list[tuple[Subscription, Subscriber]]] = defaultdict(list)
-    for sub, reader in due:
-        groups[sub.watermark].append((sub, reader))
+        due = await db.due_readers(s, lst.id, None if manual else now)
+    groups: dict[int, list[db.Slot]] = defaultdict(list)
+    for slot in due:
+        groups[slot.watermark].append(slot)
+    del due
     for watermark, members in sorted(groups.items()):
         async with app.db.read() as s:
             d = await draft(app, s, lst, watermark, upto, now)
         if d.empty:
             if not manual:
-                report.skipped += await _skip_slot(app, lst, members, now)
+                report.skipped += await _skip_slots(app, lst, watermark, members, now)
             continue
-        rendered: rendering.Rendered | None = None
-        for start in range(0, len(members), 2000):
-            chunk = members[start : start + 2000]
+        edition_id: int | None = None
+        suffix = f".{secrets.token_hex(6)}@{app.cfg.sender.domain}>"
+        for start in range(0, len(members), COMPOSE_CHUNK):
+            chunk = members[start : start + COMPOSE_CHUNK]
             async with app.db.write() as s:
-                edition = Edition(
-                    list_id=lst.id,
-                    kind=DeliveryKind.DIGEST,
-                    article_ids=[c.article.id for c in d.picked],
-                    more_count=d.more,
-                    subject="",
-                    html="",
-                    text="",
-                    created_at=now,
-                    status=EditionStatus.SENDING,
-                )
-                await db.add_edition(s, edition)
-                if rendered is None:
-                    rendered = render_draft(app, d, now, f"{app.base_url}/archive/{lst.slug}/{edition.id}")
+                if edition_id is None:
+                    edition_id = await _new_edition(app, s, d, now)
                     report.renders += 1
-                edition.subject, edition.html, edition.text = rendered.subject, rendered.html, rendered.text
-                inserted = 0
-                for sub, reader in chunk:
-                    nxt = next_slot(sub, lst, now)
-                    if not await db.claim_reader(s, sub.id, watermark, upto, sub.next_due_at, nxt, now):
-                        continue  # another composer advanced this reader first
-                    new_id = await db.insert_delivery(
-                        s, _digest_delivery(app, edition.id, sub, reader, watermark, upto, now)
+                    report.editions.append(edition_id)
+                for (expr, tz), ids in _by_schedule(chunk, lst).items():
+                    nxt = schedule.next_due(_cron(expr), ZoneInfo(tz), now)
+                    won = await db.advance_readers(
+                        s, lst.id, ids, watermark, upto, nxt, now, None if manual else now
                     )
-                    inserted += new_id is not None
-                if inserted:
-                    report.editions.append(edition.id)
-                    report.deliveries += inserted
-                else:
-                    await s.delete(edition)
+                    if won:
+                        report.deliveries += await db.insert_digest_deliveries(
+                            s, edition_id, won, watermark, upto, now, suffix
+                        )
     return report
 
 
-def _digest_delivery(
-    app: App,
-    edition_id: int,
-    sub: Subscription,
-    reader: Subscriber,
-    from_seq: int,
-    to_seq: int,
-    now: datetime,
-) -> dict[str, object]:
-    return {
-        "kind": DeliveryKind.DIGEST,
-        "edition_id": edition_id,
-        "subscription_id": sub.id,
-        "address": reader.email,
-        "dedupe_key": f"digest:{sub.id}:{from_seq}:{to_seq}",
-        "from_seq": from_seq,
-        "to_seq": to_seq,
-        "priority": 10,
-        "status": DeliveryStatus.PENDING,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "message_id": messages.new_message_id(app.cfg.sender.domain),
-        "created_at": now,
-        "updated_at": now,
-    }
+def _by_schedule(slots: Sequence[db.Slot], lst: MailingList) -> dict[tuple[str, str], list[int]]:
+    """Readers grouped by (cron, time zone): due times are computed once per group, not per reader."""
+    out: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for slot in slots:
+        expr = schedule.cadence_cron(slot.cadence, slot.send_hour, slot.weekday, lst.schedule)
+        tz = lst.timezone if slot.cadence == Cadence.DEFAULT or not slot.timezone else slot.timezone
+        out[(expr, tz)].append(slot.id)
+    return out
 
 
-async def _skip_slot(
-    app: App, lst: MailingList, members: Sequence[tuple[Subscription, Subscriber]], now: datetime
+async def _new_edition(app: App, s: AsyncSession, d: Draft, now: datetime) -> int:
+    edition = Edition(
+        list_id=d.lst.id,
+        kind=DeliveryKind.DIGEST,
+        article_ids=[c.article.id for c in d.picked],
+        more_count=d.more,
+        subject="",
+        html="",
+        text="",
+        created_at=now,
+        status=EditionStatus.SENDING,
+    )
+    await db.add_edition(s, edition)
+    rendered = render_draft(app, d, now, f"{app.base_url}/archive/{d.lst.slug}/{edition.id}")
+    edition.subject, edition.html, edition.text = rendered.subject, rendered.html, rendered.text
+    return edition.id
+
+
+async def _skip_slots(
+    app: App, lst: MailingList, watermark: int, members: Sequence[db.Slot], now: datetime
 ) -> int:
     skipped = 0
     async with app.db.write() as s:
-        for sub, _ in members:
-            nxt = next_slot(sub, lst, now)
-            if await db.claim_reader(
-                s, sub.id, sub.watermark, sub.watermark, sub.next_due_at, nxt, sub.last_digest_at or now
-            ):
-                await db.add_event(
-                    s,
-                    "skipped",
-                    now,
-                    subscriber_id=sub.subscriber_id,
-                    subscription_id=sub.id,
-                    reason="nothing new",
-                    next_due_at=nxt.isoformat(),
-                )
-                skipped += 1
+        for (expr, tz), ids in _by_schedule(members, lst).items():
+            nxt = schedule.next_due(_cron(expr), ZoneInfo(tz), now)
+            won = await db.advance_readers(s, lst.id, ids, watermark, watermark, nxt, now, now)
+            if won:
+                await db.record_skips(s, won, now, nxt)
+                skipped += len(won)
     return skipped
 
 
@@ -660,276 +630,64 @@ async def queue_test(app: App, lst: MailingList, address: str, now: datetime) ->
 # ---------------------------------------------------------------- deliver
 
 
-TEST_TOKEN = "test"  # noqa: S105 (a marker, not a secret)  # test sends link to an inert page that says it was a test
-
-
-@dataclass
-class DeliverStats:
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    unknown: int = 0
-    skipped: int = 0
-    lost_leases: int = 0
-
-    def add(self, status: str) -> None:
-        setattr(self, status, getattr(self, status) + 1)
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()[:30]}:{os.getpid()}:{random.getrandbits(32):08x}"
-
-
-def make_senders(app: App) -> list[Sender]:
-    relays = app.cfg.relays
-    if not relays:
-        from digest.config import RelayConfig
-
-        c = app.cfg.capture
-        relays = [RelayConfig(host=c.host, port=c.port, security="none", concurrency=2)]
-    relay = relays[0]
-    return [SmtpConnection(relay) for _ in range(relay.concurrency)]
-
-
-class _Assembler:
-    """Per-edition message templates, built once and reused for every reader of the edition."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.cache: dict[int, messages.MessageTemplate] = {}
-
-    def template(self, c: db.Claimed) -> messages.MessageTemplate:
-        e, lst = c.edition, c.mailing_list
-        if e is not None and e.id in self.cache:
-            return self.cache[e.id]
-        cfg = self.app.cfg
-        if e is None:
-            d = c.delivery
-            tpl = messages.prepare(
-                from_addr=cfg.sender.from_,
-                subject=d.subject or "",
-                text=d.body_text or "",
-                html=d.body_html or "",
-                reply_to=cfg.sender.reply_to,
-                list_unsubscribe_post=False,
-                extra=(("Auto-Submitted", "auto-generated"),),
-            )
-            return tpl
-        if lst is None:
-            raise LookupError(f"edition {e.id} has no list")
-        lst_row = lst
-        tpl = messages.prepare(
-            from_addr=lst_row.from_addr or cfg.sender.from_,
-            reply_to=lst_row.reply_to or cfg.sender.reply_to,
-            subject=e.subject,
-            text=e.text,
-            html=e.html,
-            list_id=f"{lst_row.name} <{lst_row.slug}.{cfg.sender.domain}>",
-            feedback_id=f"{e.id}:{lst_row.slug}:{e.kind}:{_sender_id(cfg.sender.domain)}",
-            extra=(("Precedence", "bulk"),),
-        )
-        self.cache[e.id] = tpl
-        return tpl
-
-    def message(self, c: db.Claimed, now: datetime) -> tuple[str, bytes]:
-        """(envelope sender, message bytes) for one claimed delivery."""
-        cfg, d = self.app.cfg, c.delivery
-        bounce_domain = cfg.bounce.domain or cfg.sender.domain
-        env_from = tokens.verp_address(d.id, self.app.keys[0], bounce_domain)
-        tpl = self.template(c)
-        token = c.subscription.token if c.subscription is not None else TEST_TOKEN
-        unsub = None
-        if d.kind != DeliveryKind.TRANSACTIONAL:
-            unsub = f"<{self.app.base_url}/u/{token}>"
-            if cfg.bounce.listen:
-                unsub += f", <mailto:unsub+{token}@{bounce_domain}>"
-        name = c.subscriber.name if c.subscriber is not None else ""
-        raw = messages.assemble(
-            tpl,
-            to=messages.format_address(d.address, name),
-            message_id=d.message_id,
-            date=now,
-            token=token,
-            list_unsubscribe=unsub,
-        )
-        return env_from, raw
-
-
-def _sender_id(domain: str) -> str:
-    """Feedback-ID's SenderId: stable, 5-15 characters of [A-Za-z0-9_-]."""
-    core = "".join(ch for ch in domain.split(".")[0] if ch.isalnum() or ch in "-_")[:15]
-    return core if len(core) >= 5 else (core + "digest")[:15]
-
-
-def retry_delay(attempts: int, base: timedelta) -> timedelta:
-    """Exponential back-off with ±20% jitter, capped at four hours."""
-    delay = min(base.total_seconds() * (2 ** max(attempts - 1, 0)), 4 * 3600)
-    return timedelta(seconds=delay * random.uniform(0.8, 1.2))
-
-
-async def _record(
-    app: App,
-    c: db.Claimed,
-    owner: str,
-    outcome: SendOutcome | None,
-    now: datetime,
-    skip_reason: str | None = None,
-) -> str:
-    d = c.delivery
-    values: dict[str, object] = {"updated_at": now}
-    if outcome is None:
-        status = DeliveryStatus.SKIPPED
-        values.update(status=status, smtp_reply=skip_reason)
-    else:
-        values.update(
-            attempts=d.attempts + 1, smtp_code=outcome.code, smtp_reply=outcome.reply, relay=outcome.relay
-        )
-        status = DeliveryStatus(outcome.verdict)
-        if status == DeliveryStatus.SENT:
-            values["sent_at"] = now
-        elif status == DeliveryStatus.DEFERRED:
-            if now - d.created_at >= app.cfg.delivery.lifetime:
-                status = DeliveryStatus.FAILED
-                values["smtp_reply"] = f"gave up after {app.cfg.delivery.lifetime}: {outcome.reply}"
-            else:
-                values["next_attempt_at"] = now + retry_delay(d.attempts + 1, app.cfg.delivery.retry_base)
-        values["status"] = status
-    async with app.db.write() as s:
-        if not await db.finish_delivery(s, d.id, owner, values):
-            log.warning(
-                "delivery %s: lease lost before its outcome (%s) was recorded; it may be sent twice",
-                d.id,
-                status,
-            )
-            return "lost_leases"
-        if (
-            status == DeliveryStatus.FAILED
-            and d.subscription_id
-            and d.from_seq is not None
-            and d.to_seq is not None
-        ):
-            await db.rollback_watermark(s, d.subscription_id, d.from_seq, d.to_seq)
-        if c.subscriber is not None and status in (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN):
-            await db.add_event(
-                s,
-                f"delivery_{status}",
-                now,
-                subscriber_id=c.subscriber.id,
-                subscription_id=d.subscription_id,
-                delivery_id=d.id,
-                code=outcome.code if outcome else None,
-                reply=outcome.reply if outcome else None,
-            )
-    return str(status)
-
-
-def _skip_reason(c: db.Claimed) -> str | None:
-    if c.delivery.kind != DeliveryKind.DIGEST:
-        return None
-    if c.subscription is None or c.subscription.status != SubscriptionStatus.CONFIRMED:
-        return "reader is no longer subscribed"
-    if c.subscriber is None or c.subscriber.status != "active":
-        return f"reader is {c.subscriber.status if c.subscriber else 'gone'}"
-    return None
+TEST_TOKEN = delivery.TEST_TOKEN
+DeliverStats = delivery.DeliverStats
 
 
 async def deliver(
     app: App,
     clock: Clock = utcnow,
     *,
-    senders: Sequence[Sender] | None = None,
+    senders: Sequence[delivery.Sender] | None = None,
     once: bool = True,
     stop: asyncio.Event | None = None,
     on_outcome: Callable[[str], None] | None = None,
-) -> DeliverStats:
-    """Send what is due over several connections until nothing is claimable (`once`) or `stop`.
-
-    Each connection claims its own small batch under a lease, and records each outcome in its own
-    committed transaction before it starts the next message, so a crash repeats at most the
-    messages in flight. A renewal task keeps this worker's leases alive while it works.
-    """
-    owner = worker_id()
-    conns = list(senders) if senders is not None else make_senders(app)
-    stats = DeliverStats()
-    assembler = _Assembler(app)
-    lease = app.cfg.delivery.lease
-    per_conn = max(1, min(app.cfg.delivery.batch_size, 20))
-    stop = stop or asyncio.Event()
-    done = asyncio.Event()
-
-    async def renew() -> None:
-        while not done.is_set():
-            try:
-                await asyncio.wait_for(done.wait(), timeout=max(lease.total_seconds() / 3, 0.2))
-            except TimeoutError:
-                async with app.db.write() as s:
-                    await db.renew_leases(s, owner, await db.db_now(s, clock()) + lease)
-
-    async def run(conn: Sender) -> None:
-        idle = 0.0
-        while not stop.is_set():
-            async with app.db.write() as s:
-                now = clock()
-                lease_now = await db.db_now(s, now)
-                await db.reap_expired_leases(s, lease_now)
-                ids = await db.claim_deliveries(s, owner, now, lease, per_conn, lease_now)
-            if not ids:
-                if once:
-                    return
-                idle = min(idle + 0.25, 2.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=idle)
-                continue
-            idle = 0.0
-            async with app.db.read() as s:
-                claimed = await db.load_claimed(s, ids)
-            for c in claimed:
-                if stop.is_set():
-                    break
-                await _deliver_one(app, c, conn, owner, clock, assembler, stats, on_outcome)
-            await _release(app, owner, [c.delivery.id for c in claimed], clock())
-
-    renewer = asyncio.create_task(renew())
-    try:
-        await asyncio.gather(*(run(c) for c in conns))
-    finally:
-        done.set()
-        await renewer
-        for c in conns:
-            await c.close()
-        async with app.db.write() as s:
-            await db.finish_done_editions(s)
-    return stats
+) -> delivery.DeliverStats:
+    """Send what is due (see digest.delivery): until nothing is claimable, or until `stop`."""
+    return await delivery.deliver(
+        app.db, app.cfg, app.keys, clock, senders=senders, once=once, stop=stop, on_outcome=on_outcome
+    )
 
 
-async def _deliver_one(
-    app: App,
-    c: db.Claimed,
-    conn: Sender,
-    owner: str,
-    clock: Clock,
-    assembler: _Assembler,
-    stats: DeliverStats,
-    on_outcome: Callable[[str], None] | None,
-) -> None:
-    reason = _skip_reason(c)
-    if reason is not None:
-        status = await _record(app, c, owner, None, clock(), reason)
-    else:
-        try:
-            env_from, raw = assembler.message(c, clock())
-        except Exception as exc:  # a broken edition must not stop the queue
-            log.exception("delivery %s: cannot build the message", c.delivery.id)
-            outcome = SendOutcome("failed", None, f"cannot build the message: {exc}", "")
-        else:
-            outcome = await conn.send(env_from, c.delivery.address, raw)
-        status = await _record(app, c, owner, outcome, clock())
-    stats.add(status)
-    if on_outcome:
-        on_outcome(status)
+# ---------------------------------------------------------------- editions
 
 
-async def _release(app: App, owner: str, ids: Sequence[int], now: datetime) -> None:
-    """Rows of a batch this worker stopped before sending go straight back to pending."""
+async def _edition(s: AsyncSession, edition_id: int) -> Edition:
+    found = await db.edition_by_id(s, edition_id)
+    if found is None:
+        raise UsageError(f"no edition {edition_id} (see `digest status`)")
+    return found
+
+
+async def pause_edition(app: App, edition_id: int, reason: str) -> None:
+    """Stop sending an edition; what is in flight finishes, the rest waits for resume."""
     async with app.db.write() as s:
-        await db.release_leases(s, owner, ids, now)
+        e = await _edition(s, edition_id)
+        if e.status in (EditionStatus.DONE, EditionStatus.CANCELLED):
+            raise UsageError(f"edition {edition_id} is {e.status}: nothing to pause")
+        await db.set_edition_status(s, edition_id, EditionStatus.PAUSED, reason)
+
+
+async def resume_edition(app: App, edition_id: int, now: datetime) -> None:
+    async with app.db.write() as s:
+        e = await _edition(s, edition_id)
+        if e.status != EditionStatus.PAUSED:
+            raise UsageError(f"edition {edition_id} is {e.status}, not paused")
+        await db.set_edition_status(s, edition_id, EditionStatus.SENDING, None)
+
+
+async def cancel_edition(app: App, edition_id: int, now: datetime) -> int:
+    """Cancel what has not gone out; those readers get these articles in their next digest."""
+    async with app.db.write() as s:
+        await _edition(s, edition_id)
+        cancelled = await db.cancel_edition(s, edition_id, now)
+        for d in cancelled:
+            if d.subscription_id is not None and d.from_seq is not None and d.to_seq is not None:
+                await db.rollback_watermark(s, d.subscription_id, d.from_seq, d.to_seq)
+    return len(cancelled)
+
+
+async def resend_edition(app: App, edition_id: int, include_unknown: bool, now: datetime) -> int:
+    async with app.db.write() as s:
+        await _edition(s, edition_id)
+        return await db.requeue_unsent(s, edition_id, include_unknown, now)

@@ -1,74 +1,399 @@
-"""The web edge: health, unsubscribe (page and RFC 8058 one-click), articles and the public archive.
+"""The web edge: signup, confirm, preferences, unsubscribe, archive, health, and the operator API.
 
-GET never changes state (scanners and link prefetchers follow GETs); the one-click POST needs no
-cookie or CSRF token and answers 200 without a redirect, as RFC 8058 requires.
+Rules every route keeps:
+- GET and HEAD never change state (scanners and link prefetchers follow them); each state change
+  is a POST from a page with a button.
+- POST /subscribe answers the same way whatever the address's state (no enumeration); the work
+  that depends on that state runs after the answer is sent.
+- HTML forms carry a CSRF token (csrf.py). The unsubscribe URL is exempt: it is the RFC 8058
+  one-click endpoint, which mail providers call without cookies, and answers 200 without a
+  redirect. The JSON API is exempt too: a cross-site form cannot send `application/json`.
+- No redirect target ever comes from the request; bodies are size-limited; client addresses come
+  from `X-Forwarded-For` only behind a trusted proxy.
+- Operator endpoints under /api need `Authorization: Bearer <[api] token>`; their errors, like the
+  JSON signup's, are `{"error": {"code": ..., "message": ...}}`.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+import asyncio
+import contextlib
+import csv
+import hashlib
+import hmac
+import io
+import json
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import available_timezones
 
-from fastapi import FastAPI, Request
+import jinja2
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature
 from markupsafe import Markup
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digest import db, extract, pipeline
+from digest import csrf, db, extract, pipeline, readers_io, signup
+from digest.errors import DigestError
+from digest.models import SubscriptionStatus
 from digest.rendering import TOKEN_PLACEHOLDER
 
+log = logging.getLogger("digest")
+
 MAX_BODY = 64 * 1024
+MAX_API_BODY = 1024 * 1024
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_CONFIRM_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,2000}")
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_ZONES = sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))
+_INERT = frozenset({pipeline.TEST_TOKEN, "archive", "preview", TOKEN_PLACEHOLDER})
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
-def create_app(app: pipeline.App) -> FastAPI:
-    api = FastAPI(title="digest", docs_url=None, redoc_url=None)
-    pages = Jinja2Templates(directory=str(pipeline.templates_dir(app.cfg) / "web"))
-    base_url = app.base_url
+class ApiError(Exception):
+    """An error the API answers as {"error": {"code", "message"}}."""
 
-    def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return pages.TemplateResponse(
-            request, template, {"base_url": base_url, **context}, status_code=status
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_json(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+class _Guard:
+    """Pure ASGI: refuse oversized bodies (declared or streamed), add security headers and a CSP nonce."""
+
+    def __init__(self, app: Any, base_origin: str) -> None:
+        self.app = app
+        self.base_origin = base_origin
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = MAX_API_BODY if scope["path"].startswith("/api/") else MAX_BODY
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._too_large(send)
+            return
+        if declared is None and scope["method"] not in ("GET", "HEAD"):
+            body, more = bytearray(), True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > limit:
+                    await self._too_large(send)
+                    return
+            receive = _replay(bytes(body))
+        nonce = secrets.token_urlsafe(16)
+        scope.setdefault("state", {})["csp_nonce"] = nonce
+        csp = (
+            "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
+            f"script-src 'nonce-{nonce}'; form-action 'self' {self.base_origin}; "
+            "frame-ancestors 'none'; base-uri 'none'"
+        ).encode()
+
+        async def send_with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                extra = [
+                    (b"content-security-policy", csp),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"same-origin"),
+                ]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    @staticmethod
+    async def _too_large(send: Send) -> None:
+        body = json.dumps(
+            {"error": {"code": "too_large", "message": "The request body is too large."}}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
         )
+        await send({"type": "http.response.body", "body": body})
 
-    def message(
-        request: Request, title: str, *paragraphs: str, status: int = 200, **extra: Any
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def wants_json(request: Request) -> bool:
+    if request.url.path.startswith("/api/") or _content_type(request) == "application/json":
+        return True
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def describe_schedule(cron: str, tz: str) -> str:
+    """A list's cron schedule in words, for the signup page's "as the list sends" choice."""
+    parts = cron.split()
+    if len(parts) == 5 and parts[0].isdigit() and parts[1].isdigit() and parts[2:4] == ["*", "*"]:
+        at = f"{int(parts[1]):02d}:{int(parts[0]):02d} ({tz})"
+        if parts[4] == "*":
+            return f"every day at {at}"
+        days = {"0": "Sunday", "7": "Sunday", "1": "Monday", "2": "Tuesday", "3": "Wednesday",
+                "4": "Thursday", "5": "Friday", "6": "Saturday", "1-5": "weekday"}  # fmt: skip
+        if parts[4] in days:
+            return f"every {days[parts[4]]} at {at}"
+    return "on the list's own schedule"
+
+
+class SignupIn(BaseModel):
+    """POST /subscribe fields (JSON, or the same names form-encoded; `list` repeats in a form)."""
+
+    email: str = Field(description="The reader's address.", examples=["ann@example.com"])
+    name: str = ""
+    lists: str | list[str] = Field(
+        alias="list", description="A list slug, or several; one confirmation covers all."
+    )
+    cadence: Literal["default", "daily", "weekly"] = "default"
+    weekday: int | str | None = Field(default=None, description="0 (Monday) to 6, or mon..sun; for weekly.")
+    send_hour: int | None = Field(default=None, ge=0, le=23, description="Local hour; for daily and weekly.")
+    timezone: str | None = Field(default=None, description="IANA time zone such as Europe/Berlin.")
+    consent: bool = Field(description="The reader ticked the consent checkbox.")
+    consent_text_version: str | None = None
+    source: str | None = Field(default=None, description="The page the reader signed up on.")
+
+
+class Accepted(BaseModel):
+    status: Literal["accepted"]
+    message: str
+
+
+class SubscriberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(max_length=320)
+    name: str = Field(default="", max_length=1000)
+    lists: list[str] = Field(min_length=1, max_length=signup.MAX_LISTS)
+    cadence: Literal["default", "daily", "weekly"] = "default"
+    weekday: int | None = Field(default=None, ge=0, le=6)
+    send_hour: int | None = Field(default=None, ge=0, le=23)
+    timezone: str | None = Field(default=None, max_length=64)
+    confirmed: bool = Field(default=False, description="You hold consent: skip double opt-in.")
+
+
+class ArticleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(default="", max_length=2000)
+    url: str | None = Field(default=None, max_length=4000)
+    guid: str | None = Field(default=None, max_length=1000)
+    content_html: str = Field(default="", max_length=500_000)
+    summary: str | None = Field(default=None, max_length=5000)
+    author: str | None = Field(default=None, max_length=500)
+    published_at: datetime | None = None
+    image_url: str | None = Field(default=None, max_length=4000)
+
+
+class ArticleBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    articles: list[ArticleIn] = Field(min_length=1, max_length=200)
+
+
+def api_article(item: ArticleIn, now: datetime) -> db.NewArticle:
+    """Normalize a pushed article exactly as ingest normalizes a feed item."""
+    if item.url and not extract.canonical_url(item.url):
+        raise ApiError(422, "invalid", "url must be an absolute http(s) URL")
+    url = extract.canonical_url(item.url) if item.url else None
+    content = extract.sanitize_html(item.content_html.replace("\x00", ""), base_url=url)
+    if content and not re.search(r"<(?:p|ul|ol|h[2-4]|blockquote|pre|figure)\b", content):
+        content = f"<p>{content}</p>"
+    text = extract.html_to_text(content) if content else ""
+    title = extract.clean_line(signup.clean_text(item.title, 2000)) or extract.clean_line(text, 80)
+    if not title:
+        raise ApiError(422, "invalid", "an article needs a title or content")
+    published = item.published_at or now
+    published = published if published.tzinfo else published.replace(tzinfo=UTC)
+    fingerprint = extract.fingerprint(title, text)
+    summary_source = signup.clean_text(item.summary, 5000) if item.summary else text
+    author = extract.clean_line(signup.clean_text(item.author, 500), 200) if item.author else None
+    return db.NewArticle(
+        guid=extract.clean_line(signup.clean_text(item.guid or "", 1000), 1000)
+        or url
+        or f"fingerprint:{fingerprint}",
+        url=url,
+        title=title,
+        author=author or None,
+        published_at=min(published.astimezone(UTC), now),
+        summary=extract.summarize(summary_source),
+        content=content,
+        image_url=extract.absolute_url(item.image_url) if item.image_url else None,
+        fingerprint=fingerprint,
+    )
+
+
+def create_app(
+    app: pipeline.App,
+    *,
+    rate_limits: signup.RateLimits | None = None,
+    min_fill: timedelta = timedelta(seconds=2),
+    clock: Callable[[], datetime] = pipeline.utcnow,
+    confirmations_per_hour: int | None = 1000,
+    purge_every: timedelta | None = timedelta(hours=1),
+) -> FastAPI:
+    """The ASGI app. Tests relax `rate_limits`, shorten `min_fill` and move `clock`."""
+    base_url = app.base_url
+    base_origin = "/".join(base_url.split("/")[:3])
+    guard = csrf.FormGuard(app.keys)
+    limiter = signup.RateLimiter(rate_limits or signup.RateLimits())
+    trust = signup.ProxyTrust(app.cfg.web.trusted_proxies)
+    secure_cookie = base_url.startswith("https://")
+    templates_dir = pipeline.templates_dir(app.cfg) / "web"
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    pages = Jinja2Templates(env=env)
+    consent_source = (templates_dir / "consent.txt").read_text(encoding="utf-8")
+    consent_version = "sha256:" + hashlib.sha256(consent_source.encode()).hexdigest()[:16]
+    consent_text = " ".join(consent_source.split()).replace("{sender}", signup.sender_name(app))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(purge_loop()) if purge_every else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def purge_loop() -> None:
+        assert purge_every is not None
+        while True:
+            try:
+                await signup.purge_stale_signups(app, clock())
+            except Exception:
+                log.exception("purging unconfirmed signups failed")
+            await asyncio.sleep(purge_every.total_seconds())
+
+    api = FastAPI(
+        title="digest",
+        summary="Email digests: reader signup and the operator API.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+
+    # ------------------------------------------------------------ helpers
+
+    def page(
+        request: Request, template: str, status: int = 200, *, form: bool = False, **context: Any
     ) -> HTMLResponse:
-        context = {
-            "title": title,
-            "paragraphs": paragraphs,
-            "form_action": None,
-            "form_fields": {},
-            "button": "",
-            "link": None,
-            **extra,
-        }
-        return page(request, "message.html", status, **context)
-
-    @api.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length and (not length.isdigit() or int(length) > MAX_BODY):
-            return JSONResponse({"error": "request body too large"}, status_code=413)
-        response: Response = await call_next(request)
+        cookie, fresh = guard.cookie_value(request.cookies.get(csrf.COOKIE)) if form else ("", False)
+        response = pages.TemplateResponse(
+            request,
+            template,
+            {
+                "base_url": base_url,
+                "csp_nonce": getattr(request.state, "csp_nonce", ""),
+                "csrf_field": csrf.FIELD,
+                "csrf_token": guard.token_for(cookie) if form else "",
+                "notice": None,
+                **context,
+            },
+            status_code=status,
+        )
+        if fresh:
+            response.set_cookie(
+                csrf.COOKIE, cookie, httponly=True, samesite="lax", secure=secure_cookie, path="/"
+            )
+        response.headers["cache-control"] = "no-store"
         return response
 
-    @api.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        async with app.db.read() as s:
-            await db.ping(s)
-        return {"status": "ok"}
+    def message(
+        request: Request,
+        title: str,
+        *paragraphs: str,
+        status: int = 200,
+        form_action: str | None = None,
+        button: str = "",
+        link: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> HTMLResponse:
+        response = page(
+            request,
+            "message.html",
+            status,
+            form=form_action is not None,
+            title=title,
+            paragraphs=paragraphs,
+            form_action=form_action,
+            button=button,
+            link=link,
+        )
+        response.headers.update(headers or {})
+        return response
 
-    def inert(request: Request, token: str) -> HTMLResponse | None:
-        if token == pipeline.TEST_TOKEN:
-            return message(request, "This was a test", "This link came from a test send, so it does nothing.")
-        if token in ("archive", "preview", TOKEN_PLACEHOLDER):
-            return message(
-                request,
-                "Public copy",
-                "This is the public copy of a digest; its links belong to no reader.",
-                link={"url": f"{base_url}/subscribe", "text": "Subscribe"},
+    def client_ip(request: Request) -> str | None:
+        forwarded = ", ".join(request.headers.getlist("x-forwarded-for")) or None
+        return trust.client_ip(request.client.host if request.client else None, forwarded)
+
+    def user_agent(request: Request) -> str | None:
+        return signup.clean_text(request.headers.get("user-agent", ""), signup.TEXT_MAX) or None
+
+    def web_url(value: object) -> str | None:
+        if not isinstance(value, str):
+            return None
+        text = signup.clean_text(value, signup.TEXT_MAX)
+        return text if re.match(r"https?://[^\s/]+", text) else None
+
+    def too_many(request: Request, wait: float) -> Response:
+        minutes = max(1, round(wait / 60))
+        retry = {"Retry-After": str(max(1, int(wait + 0.999)))}
+        text = f"Too many requests from your network. Please wait about {minutes} minute(s) and try again."
+        if wants_json(request):
+            return JSONResponse(
+                {"error": {"code": "rate_limited", "message": text}}, status_code=429, headers=retry
             )
-        return None
+        return message(request, "Please slow down", text, status=429, headers=retry)
+
+    def rate_limited(request: Request) -> Response | None:
+        wait = limiter.check(client_ip(request) or "unknown")
+        return None if wait is None else too_many(request, wait)
 
     def unknown(request: Request) -> HTMLResponse:
         return message(
@@ -78,65 +403,618 @@ def create_app(app: pipeline.App) -> FastAPI:
             status=404,
         )
 
-    @api.get("/u/{token}", response_class=HTMLResponse)
+    def inert(request: Request, token: str) -> HTMLResponse | None:
+        if token == pipeline.TEST_TOKEN:
+            return message(request, "This was a test", "This link came from a test send, so it does nothing.")
+        if token in _INERT:
+            return message(
+                request,
+                "Public copy",
+                "This is the public copy of a digest; its links belong to no reader.",
+                link={"url": f"{base_url}/subscribe", "text": "Subscribe"},
+            )
+        return None
+
+    async def read_form(request: Request) -> FormData | None:
+        try:
+            return await request.form(max_files=0, max_fields=200, max_part_size=MAX_BODY)
+        except Exception:
+            return None
+
+    def in_background(coro_fn: Callable[[], Awaitable[Any]], what: str) -> BackgroundTask:
+        async def run() -> None:
+            try:
+                await coro_fn()
+            except Exception:
+                log.exception("%s failed", what)
+
+        return BackgroundTask(run)
+
+    # ------------------------------------------------------------ errors
+
+    @api.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(
+            {"error": {"code": exc.code, "message": exc.message, **exc.extra}},
+            status_code=exc.status,
+            headers=headers,
+        )
+
+    @api.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for e in exc.errors()[:10]:
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            problems.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
+        if not wants_json(request):
+            return message(request, "That did not work", *problems, status=422)
+        return error_json(422, "invalid", "; ".join(problems) or "invalid request")
+
+    @api.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        if wants_json(request):
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+            return error_json(exc.status_code, code, str(exc.detail))
+        return message(request, "Page not found" if exc.status_code == 404 else "That did not work",
+                       str(exc.detail), status=exc.status_code)  # fmt: skip
+
+    @api.exception_handler(DigestError)
+    async def on_digest_error(request: Request, exc: DigestError) -> Response:
+        if wants_json(request):
+            return error_json(422, "invalid", str(exc))
+        return message(request, "That did not work", str(exc), status=422)
+
+    def readable(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """A GET page that also answers HEAD (which, like GET, changes nothing)."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            api.add_api_route(path, fn, methods=["GET"], response_class=HTMLResponse, tags=["pages"])
+            api.add_api_route(
+                path, fn, methods=["HEAD"], response_class=HTMLResponse, include_in_schema=False
+            )
+            return fn
+
+        return register
+
+    # ------------------------------------------------------------ health
+
+    @api.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        async with app.db.read() as s:
+            await db.ping(s)
+        return {"status": "ok"}
+
+    # ------------------------------------------------------------ signup
+
+    async def signup_lists(slug: str | None) -> list[dict[str, Any]]:
+        async with app.db.read() as s:
+            lists = await db.active_lists(s)
+        return [
+            {
+                "slug": lst.slug,
+                "name": lst.name,
+                "description": lst.description,
+                "schedule": describe_schedule(lst.schedule, lst.timezone),
+            }
+            for lst in lists
+            if (lst.slug == slug if slug else lst.public)
+        ]
+
+    def signup_page(
+        request: Request,
+        lists: list[dict[str, Any]],
+        single: str | None,
+        *,
+        values: dict[str, Any] | None = None,
+        errors: dict[str, str] | None = None,
+        status: int = 200,
+        ref: str | None = None,
+    ) -> HTMLResponse:
+        values = values or {}
+        chosen = values.get("list") or ([single] if single else [])
+        return page(
+            request,
+            "subscribe.html",
+            status,
+            form=True,
+            title=f"Subscribe to {lists[0]['name']}" if single and lists else "Subscribe",
+            lists=lists,
+            single=single,
+            chosen=chosen,
+            values=values,
+            errors=errors or {},
+            stamp=guard.stamp(clock()),
+            ref=ref or "",
+            weekdays=["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+            zones=_ZONES,
+            consent_text=consent_text,
+        )
+
+    @readable("/subscribe")
+    async def subscribe_page(request: Request) -> HTMLResponse:
+        """The signup form for every public list."""
+        lists = await signup_lists(None)
+        return signup_page(request, lists, None, ref=web_url(request.headers.get("referer")))
+
+    @readable("/subscribe/{slug}")
+    async def subscribe_one_page(request: Request, slug: str) -> HTMLResponse:
+        """The signup form for one list."""
+        lists = await signup_lists(slug)
+        if not lists:
+            return message(request, "No such list", "There is no list by that name.", status=404)
+        return signup_page(request, lists, slug, ref=web_url(request.headers.get("referer")))
+
+    accepted_text = "Check your inbox: if this address can receive mail, a confirmation link is on its way."
+
+    def accepted_page(request: Request, address: str, task: BackgroundTask | None) -> HTMLResponse:
+        response = message(
+            request,
+            "Check your inbox",
+            f"We have sent a confirmation link to {address}, if it can receive mail.",
+            "Open the link in that email to confirm. Nothing is sent to you until you do. "
+            "If it does not arrive within a few minutes, look in your spam folder.",
+        )
+        response.background = task
+        return response
+
+    def signup_task(item: signup.Signup, method: str) -> BackgroundTask:
+        now = clock()
+        return in_background(
+            lambda: signup.request_confirmation(
+                app, item, now, method=method, hourly_budget=confirmations_per_hour
+            ),
+            "signup",
+        )
+
+    @api.post(
+        "/subscribe",
+        tags=["signup"],
+        response_model=Accepted,
+        status_code=202,
+        summary="Sign up for one or more lists (double opt-in)",
+        description=(
+            "Accepts JSON (below) or the same fields form-encoded from the signup page (which also "
+            "needs its CSRF token). The answer is the same for new, pending, confirmed and "
+            "unsubscribed addresses; one confirmation email covers every list of the request, at "
+            "most once per address and list every 24 hours."
+        ),
+        responses={
+            422: {"description": "A field needs fixing: {error: {code, message, fields}}"},
+            429: {"description": "Too many signups from this address"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": SignupIn.model_json_schema()},
+                    "application/x-www-form-urlencoded": {"schema": SignupIn.model_json_schema()},
+                },
+            }
+        },
+    )
+    async def subscribe(request: Request) -> Response:
+        ctype = _content_type(request)
+        if ctype == "application/json":
+            return await subscribe_json(request)
+        if ctype in _FORM_TYPES:
+            return await subscribe_form(request)
+        return error_json(
+            415, "unsupported_media_type", "Send JSON or a form (application/x-www-form-urlencoded)."
+        )
+
+    async def subscribe_json(request: Request) -> Response:
+        if (limited := rate_limited(request)) is not None:
+            return limited
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return error_json(400, "bad_json", "The body is not valid JSON.")
+        if not isinstance(body, dict):
+            return error_json(422, "invalid", "The body must be a JSON object.")
+        version = body.get("consent_text_version")
+        consent = pipeline.Consent(
+            ip=client_ip(request),
+            user_agent=user_agent(request),
+            source=web_url(body.get("source"))
+            or web_url(request.headers.get("origin"))
+            or web_url(request.headers.get("referer"))
+            or "api",
+            referer=web_url(request.headers.get("referer")),
+            text_version=signup.clean_text(version, 64)
+            if isinstance(version, str) and version
+            else consent_version,
+        )
+        known = [lst["slug"] for lst in await signup_lists(None)] + await private_slugs()
+        try:
+            item = signup.parse_signup(body, known, consent)
+        except signup.SignupInvalid as exc:
+            return error_json(422, "invalid", "Some fields need fixing.", fields=exc.fields)
+        response = JSONResponse({"status": "accepted", "message": accepted_text}, status_code=202)
+        if not body.get("website"):
+            response.background = signup_task(item, "api")
+        return response
+
+    async def private_slugs() -> list[str]:
+        async with app.db.read() as s:
+            return [lst.slug for lst in await db.active_lists(s) if not lst.public]
+
+    async def subscribe_form(request: Request) -> Response:
+        if (limited := rate_limited(request)) is not None:
+            return limited
+        form = await read_form(request)
+        if form is None:
+            return message(request, "That did not work", "The form could not be read.", status=400)
+        single = form.get("single")
+        single = single if isinstance(single, str) and _TOKEN.fullmatch(single) else None
+        lists = await signup_lists(single)
+        if not lists:
+            lists, single = await signup_lists(None), None
+        values: dict[str, Any] = {
+            k: signup.clean_text(v, 320) for k, v in form.multi_items() if isinstance(v, str) and k != "list"
+        }
+        values["list"] = [v for v in form.getlist("list") if isinstance(v, str)]
+        ref = web_url(form.get("ref"))
+        if not guard.valid(request.cookies.get(csrf.COOKIE), form.get(csrf.FIELD)):
+            return signup_page(
+                request,
+                lists,
+                single,
+                values=values,
+                errors={"form": "This form had expired. Please check it and submit it again."},
+                status=403,
+                ref=ref,
+            )
+        fields: dict[str, object] = {k: form.get(k) for k in form if k != "list"}
+        fields["list"] = values["list"]
+        referer = request.headers.get("referer", "")
+        consent = pipeline.Consent(
+            ip=client_ip(request),
+            user_agent=user_agent(request),
+            source=web_url(referer) if referer.startswith(base_url + "/") else f"{base_url}/subscribe",
+            referer=ref,
+            text_version=consent_version,
+        )
+        known = [lst["slug"] for lst in lists]
+        try:
+            item = signup.parse_signup(fields, known, consent)
+        except signup.SignupInvalid as exc:
+            return signup_page(request, lists, single, values=values, errors=exc.fields, status=422, ref=ref)
+        bot = bool(form.get("website")) or guard.too_fast(form.get(csrf.STAMP_FIELD), clock(), min_fill)
+        return accepted_page(request, item.address, None if bot else signup_task(item, "web"))
+
+    # ------------------------------------------------------------ confirm
+
+    def confirm_pairs(token: str) -> list[tuple[int, int]] | signup.TokenExpired | None:
+        if not _CONFIRM_TOKEN.fullmatch(token):
+            return None
+        try:
+            return signup.read_confirm_token(app.keys, token, clock())
+        except signup.TokenExpired as exc:
+            return exc
+        except BadSignature:
+            return None
+
+    def expired_page(request: Request, token: str) -> HTMLResponse:
+        return message(
+            request,
+            "This link has expired",
+            "Confirmation links work for 48 hours. You can ask for a fresh one: it goes to the same address.",
+            status=410,
+            form_action=f"{base_url}/confirm/{token}/resend",
+            button="Send me a fresh link",
+        )
+
+    async def pending_names(pairs: list[tuple[int, int]]) -> tuple[list[str], bool]:
+        """(names of the lists still awaiting this link, whether all of them are confirmed already)."""
+        names, confirmed = [], []
+        async with app.db.read() as s:
+            for sub_id, stamp in pairs:
+                sub = await db.subscription_by_id(s, sub_id)
+                if sub is None or int(sub.signup_at.timestamp()) != stamp:
+                    continue
+                lst = await db.list_by_id(s, sub.list_id)
+                if lst is None:
+                    continue
+                if sub.status == SubscriptionStatus.PENDING:
+                    names.append(lst.name)
+                elif sub.status == SubscriptionStatus.CONFIRMED:
+                    confirmed.append(lst.name)
+        return names, bool(confirmed) and not names
+
+    def gone(request: Request) -> HTMLResponse:
+        return message(
+            request,
+            "This link is no longer valid",
+            "The signup it belonged to was withdrawn or has lapsed. You are welcome to sign up again.",
+            status=410,
+            link={"url": f"{base_url}/subscribe", "text": "Sign up"},
+        )
+
+    @readable("/confirm/{token}")
+    async def confirm_page(request: Request, token: str) -> HTMLResponse:
+        """Shows a button; only its POST confirms (mail scanners prefetch links)."""
+        pairs = confirm_pairs(token)
+        if pairs is None:
+            return unknown(request)
+        if isinstance(pairs, signup.TokenExpired):
+            return expired_page(request, token)
+        names, done = await pending_names(pairs)
+        if done:
+            return message(
+                request, "You are already subscribed", "Nothing more to do: your subscription is confirmed."
+            )
+        if not names:
+            return gone(request)
+        return message(
+            request,
+            "Confirm your subscription",
+            f"Press the button to confirm your subscription to {_join(names)}.",
+            form_action=f"{base_url}/confirm/{token}",
+            button="Confirm my subscription",
+        )
+
+    @api.post("/confirm/{token}", response_class=HTMLResponse, tags=["pages"])
+    async def confirm_post(request: Request, token: str) -> HTMLResponse:
+        pairs = confirm_pairs(token)
+        if pairs is None:
+            return unknown(request)
+        if isinstance(pairs, signup.TokenExpired):
+            return expired_page(request, token)
+        form = await read_form(request)
+        if form is None or not guard.valid(request.cookies.get(csrf.COOKIE), form.get(csrf.FIELD)):
+            return message(
+                request,
+                "Please press the button again",
+                "The form had expired (or your browser did not send back its cookie).",
+                status=403,
+                form_action=f"{base_url}/confirm/{token}",
+                button="Confirm my subscription",
+            )
+        done = await signup.confirm(
+            app, pairs, clock(), ip=client_ip(request), user_agent=user_agent(request)
+        )
+        if not done.lists:
+            return gone(request)
+        return message(
+            request,
+            "You are subscribed",
+            f"Thank you: your subscription to {_join(list(done.lists))} is confirmed.",
+            link={"url": f"{base_url}/p/{done.token}", "text": "Choose how often you hear from us"}
+            if done.token
+            else None,
+        )
+
+    @api.post("/confirm/{token}/resend", response_class=HTMLResponse, tags=["pages"])
+    async def confirm_resend(request: Request, token: str) -> Response:
+        if not _CONFIRM_TOKEN.fullmatch(token):
+            return unknown(request)
+        if (limited := rate_limited(request)) is not None:
+            return limited
+        try:
+            pairs = signup.read_confirm_token(app.keys, token, clock(), max_age=signup.RESEND_WITHIN)
+        except BadSignature:
+            return unknown(request)
+        except signup.TokenExpired:
+            return gone(request)
+        form = await read_form(request)
+        if form is None or not guard.valid(request.cookies.get(csrf.COOKIE), form.get(csrf.FIELD)):
+            return expired_page(request, token)
+        now = clock()
+        response = message(
+            request,
+            "Check your inbox",
+            "If this signup is still waiting, a fresh confirmation link is on its way to the same address.",
+        )
+        response.background = in_background(
+            lambda: signup.resend_confirmation(app, pairs, now, hourly_budget=confirmations_per_hour),
+            "resending a confirmation",
+        )
+        return response
+
+    # ------------------------------------------------------------ unsubscribe (RFC 8058)
+
+    @readable("/u/{token}")
     async def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
+        """A page with one button; the GET itself changes nothing."""
         if (shown := inert(request, token)) is not None:
             return shown
+        if not _TOKEN.fullmatch(token):
+            return unknown(request)
         async with app.db.read() as s:
             sub = await db.subscription_by_token(s, token)
             lst = await db.list_by_id(s, sub.list_id) if sub else None
         if sub is None or lst is None:
             return unknown(request)
-        if sub.status == "unsubscribed":
-            return message(request, "You are unsubscribed", f"You will get no more digests from {lst.name}.")
+        if sub.status == SubscriptionStatus.UNSUBSCRIBED:
+            return unsubscribed_page(request, token, lst.name)
         return message(
             request,
             f"Unsubscribe from {lst.name}?",
             "One click and you will get no more digests from this list.",
             form_action=f"{base_url}/u/{token}",
             button="Unsubscribe",
+            link={"url": f"{base_url}/p/{token}", "text": "Or change how often you hear from us"},
         )
 
-    @api.post("/u/{token}", response_class=HTMLResponse)
-    async def unsubscribe(request: Request, token: str) -> HTMLResponse:
-        if (shown := inert(request, token)) is not None:
-            return shown
-        form = await request.form()
-        one_click = form.get("List-Unsubscribe") == "One-Click"
-        async with app.db.write() as s:
-            sub = await db.subscription_by_token(s, token)
-            lst = await db.list_by_id(s, sub.list_id) if sub else None
-            if sub is None or lst is None:
-                return unknown(request)
-            await pipeline.unsubscribe(s, sub, "one-click" if one_click else "link", datetime.now(UTC))
-        return message(request, "You are unsubscribed", f"You will get no more digests from {lst.name}.")
+    def unsubscribed_page(request: Request, token: str, name: str) -> HTMLResponse:
+        return message(
+            request,
+            "You are unsubscribed",
+            f"You will get no more digests from {name}.",
+            link={"url": f"{base_url}/p/{token}", "text": "Changed your mind? Your preferences"},
+        )
 
-    @api.get("/p/{token}", response_class=HTMLResponse)
-    async def preferences(request: Request, token: str) -> HTMLResponse:
+    @api.post("/u/{token}", response_class=HTMLResponse, tags=["pages"])
+    async def unsubscribe(request: Request, token: str) -> HTMLResponse:
+        """The page's button and RFC 8058 one-click: no cookie or CSRF token, 200, never a redirect."""
         if (shown := inert(request, token)) is not None:
             return shown
+        if not _TOKEN.fullmatch(token):
+            return unknown(request)
+        body = await request.body()
+        one_click = False
+        if _content_type(request) in _FORM_TYPES:
+            form = await read_form(request)
+            one_click = form is not None and form.get("List-Unsubscribe") == "One-Click"
+        else:
+            one_click = b"List-Unsubscribe=One-Click" in body
+        name = await signup.unsubscribe_token(app, token, "one-click" if one_click else "link", clock())
+        if name is None:
+            return unknown(request)
+        return unsubscribed_page(request, token, name)
+
+    # ------------------------------------------------------------ preferences
+
+    async def preferences_page(
+        request: Request,
+        token: str,
+        *,
+        status: int = 200,
+        notice: str | None = None,
+        errors: dict[str, str] | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> HTMLResponse:
+        reader = await signup.reader_for_token(app, token)
+        if reader is None:
+            return unknown(request)
         async with app.db.read() as s:
-            sub = await db.subscription_by_token(s, token)
-            lst = await db.list_by_id(s, sub.list_id) if sub else None
-        if sub is None or lst is None:
+            active = await db.active_lists(s)
+        mine = set(reader.subscribed) | set(reader.pending)
+        lists = [
+            {
+                "slug": lst.slug,
+                "name": lst.name,
+                "description": lst.description,
+                "schedule": describe_schedule(lst.schedule, lst.timezone),
+                "pending": lst.slug in reader.pending,
+            }
+            for lst in active
+            if lst.public or lst.slug in mine
+        ]
+        p = reader.prefs
+        shown = values or {
+            "name": reader.name,
+            "cadence": p.cadence,
+            "weekday": "" if p.weekday is None else str(p.weekday),
+            "send_hour": "" if p.send_hour is None else str(p.send_hour),
+            "timezone": p.timezone or "",
+            "list": sorted(mine),
+        }
+        return page(
+            request,
+            "preferences.html",
+            status,
+            form=True,
+            title="Your preferences",
+            token=token,
+            email=reader.email,
+            lists=lists,
+            values=shown,
+            chosen=shown.get("list", []),
+            errors=errors or {},
+            notice=notice,
+            weekdays=["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+            zones=_ZONES,
+            consent_text=consent_text,
+        )
+
+    @readable("/p/{token}")
+    async def preferences(request: Request, token: str) -> HTMLResponse:
+        """Lists, cadence, weekday, send hour, time zone and name; or leave everything."""
+        if (shown := inert(request, token)) is not None:
+            return shown
+        if not _TOKEN.fullmatch(token):
+            return unknown(request)
+        return await preferences_page(request, token)
+
+    @api.post("/p/{token}", response_class=HTMLResponse, tags=["pages"])
+    async def preferences_save(request: Request, token: str) -> Response:
+        if (shown := inert(request, token)) is not None:
+            return shown
+        if not _TOKEN.fullmatch(token):
+            return unknown(request)
+        form = await read_form(request)
+        reader = await signup.reader_for_token(app, token)
+        if reader is None:
+            return unknown(request)
+        if form is None or not guard.valid(request.cookies.get(csrf.COOKIE), form.get(csrf.FIELD)):
+            return await preferences_page(
+                request, token, status=403, errors={"form": "This form had expired. Please save again."}
+            )
+        if (limited := rate_limited(request)) is not None:
+            return limited
+        fields: dict[str, object] = {k: form.get(k) for k in form if k != "list"}
+        fields["list"] = [v for v in form.getlist("list") if isinstance(v, str)]
+        fields["email"], fields["consent"] = reader.email, True
+        async with app.db.read() as s:
+            known = [lst.slug for lst in await db.active_lists(s)]
+        values = {k: signup.clean_text(v, 320) if isinstance(v, str) else v for k, v in fields.items()}
+        try:
+            item = signup.parse_signup(fields, known, pipeline.Consent(), require_list=False)
+        except signup.SignupInvalid as exc:
+            return await preferences_page(request, token, status=422, errors=exc.fields, values=values)
+        consent = pipeline.Consent(
+            ip=client_ip(request),
+            user_agent=user_agent(request),
+            source=f"{base_url}/p",
+            text_version=consent_version,
+        )
+        outcome = await signup.change_preferences(
+            app, token, item.lists, item.prefs, clock(), consent=consent, hourly_budget=confirmations_per_hour
+        )
+        if outcome is None:
+            return unknown(request)
+        notes = ["Your preferences are saved."]
+        if outcome.left:
+            notes.append(f"You left {', '.join(outcome.left)}.")
+        if outcome.confirmation_for:
+            notes.append("We sent a confirmation link for the lists you added; they start once you confirm.")
+        return await preferences_page(request, token, notice=" ".join(notes))
+
+    @api.post("/p/{token}/leave", response_class=HTMLResponse, tags=["pages"])
+    async def leave(request: Request, token: str) -> HTMLResponse:
+        if (shown := inert(request, token)) is not None:
+            return shown
+        if not _TOKEN.fullmatch(token):
+            return unknown(request)
+        form = await read_form(request)
+        if form is None or not guard.valid(request.cookies.get(csrf.COOKIE), form.get(csrf.FIELD)):
+            return message(
+                request,
+                "Please press the button again",
+                "The form had expired (or your browser did not send back its cookie).",
+                status=403,
+                form_action=f"{base_url}/p/{token}/leave",
+                button="Leave every list",
+            )
+        left = await signup.leave_everything(app, token, clock())
+        if left is None:
             return unknown(request)
         return message(
             request,
-            f"Your subscription to {lst.name}",
-            f"Status: {sub.status}. Cadence: {sub.cadence}.",
-            link={"url": f"{base_url}/u/{token}", "text": "Unsubscribe"},
+            "You have left every list",
+            "You will get no more digests from us." if left else "You were not on any list.",
+            link={"url": f"{base_url}/p/{token}", "text": "Changed your mind? Your preferences"},
         )
 
-    @api.get("/articles/{article_id}", response_class=HTMLResponse)
+    # ------------------------------------------------------------ articles and archive
+
+    @api.get("/articles/{article_id}", response_class=HTMLResponse, tags=["pages"])
     async def article(request: Request, article_id: int) -> HTMLResponse:
         async with app.db.read() as s:
-            found = await db.article_by_id(s, article_id)
+            found = await db.article_by_id(s, article_id) if 0 < article_id < 2**62 else None
         if found is None:
             return message(request, "No such article", status=404)
         content = Markup(extract.sanitize_html(found.content))  # noqa: S704 (sanitized by nh3 just above)
         return page(request, "article.html", article=found, content=content, title=found.title)
 
-    @api.get("/archive/{slug}", response_class=HTMLResponse)
+    @api.get("/archive", response_class=HTMLResponse, tags=["pages"])
+    async def archive_index(request: Request) -> HTMLResponse:
+        lists = await signup_lists(None)
+        return page(request, "lists.html", lists=lists, title="Archive")
+
+    @api.get("/archive/{slug}", response_class=HTMLResponse, tags=["pages"])
     async def archive(request: Request, slug: str) -> HTMLResponse:
         async with app.db.read() as s:
             lst = await db.list_by_slug(s, slug)
@@ -145,11 +1023,11 @@ def create_app(app: pipeline.App) -> FastAPI:
             return message(request, "No such list", status=404)
         return page(request, "archive.html", list=lst, editions=editions, title=lst.name)
 
-    @api.get("/archive/{slug}/{edition_id}", response_class=HTMLResponse)
+    @api.get("/archive/{slug}/{edition_id}", response_class=HTMLResponse, tags=["pages"])
     async def edition(request: Request, slug: str, edition_id: int) -> Response:
         async with app.db.read() as s:
             lst = await db.list_by_slug(s, slug)
-            found = await db.edition_by_id(s, edition_id)
+            found = await db.edition_by_id(s, edition_id) if 0 < edition_id < 2**62 else None
         if lst is None or found is None or found.list_id != lst.id:
             return message(request, "No such digest", status=404)
         if found.kind == "test":
@@ -161,4 +1039,182 @@ def create_app(app: pipeline.App) -> FastAPI:
         # Neutral links: the stored HTML holds only the placeholder, never a reader's token.
         return HTMLResponse(found.html.replace(TOKEN_PLACEHOLDER, token))
 
+    # ------------------------------------------------------------ operator API
+
+    def operator(request: Request) -> None:
+        expected = app.cfg.api.token
+        if not expected:
+            raise ApiError(403, "api_disabled", "The operator API is off: set [api] token in the config.")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            raise ApiError(401, "unauthorized", "Send Authorization: Bearer <the [api] token>.")
+
+    authorized = [Depends(operator)]
+
+    async def list_or_404(slug: str | None) -> int | None:
+        if slug is None:
+            return None
+        async with app.db.read() as s:
+            lst = await db.list_by_slug(s, slug)
+        if lst is None:
+            raise ApiError(404, "not_found", f"no list {slug!r}")
+        return lst.id
+
+    @api.get("/api/subscribers", dependencies=authorized, tags=["operator"])
+    async def api_subscribers(
+        list_slug: str | None = Query(default=None, alias="list"),
+        status: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Subscriptions with their consent record, one row per reader and list."""
+        rows = await readers_io.export_rows(app, await list_or_404(list_slug))
+        if status:
+            rows = [r for r in rows if r["status"] == status]
+        limit, offset = max(0, min(limit, 10_000)), max(0, offset)
+        return {"subscribers": rows[offset : offset + limit], "total": len(rows)}
+
+    @api.get("/api/subscribers/export", dependencies=authorized, tags=["operator"])
+    async def api_export(list_slug: str | None = Query(default=None, alias="list")) -> Response:
+        """Every subscription as CSV (the columns of `digest subscribers export`)."""
+        rows = await readers_io.export_rows(app, await list_or_404(list_slug))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=readers_io.EXPORT_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_safe(v) for k, v in row.items()})
+        return Response(
+            out.getvalue(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="subscribers.csv"'},
+        )
+
+    @api.get("/api/subscribers/{address}", dependencies=authorized, tags=["operator"])
+    async def api_subscriber(address: str) -> dict[str, Any]:
+        """One reader: subscriptions and recent events."""
+        _, key = _address_key(address)
+        async with app.db.read() as s:
+            reader = await db.subscriber_by_email(s, key)
+            if reader is None:
+                raise ApiError(404, "not_found", "no such subscriber")
+            subs = await db.subscriptions_of(s, reader.id)
+            events = await db.events_of(s, reader.id)
+        return {
+            "email": reader.email,
+            "name": reader.name,
+            "status": reader.status,
+            "subscriptions": [
+                {
+                    "list": lst.slug,
+                    "status": sub.status,
+                    "cadence": sub.cadence,
+                    "signup_at": sub.signup_at,
+                    "confirmed_at": sub.confirmed_at,
+                    "unsubscribed_at": sub.unsubscribed_at,
+                    "unsubscribe_method": sub.unsubscribe_method,
+                }
+                for sub, lst in subs
+            ],
+            "events": [{"at": e.created_at, "kind": e.kind, "detail": e.detail} for e in events],
+        }
+
+    @api.post("/api/subscribers", dependencies=authorized, status_code=201, tags=["operator"])
+    async def api_add(body: SubscriberIn, request: Request) -> dict[str, Any]:
+        """Add a reader: confirmed at once if you hold consent, else pending with a confirmation email."""
+        known = [lst.slug for lst in await _active(app)]
+        fields: dict[str, object] = body.model_dump()
+        fields["list"], fields["consent"] = fields.pop("lists"), True
+        consent = pipeline.Consent(ip=client_ip(request), user_agent=user_agent(request), source="api")
+        try:
+            item = signup.parse_signup(fields, known, consent)
+        except signup.SignupInvalid as exc:
+            raise ApiError(422, "invalid", "Some fields need fixing.", fields=exc.fields) from None
+        now = clock()
+        if body.confirmed:
+            async with app.db.write() as s:
+                for slug in item.lists:
+                    lst = await db.list_by_slug(s, slug)
+                    assert lst is not None
+                    await pipeline.add_subscription(
+                        s,
+                        lst,
+                        item.address,
+                        item.prefs,
+                        confirmed=True,
+                        now=now,
+                        consent=consent,
+                        method="api",
+                    )
+        else:
+            await signup.request_confirmation(app, item, now, method="api", hourly_budget=None)
+        async with app.db.read() as s:
+            reader = await db.subscriber_by_email(s, item.address.casefold())
+            subs = await db.subscriptions_of(s, reader.id) if reader else []
+        return {
+            "email": item.address,
+            "subscriptions": [{"list": lst.slug, "status": sub.status} for sub, lst in subs],
+        }
+
+    @api.delete("/api/subscribers/{address}", dependencies=authorized, tags=["operator"])
+    async def api_remove(
+        address: str, list_slug: str | None = Query(default=None, alias="list"), erase: bool = False
+    ) -> dict[str, Any]:
+        """Unsubscribe a reader (method `operator`) from one list or all; `erase=true` deletes all."""
+        _, key = _address_key(address)
+        list_id = await list_or_404(list_slug)
+        async with app.db.write() as s:
+            reader = await db.subscriber_by_email(s, key)
+            if reader is None:
+                raise ApiError(404, "not_found", "no such subscriber")
+            if erase:
+                await db.delete_subscriber(s, reader.id)
+                return {"email": reader.email, "erased": True}
+            left = []
+            for sub, lst in await db.subscriptions_of(s, reader.id):
+                wanted = list_id is None or lst.id == list_id
+                if wanted and await pipeline.unsubscribe(s, sub, "operator", clock()):
+                    left.append(lst.slug)
+        return {"email": reader.email, "unsubscribed": left}
+
+    @api.post("/api/sources/{name}/articles", dependencies=authorized, status_code=201, tags=["operator"])
+    async def api_push(name: str, body: ArticleBatch | ArticleIn) -> dict[str, int]:
+        """Push articles into a source of kind `api`; they are normalized like ingested ones."""
+        if name not in {src.name for src in app.cfg.sources}:
+            raise ApiError(404, "not_found", f"no source {name!r}")
+        async with app.db.read() as s:
+            source = await db.source_by_name(s, name)
+        if source is None:
+            raise ApiError(404, "not_found", f"no source {name!r}")
+        if source.kind != "api":
+            raise ApiError(409, "wrong_kind", f"source {name!r} is of kind {source.kind}, not api")
+        now = clock()
+        items = [api_article(a, now) for a in (body.articles if isinstance(body, ArticleBatch) else [body])]
+        async with app.db.write() as s:
+            stored = await db.store_articles(s, source.id, items, now)
+        return {"received": len(items), "stored": stored}
+
+    api.add_middleware(_Guard, base_origin=base_origin)
     return api
+
+
+async def _active(app: pipeline.App) -> list[Any]:
+    async with app.db.read() as s:
+        return list(await db.active_lists(s))
+
+
+def _address_key(address: str) -> tuple[str, str]:
+    try:
+        return pipeline.normalize_address(address)
+    except DigestError:
+        raise ApiError(404, "not_found", "no such subscriber") from None
+
+
+def _csv_safe(value: str) -> str:
+    # A cell starting with = + - @ runs as a formula in spreadsheets (CSV injection).
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _join(names: list[str]) -> str:
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
