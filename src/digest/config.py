@@ -137,6 +137,9 @@ class WebConfig(_Section):
     secret_keys: StrList = Field(default_factory=list)
     secret_key: str | None = None  # a single key; kept for configs written before key rotation
     trusted_proxies: StrList = Field(default_factory=list)
+    signup_per_minute: int = Field(default=5, ge=0)  # per client IP; 0 turns the limit off
+    signup_per_hour: int = Field(default=20, ge=0)
+    confirmations_per_hour: int = Field(default=1000, ge=1)  # global budget, with an alert
 
     @field_validator("base_url")
     @classmethod

@@ -418,6 +418,19 @@ class Breaker:
 # ---------------------------------------------------------------- the worker
 
 
+async def _sleep_until(seconds: float, *events: asyncio.Event | None) -> None:
+    """Idle for `seconds`, or less when any event is set (stop, or new mail was queued)."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events if e is not None]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    for e in events[1:]:
+        if e is not None:
+            e.clear()
+
+
 async def deliver(
     app_db: db.Database,
     cfg: Config,
@@ -429,6 +442,7 @@ async def deliver(
     stop: asyncio.Event | None = None,
     on_outcome: Callable[[str], None] | None = None,
     breaker_threshold: int = 10,
+    wake: asyncio.Event | None = None,
 ) -> DeliverStats:
     """Send what is due until nothing is claimable (`once`) or until `stop` is set."""
     owner = worker_id()
@@ -479,8 +493,7 @@ async def deliver(
                     if not in_flight:
                         return
                 idle = min(idle + 0.25, 2.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=idle)
+                await _sleep_until(idle, stop, wake)
         finally:
             for _ in conns:
                 queue.put_nowait(None)

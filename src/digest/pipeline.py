@@ -471,6 +471,8 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
     async with app.db.read() as s:
         upto = await db.list_max_seq(s, lst.id)
         due = await db.due_readers(s, lst.id, None if manual else now)
+    if not manual:
+        due = await _drop_stale_slots(app, lst, due, now)
     groups: dict[int, list[db.Slot]] = defaultdict(list)
     for slot in due:
         groups[slot.watermark].append(slot)
@@ -501,6 +503,31 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
                             s, edition_id, won, watermark, upto, now, suffix
                         )
     return report
+
+
+async def _drop_stale_slots(app: App, lst: MailingList, due: list[db.Slot], now: datetime) -> list[db.Slot]:
+    """Slots missed by more than `[scheduler] catch_up` (the service was down) are not sent late:
+    those readers wait for their next slot. Within catch_up, the one missed slot is sent now."""
+    horizon = now - app.cfg.scheduler.catch_up
+    stale = [s for s in due if s.next_due_at is not None and s.next_due_at < horizon]
+    if not stale:
+        return due
+    by_watermark: dict[int, list[db.Slot]] = defaultdict(list)
+    for slot in stale:
+        by_watermark[slot.watermark].append(slot)
+    async with app.db.write() as s:
+        for watermark, slots in by_watermark.items():
+            for (expr, tz), ids in _by_schedule(slots, lst).items():
+                nxt = schedule.next_due(_cron(expr), ZoneInfo(tz), now)
+                await db.advance_readers(s, lst.id, ids, watermark, watermark, nxt, now, horizon)
+    log.info(
+        "list %s: %d reader(s) missed a slot by more than %s; next slot instead",
+        lst.slug,
+        len(stale),
+        app.cfg.scheduler.catch_up,
+    )
+    gone = {slot.id for slot in stale}
+    return [slot for slot in due if slot.id not in gone]
 
 
 def _by_schedule(slots: Sequence[db.Slot], lst: MailingList) -> dict[tuple[str, str], list[int]]:
@@ -642,10 +669,19 @@ async def deliver(
     once: bool = True,
     stop: asyncio.Event | None = None,
     on_outcome: Callable[[str], None] | None = None,
+    wake: asyncio.Event | None = None,
 ) -> delivery.DeliverStats:
     """Send what is due (see digest.delivery): until nothing is claimable, or until `stop`."""
     return await delivery.deliver(
-        app.db, app.cfg, app.keys, clock, senders=senders, once=once, stop=stop, on_outcome=on_outcome
+        app.db,
+        app.cfg,
+        app.keys,
+        clock,
+        senders=senders,
+        once=once,
+        stop=stop,
+        on_outcome=on_outcome,
+        wake=wake,
     )
 
 

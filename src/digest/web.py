@@ -271,8 +271,13 @@ def create_app(
     clock: Callable[[], datetime] = pipeline.utcnow,
     confirmations_per_hour: int | None = 1000,
     purge_every: timedelta | None = timedelta(hours=1),
+    wake: asyncio.Event | None = None,
 ) -> FastAPI:
-    """The ASGI app. Tests relax `rate_limits`, shorten `min_fill` and move `clock`."""
+    """The ASGI app. Tests relax `rate_limits`, shorten `min_fill` and move `clock`.
+
+    `wake` is set whenever mail was queued, so the delivery loop in the same process sends a
+    confirmation at once instead of at its next poll.
+    """
     base_url = app.base_url
     base_origin = "/".join(base_url.split("/")[:3])
     guard = csrf.FormGuard(app.keys)
@@ -427,6 +432,8 @@ def create_app(
                 await coro_fn()
             except Exception:
                 log.exception("%s failed", what)
+            if wake is not None:
+                wake.set()
 
         return BackgroundTask(run)
 
@@ -1147,6 +1154,8 @@ def create_app(
                     )
         else:
             await signup.request_confirmation(app, item, now, method="api", hourly_budget=None)
+            if wake is not None:
+                wake.set()
         async with app.db.read() as s:
             reader = await db.subscriber_by_email(s, item.address.casefold())
             subs = await db.subscriptions_of(s, reader.id) if reader else []
