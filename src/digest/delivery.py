@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from digest import db, inbound, messages, tokens
 from digest.config import Config, RelayConfig
+from digest.dkim_sign import DkimKey, load_key
 from digest.models import DeliveryKind, DeliveryStatus, SubscriberStatus, SubscriptionStatus
 from digest.smtp import SendOutcome, SmtpConnection
 
@@ -175,9 +177,10 @@ def make_senders(cfg: Config) -> list[Sender]:
 class Assembler:
     """Per-edition message templates, built once and reused for every reader of the edition."""
 
-    def __init__(self, cfg: Config, keys: Sequence[str]) -> None:
+    def __init__(self, cfg: Config, keys: Sequence[str], signer: DkimKey | None = None) -> None:
         self.cfg = cfg
         self.keys = keys
+        self.signer = signer
         self.cache: dict[int, messages.MessageTemplate] = {}
 
     def template(self, c: db.Claimed) -> messages.MessageTemplate:
@@ -231,7 +234,18 @@ class Assembler:
             token=token,
             list_unsubscribe=unsub,
         )
+        if self.signer is not None:
+            raw = self.signer.sign(raw)
         return env_from, raw
+
+
+def dkim_key(cfg: Config) -> DkimKey | None:
+    """The configured DKIM key, checked at start; None when signing is off."""
+    d = cfg.dkim
+    if not (d.domain and d.selector and d.key_path):
+        return None
+    path = Path(d.key_path)
+    return load_key(d.domain, d.selector, path if path.is_absolute() else cfg.base_dir / path)
 
 
 def skip_reason(c: db.Claimed) -> str | None:
@@ -448,7 +462,7 @@ async def deliver(
     owner = worker_id()
     conns = list(senders) if senders is not None else make_senders(cfg)
     stats = DeliverStats()
-    assembler = Assembler(cfg, keys)
+    assembler = Assembler(cfg, keys, dkim_key(cfg))
     writer = OutcomeWriter(app_db, cfg, owner)
     breaker = Breaker(breaker_threshold)
     lease = cfg.delivery.lease
