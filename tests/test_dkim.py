@@ -10,8 +10,8 @@ from pathlib import Path
 
 import dkim
 import pytest
-from conftest import SmtpSink, write_config
 
+from conftest import SmtpSink, write_config
 from digest import db, pipeline
 from digest.config import load_config
 from digest.dkim_sign import load_key, public_record

@@ -358,7 +358,8 @@ def subscribers_show(email: str) -> None:
             out.print(table)
         et = Table("time (UTC)", "event", "detail", title="events")
         for e in events:
-            et.add_row(f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.kind, json.dumps(e.detail, default=str))
+            shown = {k: v for k, v in e.detail.items() if k != "raw"}  # raw bounces can be 64 KB
+            et.add_row(f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.kind, json.dumps(shown, default=str))
         out.print(et)
         dt = Table("id", "kind", "status", "attempts", "reply", "sent (UTC)", title="last deliveries")
         for d in deliveries:
@@ -448,10 +449,13 @@ def preview_cmd(
     list_slug: Annotated[str, typer.Argument(metavar="LIST")],
     as_email: Annotated[str | None, typer.Option("--as", help="Preview what this reader gets next.")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the HTML part here.")] = None,
+    png_dir: Annotated[
+        Path | None, typer.Option("--png", help="Write phone and desktop, light and dark PNGs here.")
+    ] = None,
 ) -> None:
     """Show exactly what a reader would get next; sends and changes nothing.
 
-    Example: digest preview demo --as ann@example.com --out preview.html
+    Example: digest preview demo --as ann@example.com --out preview.html --png previews/
     """
 
     async def go(application: pipeline.App) -> tuple[pipeline.Draft, Any]:
@@ -466,6 +470,14 @@ def preview_cmd(
         )
         return
     text = rendered.text.replace(TOKEN_PLACEHOLDER, "preview")
+    if png_dir:
+        from digest import previews
+
+        try:
+            paths = previews.render_pngs(rendered.html.replace(TOKEN_PLACEHOLDER, "preview"), png_dir)
+        except previews.PreviewError as exc:
+            _fail(DigestError(str(exc)))
+        out.print("\n".join(f"wrote {p}" for p in paths), highlight=False)
     if out_file:
         out_file.write_text(rendered.html.replace(TOKEN_PLACEHOLDER, "preview"), encoding="utf-8")
         out.print(
@@ -713,6 +725,123 @@ def scheduler_cmd() -> None:
 
     _setup_logging()
     _with_app(lambda application: service.run_all(application, web=False, scheduler=True, worker=False))
+
+
+# ---------------------------------------------------------------- bounces (bounces.py)
+
+bounces_app = typer.Typer(
+    help="Process bounces, complaints and mailto unsubscribes; report on them.", no_args_is_help=True
+)
+app.add_typer(bounces_app, name="bounces")
+
+
+def _since_option(value: str) -> datetime:
+    from digest.config import parse_duration
+
+    try:
+        return datetime.now(UTC) - parse_duration(value)
+    except ValueError:
+        _fail(UsageError(f"--since {value!r} is not a duration such as 12h, 7d or 2w"))
+        raise  # unreachable: _fail always raises
+
+
+@bounces_app.command("process")
+def bounces_process(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PATH", help="A Maildir, an mbox file, an .eml file or a folder of .eml files."
+        ),
+    ],
+) -> None:
+    """Read bounces from a mailbox your MTA delivers them to, and apply them.
+
+    Hard bounces suppress the reader; soft bounces are scored; complaints suppress.
+    Forged or unknown VERP addresses change nothing; nor does a second run.
+    The VERP address is read from Delivered-To, X-Original-To or To.
+
+    Example: digest bounces process /var/mail/bounces/Maildir
+             digest bounces process bounces.mbox
+    """
+    if not path.exists():
+        _fail(UsageError(f"{path}: no such file or folder"))
+    from digest import bounces
+
+    async def go(application: pipeline.App) -> bounces.ProcessReport:
+        now = datetime.now(UTC)
+        result = await bounces.process_path(application, path, now)
+        await bounces.trim_raw_bounces(application, now)
+        return result
+
+    result = _with_app(go)
+    table = Table("outcome", "messages", title=f"{path}")
+    for name in bounces.OUTCOMES:
+        if result.counts.get(name):
+            table.add_row(name, str(result.counts[name]))
+    out.print(table)
+    for name in result.unreadable:
+        err.print(f"{name}: empty message skipped", highlight=False)
+    paused = ", ".join(map(str, result.paused_editions)) or "none"
+    out.print(
+        f"{result.messages} message(s): {result.failed_deliveries} delivery(ies) marked failed, "
+        f"{result.suppressed} reader(s) suppressed, editions paused: {paused}",
+        highlight=False,
+    )
+
+
+@bounces_app.command("report")
+def bounces_report(
+    since: Annotated[str, typer.Option("--since", help="How far back: 12h, 7d, 2w.")] = "7d",
+) -> None:
+    """Bounces (SMTP-time and DSN), delays and complaints by class and by recipient domain.
+
+    Example: digest bounces report --since 30d
+    """
+    start = _since_option(since)
+    from digest import bounces
+
+    result = _with_app(lambda application: bounces.report(application, start))
+    classes = list(result.by_class)
+    by_class = Table("class", "events", title=f"since {start:%Y-%m-%d %H:%M} UTC")
+    for name, n in result.by_class.items():
+        by_class.add_row(name, str(n))
+    out.print(by_class)
+    by_domain = Table("domain", *classes, "total", title="by recipient domain")
+    for domain, counts in result.by_domain.items():
+        by_domain.add_row(domain, *(str(counts.get(c, 0)) for c in classes), str(sum(counts.values())))
+    out.print(by_domain)
+    out.print(f"{result.total} event(s)", highlight=False)
+
+
+@app.command("inbound")
+def inbound_cmd() -> None:
+    """Run the bounce inbox alone: an SMTP listener on [bounce] listen for bounces+ and unsub+ mail.
+
+    Example: digest inbound
+    """
+    from digest import service
+
+    if not _config().bounce.listen:
+        _fail(UsageError("set [bounce] listen (host:port, e.g. 127.0.0.1:2525) to run the bounce inbox"))
+    _setup_logging()
+    _with_app(
+        lambda application: service.run_all(application, web=False, scheduler=False, worker=False, inbox=True)
+    )
+
+
+@subscribers_app.command("unsuppress")
+def subscribers_unsuppress(
+    email: str,
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded with the reader.")],
+) -> None:
+    """Let a suppressed reader (bounced, complained, suppressed) receive mail again.
+
+    Example: digest subscribers unsuppress ann@example.com --reason "mailbox fixed, she asked"
+    """
+    from digest import bounces
+
+    before = _with_app(lambda application: bounces.unsuppress(application, email, reason, datetime.now(UTC)))
+    out.print(f"{email} is active again (was {before}); reason recorded", highlight=False)
 
 
 def main() -> None:

@@ -175,6 +175,18 @@ class SenderConfig(_Section):
 class BounceConfig(_Section):
     domain: str | None = None
     listen: str | None = None
+    soft_score: float = Field(default=0.5, gt=0)  # per soft bounce, at most once a day
+    score_limit: float = Field(default=5.0, gt=0)  # suppressed above this
+    quiet: Duration = timedelta(days=7)  # the score resets after this long without bounces
+    complaint_warn: float = Field(default=0.001, ge=0, le=1)
+    complaint_pause: float = Field(default=0.003, ge=0, le=1)
+    raw_retention: Duration = timedelta(days=30)  # raw bounce messages are trimmed after this
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> BounceConfig:
+        if self.complaint_warn > self.complaint_pause:
+            raise ValueError("complaint_warn is above complaint_pause")
+        return self
 
 
 class DkimConfig(_Section):

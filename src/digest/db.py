@@ -1158,7 +1158,17 @@ async def delete_readers_without_history(session: AsyncSession) -> int:
         select(Event.id)
         .where(
             Event.subscriber_id == Subscriber.id,
-            Event.kind.in_(["confirmed", "unsubscribed", "bounced", "complained", "suppressed"]),
+            Event.kind.in_(
+                [
+                    "confirmed",
+                    "unsubscribed",
+                    "bounced",
+                    "complained",
+                    "suppressed",
+                    "unsuppressed",
+                    "policy_rejection",
+                ]
+            ),
         )
         .exists()
     )

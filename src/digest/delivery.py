@@ -40,6 +40,7 @@ log = logging.getLogger("digest.delivery")
 Clock = Callable[[], datetime]
 TEST_TOKEN = "test"  # noqa: S105 (a marker, not a secret): test sends link to an inert page
 THROTTLE_CODES = {421, 450, 451, 452, 454}
+GROUP_WAIT = 0.02  # seconds an outcome may wait for others to share its transaction (limit: 50 ms)
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -305,32 +306,44 @@ def settle(cfg: Config, o: Outcome) -> tuple[str, dict[str, Any], inbound.Bounce
 
 
 class OutcomeWriter:
-    """Commits outcomes in groups: one transaction for all that arrived within 50 ms."""
+    """Commits outcomes in groups, one transaction per group, each outcome within 50 ms.
 
-    def __init__(self, app_db: db.Database, cfg: Config, owner: str) -> None:
+    Every connection waits for its outcome before its next message, so once as many outcomes
+    are queued as there are connections sending, nothing more can arrive: the group is
+    committed at once. Otherwise it is committed when the oldest outcome has waited GROUP_WAIT.
+    """
+
+    def __init__(self, app_db: db.Database, cfg: Config, owner: str, senders: Callable[[], int]) -> None:
         self.db, self.cfg, self.owner = app_db, cfg, owner
+        self.senders = senders  # how many connections are busy right now
         self.queue: asyncio.Queue[Outcome | None] = asyncio.Queue()
 
     async def record(self, o: Outcome) -> str:
         await self.queue.put(o)
         return await o.done
 
+    async def _group(self, first: Outcome) -> tuple[list[Outcome], bool]:
+        batch = [first]
+        deadline = time.monotonic() + GROUP_WAIT
+        while len(batch) < max(self.senders(), 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                item = await asyncio.wait_for(self.queue.get(), remaining)
+            except TimeoutError:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
     async def run(self) -> None:
         while True:
             first = await self.queue.get()
             if first is None:
                 return
-            # Group commit without a timer: outcomes that arrive while a commit runs go into the
-            # next one, so a commit waits at most for the one before it (well under 50 ms).
-            await asyncio.sleep(0)
-            batch = [first]
-            stop = False
-            while not self.queue.empty():
-                item = self.queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, stop = await self._group(first)
             try:
                 results = await self._commit(batch)
             except Exception as exc:  # the database is down: the rows keep their lease, nothing is lost
@@ -463,7 +476,8 @@ async def deliver(
     conns = list(senders) if senders is not None else make_senders(cfg)
     stats = DeliverStats()
     assembler = Assembler(cfg, keys, dkim_key(cfg))
-    writer = OutcomeWriter(app_db, cfg, owner)
+    busy = [0]  # connections between taking a message and getting its outcome committed
+    writer = OutcomeWriter(app_db, cfg, owner, lambda: busy[0])
     breaker = Breaker(breaker_threshold)
     lease = cfg.delivery.lease
     stop = stop or asyncio.Event()
@@ -517,7 +531,11 @@ async def deliver(
             try:
                 if stop.is_set() or (c.edition is not None and c.edition.id in paused):
                     continue  # released below
-                await _one(conn, c)
+                busy[0] += 1
+                try:
+                    await _one(conn, c)
+                finally:
+                    busy[0] -= 1
             finally:
                 in_flight.discard(c.delivery.id)
 

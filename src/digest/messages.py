@@ -47,11 +47,13 @@ def header(name: str, value: str) -> bytes:
     value = clean_header_value(value)
     if value.isascii():
         folded = _fold_ascii(name, value)
-    else:
+    elif name.lower() in _ADDRESS_HEADERS:
         obj = POLICY.header_factory(name, value)
         if _UNSAFE.search(str(obj)):  # an encoded-word in the text decoded to a control character
             obj = POLICY.header_factory(name, clean_header_value(str(obj)))
         folded = POLICY.fold_binary(name, obj)
+    else:
+        folded = _encoded_words(name, value)
     lines = folded[:-2].split(b"\r\n")
     if (
         not folded.endswith(b"\r\n")
@@ -60,6 +62,34 @@ def header(name: str, value: str) -> bytes:
     ):
         raise ValueError(f"header {name} cannot be folded safely: {folded[:200]!r}")
     return folded
+
+
+_ADDRESS_HEADERS = {"from", "to", "cc", "reply-to", "sender"}
+
+
+def _encoded_words(name: str, value: str) -> bytes:
+    """Unstructured non-ASCII text as RFC 2047 base64 encoded-words, every space inside a word.
+
+    The email package's folder puts the spaces between words outside the encoded-words, where a
+    decoder must drop them (RFC 2047 section 6.2), so "café ☕ ¡" came back as "café ☕¡".
+    Chunks end on character boundaries, and each word stays within 75 characters.
+    """
+    tail = ""
+    m = re.fullmatch(r"(.*?)\s*(<[\x21-\x7e]+>)", value)
+    if m:  # List-Id's <list.id.host> (and alike) must stay literal: only the phrase is encoded
+        value, tail = m.group(1), m.group(2)
+    words: list[str] = []
+    chunk = b""
+    for ch in value:
+        raw = ch.encode("utf-8")
+        if len(chunk) + len(raw) > 45:  # 45 bytes -> 60 base64 characters, 72 with the wrapper
+            words.append(chunk.decode("utf-8"))
+            chunk = b""
+        chunk += raw
+    if chunk:
+        words.append(chunk.decode("utf-8"))
+    encoded = [f"=?utf-8?b?{base64.b64encode(w.encode('utf-8')).decode('ascii')}?=" for w in words]
+    return (f"{name}: " + "\r\n ".join([*encoded, *([tail] if tail else [])]) + "\r\n").encode("ascii")
 
 
 def _fold_ascii(name: str, value: str) -> bytes:
@@ -75,9 +105,17 @@ def _fold_ascii(name: str, value: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
+
+
 def format_address(addr_spec: str, display_name: str = "") -> str:
+    """`Name <addr>` for a To header; plain ASCII needs no parsing (the common case, per reader)."""
     name = clean_header_value(display_name)
-    return str(Address(display_name=name, addr_spec=clean_header_value(addr_spec)))
+    addr = clean_header_value(addr_spec)
+    if _PLAIN_ADDRESS.fullmatch(addr) and _PLAIN_NAME.fullmatch(name):
+        return f"{name} <{addr}>" if name else addr
+    return str(Address(display_name=name, addr_spec=addr))
 
 
 def address_of(value: str) -> str:

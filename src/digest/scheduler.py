@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
-from digest import pipeline
+from digest import bounces, pipeline, signup
 
 log = logging.getLogger("digest.scheduler")
 
@@ -81,6 +81,19 @@ def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
                     "list %s: %d composed, %d skipped", report.list_slug, report.deliveries, report.skipped
                 )
 
+    async def housekeeping() -> None:
+        now = datetime.now(UTC)
+        await signup.purge_stale_signups(app, now)
+        await bounces.trim_raw_bounces(app, now)
+
+    scheduler.add_job(
+        guarded("housekeeping", housekeeping),
+        "interval",
+        hours=1,
+        id="housekeeping",
+        max_instances=1,
+        coalesce=True,
+    )
     scheduler.add_job(
         guarded("compose", compose),
         "interval",

@@ -10,14 +10,21 @@ from typing import Any
 
 import uvicorn
 
-from digest import capture, pipeline
+from digest import bounces, capture, pipeline, signup
 from digest.scheduler import build_scheduler
 
 log = logging.getLogger("digest")
 
 
-async def run_all(app: pipeline.App, *, web: bool, scheduler: bool, worker: bool) -> None:
-    """Run the chosen parts until SIGINT or SIGTERM, then stop cleanly."""
+async def run_all(
+    app: pipeline.App, *, web: bool, scheduler: bool, worker: bool, inbox: bool | None = None
+) -> None:
+    """Run the chosen parts until SIGINT or SIGTERM, then stop cleanly.
+
+    The bounce inbox runs when `[bounce] listen` is set: by default only in the all-in-one process
+    (`digest run`), so `digest web` and `digest worker` beside `digest inbound` never compete for
+    its port; `inbox=True` (`digest inbound`) asks for it explicitly.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -39,21 +46,38 @@ async def run_all(app: pipeline.App, *, web: bool, scheduler: bool, worker: bool
                 directory,
             )
 
+    wake = asyncio.Event()  # set by the web app when it queues mail
     tasks: list[asyncio.Task[Any]] = []
+    bounce_inbox = None
+    if inbox is None:
+        inbox = web and scheduler and worker
+    if inbox and cfg.bounce.listen:
+        host, port = bounces.parse_listen(cfg.bounce.listen)
+        bounce_inbox = await bounces.start_inbox(app, host, port)
+        tasks.append(asyncio.create_task(_trim_raw_bounces_daily(app, stop)))
+    elif inbox:
+        log.info("no bounce inbox: set [bounce] listen (host:port) to receive bounces over SMTP")
     sched = None
     if scheduler:
         sched = build_scheduler(app)
         sched.start()
     if worker or web:
         # `digest web` alone still delivers confirmation mail; the full worker sends everything.
-        tasks.append(asyncio.create_task(pipeline.deliver(app, pipeline.utcnow, once=False, stop=stop)))
+        tasks.append(
+            asyncio.create_task(pipeline.deliver(app, pipeline.utcnow, once=False, stop=stop, wake=wake))
+        )
     server = None
     if web:
         from digest.web import create_app
 
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(app),
+                create_app(
+                    app,
+                    rate_limits=signup.RateLimits(cfg.web.signup_per_minute, cfg.web.signup_per_hour),
+                    confirmations_per_hour=cfg.web.confirmations_per_hour,
+                    wake=wake,
+                ),
                 host=cfg.web.host,
                 port=cfg.web.port,
                 log_level="warning",
@@ -71,5 +95,18 @@ async def run_all(app: pipeline.App, *, web: bool, scheduler: bool, worker: bool
     if sched is not None:
         sched.shutdown(wait=False)
     await asyncio.gather(*tasks, return_exceptions=True)
+    if bounce_inbox is not None:
+        await bounce_inbox.stop()
     if controller is not None:
         controller.stop()
+
+
+async def _trim_raw_bounces_daily(app: pipeline.App, stop: asyncio.Event) -> None:
+    """Raw bounce messages are kept 30 days: trim once at start, then once a day."""
+    while not stop.is_set():
+        try:
+            await bounces.trim_raw_bounces(app, pipeline.utcnow())
+        except Exception:  # housekeeping must never stop the inbox
+            log.exception("trimming raw bounce messages failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=86400)
