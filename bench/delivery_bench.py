@@ -127,16 +127,44 @@ async def populate(config: Path, readers: int) -> tuple[bytes, float]:
             async with app.db.write() as s:
                 await s.execute(
                     insert(Subscriber),
-                    [{"email": f"r{i:07d}@example.com", "email_key": f"r{i:07d}@example.com", "name": "",
-                      "created_at": now, "updated_at": now} for i in chunk],
+                    [
+                        {
+                            "email": f"r{i:07d}@example.com",
+                            "email_key": f"r{i:07d}@example.com",
+                            "name": "",
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for i in chunk
+                    ],
                 )
-                ids = (await s.execute(select(Subscriber.id).where(Subscriber.email_key >= f"r{start:07d}@")
-                                       .order_by(Subscriber.id))).scalars().all()
+                ids = (
+                    (
+                        await s.execute(
+                            select(Subscriber.id)
+                            .where(Subscriber.email_key >= f"r{start:07d}@")
+                            .order_by(Subscriber.id)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
                 await s.execute(
                     insert(Subscription),
-                    [{"subscriber_id": sid, "list_id": lst.id, "status": "confirmed", "cadence": "default",
-                      "token": secrets.token_urlsafe(32), "watermark": 0, "signup_at": now, "confirmed_at": now,
-                      "next_due_at": now} for sid in ids[: len(chunk)]],
+                    [
+                        {
+                            "subscriber_id": sid,
+                            "list_id": lst.id,
+                            "status": "confirmed",
+                            "cadence": "default",
+                            "token": secrets.token_urlsafe(32),
+                            "watermark": 0,
+                            "signup_at": now,
+                            "confirmed_at": now,
+                            "next_due_at": now,
+                        }
+                        for sid in ids[: len(chunk)]
+                    ],
                 )
         started = time.perf_counter()
         report = await pipeline.compose(app, lst, now, manual=True)
@@ -156,8 +184,11 @@ def engine(config: Path, readers: int) -> tuple[float, float, float]:
     """(messages/s, CPU s per 1,000, peak RSS MB) of one `digest worker --once` process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "digest", "--config", str(config), "worker", "--once"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "digest", "--config", str(config), "worker", "--once"],
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - started
     if done.returncode != 0 or f"{readers} sent" not in done.stdout:
         raise SystemExit(f"worker failed: {done.stdout} {done.stderr[-500:]}")
@@ -167,7 +198,9 @@ def engine(config: Path, readers: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--readers", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--db", nargs="+", default=["sqlite", "postgres"])
@@ -191,19 +224,26 @@ def main() -> None:
                     base = asyncio.run(ceiling(port, raw, min(readers, 20_000), args.connections))
                     rate, cpu, rss = engine(config, readers)
                     rows.append((kind, readers, base, rate, rate / base, cpu, rss, composed, len(raw)))
-                    print(f"{kind:8} N={readers:>7}  ceiling {base:7.0f}/s  engine {rate:7.0f}/s  "
-                          f"ratio {rate / base:5.2f}  cpu {cpu:5.2f}s/1k  rss {rss:6.1f} MB  "
-                          f"compose {composed:5.1f}s  message {len(raw)} B", flush=True)
+                    print(
+                        f"{kind:8} N={readers:>7}  ceiling {base:7.0f}/s  engine {rate:7.0f}/s  "
+                        f"ratio {rate / base:5.2f}  cpu {cpu:5.2f}s/1k  rss {rss:6.1f} MB  "
+                        f"compose {composed:5.1f}s  message {len(raw)} B",
+                        flush=True,
+                    )
                 finally:
                     drop_database(dbname)
                     shutil.rmtree(work, ignore_errors=True)
     finally:
         sink.terminate()
         sink.wait()
-    print("\n| db | readers | ceiling msg/s | engine msg/s | engine/ceiling | CPU s per 1k | peak RSS MB | compose s |")
+    print(
+        "\n| db | readers | ceiling msg/s | engine msg/s | engine/ceiling | CPU s per 1k | peak RSS MB | compose s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for kind, n, base, rate, ratio, cpu, rss, composed, _ in rows:
-        print(f"| {kind} | {n:,} | {base:.0f} | {rate:.0f} | {ratio:.2f} | {cpu:.2f} | {rss:.0f} | {composed:.1f} |")
+        print(
+            f"| {kind} | {n:,} | {base:.0f} | {rate:.0f} | {ratio:.2f} | {cpu:.2f} | {rss:.0f} | {composed:.1f} |"
+        )
 
 
 if __name__ == "__main__":
