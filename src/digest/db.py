@@ -786,17 +786,39 @@ class Claimed:
     mailing_list: MailingList | None
 
 
-async def load_claimed(session: AsyncSession, ids: Sequence[int]) -> list[Claimed]:
+async def load_claimed(
+    session: AsyncSession,
+    ids: Sequence[int],
+    editions: dict[int, tuple[Edition, MailingList | None]] | None = None,
+) -> list[Claimed]:
+    """Claimed deliveries with their reader, edition and list.
+
+    Editions (whose rendered bodies are large) are loaded once per edition, not once per row:
+    pass the same `editions` dict on every call to keep them across batches.
+    """
+    cache = {} if editions is None else editions
     stmt = (
-        select(Delivery, Subscription, Subscriber, Edition, MailingList)
+        select(Delivery, Subscription, Subscriber)
         .outerjoin(Subscription, Subscription.id == Delivery.subscription_id)
         .outerjoin(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .outerjoin(Edition, Edition.id == Delivery.edition_id)
-        .outerjoin(MailingList, MailingList.id == Edition.list_id)
         .where(Delivery.id.in_(ids))
         .order_by(Delivery.id)
     )
-    return [Claimed(*row) for row in (await session.execute(stmt)).all()]
+    rows = (await session.execute(stmt)).all()
+    missing = {d.edition_id for d, _, _ in rows if d.edition_id is not None and d.edition_id not in cache}
+    if missing:
+        found = await session.execute(
+            select(Edition, MailingList)
+            .outerjoin(MailingList, MailingList.id == Edition.list_id)
+            .where(Edition.id.in_(missing))
+        )
+        for edition, lst in found.all():
+            cache[edition.id] = (edition, lst)
+    out = []
+    for d, sub, reader in rows:
+        pair = cache.get(d.edition_id) if d.edition_id is not None else None
+        out.append(Claimed(d, sub, reader, pair[0] if pair else None, pair[1] if pair else None))
+    return out
 
 
 async def finish_delivery(
@@ -1341,3 +1363,357 @@ async def inbound_events_since(
         .order_by(Event.id)
     )
     return [(str(k), dict(d or {}), a, e) for k, d, a, e in (await session.execute(stmt)).all()]
+
+
+# ---------------------------------------------------------------- operators: status, metrics, admin
+
+
+async def subscriber_status_counts(session: AsyncSession) -> dict[str, int]:
+    """Readers by global status, for /metrics and the admin page."""
+    stmt = select(Subscriber.status, func.count()).group_by(Subscriber.status)
+    return {str(k): int(n) for k, n in (await session.execute(stmt)).all()}
+
+
+async def list_reader_counts(session: AsyncSession, list_id: int | None) -> list[tuple[str, str, str, int]]:
+    """(list slug, subscription status, cadence, readers): who reads what, and how often."""
+    stmt = (
+        select(MailingList.slug, Subscription.status, Subscription.cadence, func.count())
+        .join(MailingList, MailingList.id == Subscription.list_id)
+        .group_by(MailingList.slug, Subscription.status, Subscription.cadence)
+        .order_by(MailingList.slug)
+    )
+    if list_id is not None:
+        stmt = stmt.where(Subscription.list_id == list_id)
+    return [(str(a), str(b), str(c), int(n)) for a, b, c, n in (await session.execute(stmt)).all()]
+
+
+async def next_due_of_list(session: AsyncSession, list_id: int) -> tuple[datetime | None, int]:
+    """(earliest next slot, readers due within a day of it) of a list's confirmed readers."""
+    first = (
+        await session.execute(
+            select(func.min(Subscription.next_due_at)).where(
+                Subscription.list_id == list_id, Subscription.status == SubscriptionStatus.CONFIRMED
+            )
+        )
+    ).scalar_one_or_none()
+    if first is None:
+        return None, 0
+    n = (
+        await session.execute(
+            select(func.count())
+            .select_from(Subscription)
+            .where(
+                Subscription.list_id == list_id,
+                Subscription.status == SubscriptionStatus.CONFIRMED,
+                Subscription.next_due_at < first + timedelta(days=1),
+            )
+        )
+    ).scalar_one()
+    return first, int(n)
+
+
+async def sent_since(session: AsyncSession, since: datetime) -> int:
+    """Messages accepted by a relay since a time: the current send rate."""
+    stmt = select(func.count()).select_from(Delivery).where(Delivery.sent_at >= since)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def sent_times_since(session: AsyncSession, since: datetime) -> list[datetime]:
+    """When each message since a time was accepted, for the admin page's sends-per-hour chart."""
+    stmt = select(Delivery.sent_at).where(Delivery.sent_at >= since)
+    return [t for t in (await session.execute(stmt)).scalars().all() if t is not None]
+
+
+async def smtp_reply_counts(session: AsyncSession, since: datetime) -> list[tuple[str, int | None, int]]:
+    """(relay, SMTP code, deliveries) answered since a time: replies by class and relay for /metrics."""
+    stmt = (
+        select(Delivery.relay, Delivery.smtp_code, func.count())
+        .where(Delivery.relay.is_not(None), Delivery.updated_at >= since)
+        .group_by(Delivery.relay, Delivery.smtp_code)
+    )
+    rows = (await session.execute(stmt)).all()
+    return [(str(r), None if c is None else int(c), int(n)) for r, c, n in rows]
+
+
+async def queue_summary(session: AsyncSession, now: datetime) -> tuple[int, datetime | None]:
+    """(outstanding deliveries, due time of the oldest one that is due): queue depth and age."""
+    depth = (
+        await session.execute(
+            select(func.count()).select_from(Delivery).where(Delivery.status.in_(list(OUTSTANDING)))
+        )
+    ).scalar_one()
+    oldest = (
+        await session.execute(
+            select(func.min(Delivery.next_attempt_at)).where(
+                Delivery.status.in_(list(OUTSTANDING)), Delivery.next_attempt_at <= now
+            )
+        )
+    ).scalar_one_or_none()
+    return int(depth), oldest
+
+
+async def inbound_class_counts(
+    session: AsyncSession, kinds: Sequence[str], since: datetime
+) -> list[tuple[str, str | None, int]]:
+    """(event kind, bounce class, events) since a time: bounces by class for /metrics."""
+    klass = Event.detail["bounce_class"].as_string()
+    stmt = (
+        select(Event.kind, klass, func.count())
+        .where(Event.kind.in_(kinds), Event.created_at >= since)
+        .group_by(Event.kind, klass)
+    )
+    return [(str(k), c, int(n)) for k, c, n in (await session.execute(stmt)).all()]
+
+
+async def recent_reader_events(
+    session: AsyncSession, kinds: Sequence[str], limit: int
+) -> list[tuple[datetime, str, dict[str, Any], str | None]]:
+    """(time, kind, detail, reader address) of the latest bounces and unsubscribes, for the admin page."""
+    stmt = (
+        select(Event.created_at, Event.kind, Event.detail, Subscriber.email)
+        .outerjoin(Subscriber, Subscriber.id == Event.subscriber_id)
+        .where(Event.kind.in_(kinds))
+        .order_by(Event.id.desc())
+        .limit(limit)
+    )
+    return [(t, str(k), dict(d or {}), e) for t, k, d, e in (await session.execute(stmt)).all()]
+
+
+async def edition_reply_groups(
+    session: AsyncSession, edition_id: int
+) -> list[tuple[str, int | None, str, int]]:
+    """(status, code, reply, deliveries) of an edition's unsuccessful messages, grouped by reply."""
+    stmt = (
+        select(Delivery.status, Delivery.smtp_code, Delivery.smtp_reply, func.count())
+        .where(
+            Delivery.edition_id == edition_id,
+            Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN]),
+        )
+        .group_by(Delivery.status, Delivery.smtp_code, Delivery.smtp_reply)
+        .order_by(func.count().desc())
+    )
+    return [(str(s), c, str(r or ""), int(n)) for s, c, r, n in (await session.execute(stmt)).all()]
+
+
+async def edition_send_span(
+    session: AsyncSession, edition_id: int
+) -> tuple[datetime | None, datetime | None, int]:
+    """(first, last, count) of an edition's accepted messages: how fast it went out."""
+    stmt = select(
+        func.min(Delivery.sent_at), func.max(Delivery.sent_at), func.count(Delivery.sent_at)
+    ).where(Delivery.edition_id == edition_id)
+    first, last, n = (await session.execute(stmt)).one()
+    return first, last, int(n)
+
+
+async def edition_recipients(
+    session: AsyncSession, edition_id: int
+) -> list[tuple[str, str, int | None, str | None]]:
+    """(address, status, code, reply) of every message of an edition: who got it, who bounced, why."""
+    stmt = (
+        select(Delivery.address, Delivery.status, Delivery.smtp_code, Delivery.smtp_reply)
+        .where(Delivery.edition_id == edition_id)
+        .order_by(Delivery.address)
+    )
+    return [(str(a), str(s), c, r) for a, s, c, r in (await session.execute(stmt)).all()]
+
+
+async def last_edition_of(session: AsyncSession, list_id: int) -> Edition | None:
+    """A list's latest digest (not a test send), for `digest lists`."""
+    stmt = (
+        select(Edition)
+        .where(Edition.list_id == list_id, Edition.kind == DeliveryKind.DIGEST)
+        .order_by(Edition.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def claim_alert_slot(session: AsyncSession, key: str, now: datetime, window: timedelta) -> bool:
+    """True when no alert of this kind went out within the window, shared by every process."""
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    cutoff = (now - window).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    updated = await session.execute(
+        update(Setting).where(Setting.key == key, Setting.value < cutoff).values(value=stamp)
+    )
+    if updated.rowcount:  # type: ignore[attr-defined]
+        return True
+    inserted = await session.execute(
+        _insert(session, Setting).values(key=key, value=stamp).on_conflict_do_nothing()
+    )
+    return bool(inserted.rowcount)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- operators: erasure
+
+
+def erased_email(email_key: str) -> str:
+    """The placeholder an erased reader's address becomes: a hash, so imports can still refuse it."""
+    import hashlib
+
+    return f"erased-{hashlib.sha256(email_key.encode()).hexdigest()}@invalid"
+
+
+async def erased_reader(session: AsyncSession, email_key: str) -> bool:
+    """Was this address erased on request (so operators may not add it back without new consent)?"""
+    return await subscriber_by_email(session, erased_email(email_key)) is not None
+
+
+async def erase_subscriber(session: AsyncSession, reader: Subscriber, now: datetime) -> int:
+    """Replace a reader's personal data by its hash everywhere it is kept; returns deliveries scrubbed."""
+    address, marker = reader.email, erased_email(reader.email_key)
+    subs = select(Subscription.id).where(Subscription.subscriber_id == reader.id)
+    await session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == reader.id)
+        .values(
+            email=marker, email_key=marker, name="", status="suppressed", bounce_score=0.0, updated_at=now
+        )
+    )
+    await session.execute(
+        update(Subscription)
+        .where(Subscription.subscriber_id == reader.id)
+        .values(
+            status=SubscriptionStatus.UNSUBSCRIBED,
+            next_due_at=None,
+            unsubscribed_at=func.coalesce(Subscription.unsubscribed_at, now),
+            unsubscribe_method=func.coalesce(Subscription.unsubscribe_method, "erased"),
+            signup_ip=None,
+            signup_user_agent=None,
+            signup_source=None,
+            signup_referer=None,
+            confirm_ip=None,
+            confirm_user_agent=None,
+        )
+    )
+    for sub_id in (await session.execute(subs)).scalars().all():
+        await session.execute(
+            update(Subscription).where(Subscription.id == sub_id).values(token=secrets.token_urlsafe(24))
+        )
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.status.in_(list(OUTSTANDING)), Delivery.subscription_id.in_(subs))
+        .values(status=DeliveryStatus.SKIPPED, smtp_reply="reader erased", lease_owner=None, updated_at=now)
+    )
+    scrubbed = await session.execute(
+        update(Delivery)
+        .where(or_(Delivery.subscription_id.in_(subs), func.lower(Delivery.address) == address.lower()))
+        .values(address=marker, smtp_reply=None, body_html=None, body_text=None, subject=None)
+    )
+    await session.execute(update(Event).where(Event.subscriber_id == reader.id).values(detail={}))
+    return int(scrubbed.rowcount)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- operators: retention (prune)
+
+
+@asynccontextmanager
+async def bulk_delete(database: Database) -> AsyncIterator[AsyncSession]:
+    """A write transaction for batched deletes. On SQLite, foreign-key actions are switched off for
+    it: without an index on events.delivery_id each deleted delivery would scan every event, so the
+    caller clears those references itself, once per batch."""
+    if not database.is_sqlite:
+        async with database.write() as s:
+            yield s
+        return
+    async with database.writer.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        await driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            async with AsyncSession(bind=conn, expire_on_commit=False) as s, s.begin():
+                yield s
+        finally:
+            await driver.execute("PRAGMA foreign_keys=ON")
+
+
+async def delete_old_events(session: AsyncSession, before: datetime, keep: Sequence[str], limit: int) -> int:
+    """One batch of audit events past retention (oldest first: they sit at the low ids)."""
+    ids = (
+        select(Event.id)
+        .where(Event.created_at < before, Event.kind.not_in(keep))
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    found = list((await session.execute(ids)).scalars().all())
+    if not found:
+        return 0
+    await session.execute(delete(Event).where(Event.id.in_(found)))
+    return len(found)
+
+
+async def trim_raw_batch(session: AsyncSession, kinds: Sequence[str], before: datetime, limit: int) -> int:
+    """One batch of bounce events whose raw message is past retention: drop the message, keep the facts."""
+    stmt = (
+        select(Event)
+        .where(
+            Event.kind.in_(kinds), Event.created_at < before, Event.detail["raw"].as_string().is_not(None)
+        )
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    found = (await session.execute(stmt)).scalars().all()
+    for e in found:
+        detail = {k: v for k, v in (e.detail or {}).items() if k != "raw"}
+        detail["raw_trimmed"] = True
+        e.detail = detail
+    await session.flush()
+    return len(found)
+
+
+async def strip_edition_bodies(session: AsyncSession, before: datetime, note: str, limit: int) -> int:
+    """One batch of finished editions past retention: their rendered bodies become a short note."""
+    ids = (
+        select(Edition.id)
+        .where(
+            Edition.created_at < before,
+            Edition.status.in_([EditionStatus.DONE, EditionStatus.CANCELLED]),
+            Edition.html != note,
+        )
+        .order_by(Edition.id)
+        .limit(limit)
+    )
+    found = list((await session.execute(ids)).scalars().all())
+    if found:
+        await session.execute(update(Edition).where(Edition.id.in_(found)).values(html=note, text=""))
+    return len(found)
+
+
+async def delete_old_deliveries(session: AsyncSession, before: datetime, limit: int) -> int:
+    """One batch of finished deliveries past retention; events that named them keep their facts."""
+    final = [s for s in DeliveryStatus if s not in OUTSTANDING]
+    ids = (
+        select(Delivery.id)
+        .where(Delivery.created_at < before, Delivery.status.in_(final))
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    found = list((await session.execute(ids)).scalars().all())
+    if not found:
+        return 0
+    await session.execute(update(Event).where(Event.delivery_id.in_(found)).values(delivery_id=None))
+    await session.execute(delete(Delivery).where(Delivery.id.in_(found)))
+    return len(found)
+
+
+async def policy_rejections_since(session: AsyncSession, since: datetime) -> list[tuple[str, str, int]]:
+    """(relay, reply, deliveries) answered 5.7.x since a time: a relay refusing on policy alerts."""
+    stmt = (
+        select(Delivery.relay, Delivery.smtp_reply, func.count())
+        .where(
+            Delivery.updated_at >= since,
+            Delivery.smtp_code >= 500,
+            Delivery.smtp_reply.like("%5.7.%"),
+        )
+        .group_by(Delivery.relay, Delivery.smtp_reply)
+        .order_by(func.count().desc())
+    )
+    return [(str(r or "?"), str(t or ""), int(n)) for r, t, n in (await session.execute(stmt)).all()]
+
+
+async def edition_status_counts(session: AsyncSession, edition_id: int) -> dict[str, int]:
+    """One edition's deliveries by status, for `digest editions show`."""
+    stmt = (
+        select(Delivery.status, func.count()).where(Delivery.edition_id == edition_id).group_by(Delivery.status)
+    )
+    return {str(k): int(n) for k, n in (await session.execute(stmt)).all()}

@@ -16,6 +16,7 @@ problem) trip a circuit breaker that pauses the edition instead of failing the w
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -96,11 +97,12 @@ class TokenBucket:
         self.rate = rate
         self.clock = clock
         self.next_free = clock()  # the earliest moment the next message may start
-        self.sent_recently: list[float] = []
+        self.sent_recently: collections.deque[float] = collections.deque()
 
     async def acquire(self) -> None:
         now = self.clock()
-        self.sent_recently = [t for t in self.sent_recently if now - t < 1.0]
+        while self.sent_recently and now - self.sent_recently[0] >= 1.0:
+            self.sent_recently.popleft()
         self.sent_recently.append(now)
         if self.rate <= 0:
             return
@@ -476,6 +478,7 @@ async def deliver(
     conns = list(senders) if senders is not None else make_senders(cfg)
     stats = DeliverStats()
     assembler = Assembler(cfg, keys, dkim_key(cfg))
+    editions: dict[int, tuple[Any, Any]] = {}  # edition id -> (Edition, MailingList), loaded once
     busy = [0]  # connections between taking a message and getting its outcome committed
     writer = OutcomeWriter(app_db, cfg, owner, lambda: busy[0])
     breaker = Breaker(breaker_threshold)
@@ -511,7 +514,7 @@ async def deliver(
                 if ids:
                     idle = 0.0
                     async with app_db.read() as s:
-                        for c in await db.load_claimed(s, ids):
+                        for c in await db.load_claimed(s, ids, editions):
                             in_flight.add(c.delivery.id)
                             queue.put_nowait(c)
                     continue
