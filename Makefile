@@ -34,9 +34,14 @@ typecheck: $(BIN)/.installed-test
 pytest: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -q -rs
 
-## The long crash and multi-worker runs (minutes).
+## The long crash and multi-worker runs: 20 random SIGKILL runs over 5,000 readers, and three
+## workers delivering 20,000 messages on PostgreSQL (about half an hour).
 test-long: $(BIN)/.installed-test
-	DIGEST_LONG=1 $(BIN)/python -m pytest -q -rs -m slow
+	DIGEST_LONG=1 $(BIN)/python -m pytest -q -rs -s tests/test_crash.py
+
+## Benchmarks (not tests): see bench/README.md.
+bench: $(BIN)/.installed-test
+	$(BIN)/python bench/delivery_bench.py --readers 10000 100000
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
