@@ -168,3 +168,17 @@ async def test_rate_limit_spaces_messages(tmp_path: Path, smtp_sink: SmtpSink) -
         assert time.monotonic() - started >= 0.5  # 12 messages at 20/s need at least ~0.55 s
     finally:
         await app.db.close()
+
+
+async def test_a_static_cap_per_recipient_domain_spaces_that_domain_only(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    smtp = relay(smtp_sink.port) + "\n[delivery]\ndomain_rates = { \"example.com\" = 10 }\n"
+    app = await open_project(tmp_path, f"sqlite:///{tmp_path}/digest.db", smtp)
+    try:
+        await compose_for(app, *(f"r{i}" for i in range(8)))
+        import time
+
+        started = time.monotonic()
+        assert (await pipeline.deliver(app, lambda: NOW)).sent == 8
+        assert time.monotonic() - started >= 0.6  # 8 messages to example.com at 10/s
+    finally:
+        await app.db.close()

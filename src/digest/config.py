@@ -112,6 +112,9 @@ class DeliveryConfig(_Section):
     lifetime: Duration = timedelta(hours=48)
     batch_size: int = Field(default=100, ge=1, le=10_000)
     retry_base: Duration = timedelta(minutes=5)  # first retry after a 4xx; doubles each time
+    # Static caps in messages per second per recipient domain, for direct-to-MX setups,
+    # e.g. domain_rates = { "gmail.com" = 5, "yahoo.com" = 2 }; a relay does this itself otherwise.
+    domain_rates: dict[str, float] = Field(default_factory=dict)
 
 
 class CaptureConfig(_Section):
@@ -272,6 +275,33 @@ class ListConfig(_Section):
         return self
 
 
+class RetentionConfig(_Section):
+    """How long history is kept (`digest prune`, and the scheduler once a day)."""
+
+    deliveries: Duration = timedelta(days=400)  # finished deliveries (the per-recipient ledger)
+    events: Duration = timedelta(days=400)  # readers' audit events (suppressions and erasures stay)
+    raw_bounces: Duration = timedelta(days=30)  # raw bounce messages inside events
+    edition_bodies: Duration = timedelta(days=90)  # finished editions' rendered HTML and text
+    batch_size: int = Field(default=2000, ge=1, le=100_000)  # rows per transaction
+
+
+class AlertsConfig(_Section):
+    """Where operators hear about trouble; at most one alert of a kind per window."""
+
+    email: str | None = None
+    webhook: str | None = None
+    window: Duration = timedelta(hours=1)
+    source_failing_after: Duration = timedelta(hours=6)
+    queue_age: Duration = timedelta(hours=1)
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("an http(s) URL")
+        return v
+
+
 class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     smtp: SmtpConfig = SmtpConfig()
@@ -285,6 +315,8 @@ class Config(_Section):
     dkim: DkimConfig = DkimConfig()
     branding: BrandingConfig = BrandingConfig()
     templates: TemplatesConfig = TemplatesConfig()
+    retention: RetentionConfig = RetentionConfig()
+    alerts: AlertsConfig = AlertsConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     lists: list[ListConfig] = Field(default_factory=list)
     path: Path | None = Field(default=None, exclude=True)

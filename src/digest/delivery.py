@@ -132,14 +132,22 @@ class FailoverSender:
     """One logical connection that uses the first relay that is up, in configured order."""
 
     def __init__(
-        self, relays: Sequence[RelayConfig], buckets: Sequence[TokenBucket], down: dict[int, float]
+        self,
+        relays: Sequence[RelayConfig],
+        buckets: Sequence[TokenBucket],
+        down: dict[int, float],
+        domain_buckets: dict[str, TokenBucket] | None = None,
     ) -> None:
         self.conns = [SmtpConnection(r) for r in relays]
         self.buckets = buckets
         self.down = down  # relay index → monotonic time until which it is skipped (shared)
+        self.domain_buckets = domain_buckets or {}  # recipient domain → static cap (shared)
 
     async def send(self, env_from: str, rcpt: str, data: bytes) -> SendOutcome:
         outcome: SendOutcome | None = None
+        capped = self.domain_buckets.get(rcpt.rpartition("@")[2].lower())
+        if capped is not None:
+            await capped.acquire()
         for i, conn in enumerate(self.conns):
             if self.down.get(i, 0) > time.monotonic() and i < len(self.conns) - 1:
                 continue
@@ -171,7 +179,8 @@ def make_senders(cfg: Config) -> list[Sender]:
     relays = cfg.relays or [capture_relay(cfg)]
     buckets = [TokenBucket(r.rate) for r in relays]
     down: dict[int, float] = {}
-    return [FailoverSender(relays, buckets, down) for _ in range(relays[0].concurrency)]
+    domains = {d.lower(): TokenBucket(rate) for d, rate in cfg.delivery.domain_rates.items() if rate > 0}
+    return [FailoverSender(relays, buckets, down, domains) for _ in range(relays[0].concurrency)]
 
 
 # ---------------------------------------------------------------- messages
