@@ -22,6 +22,10 @@ Where the core meets the edges:
     signup      readers' operations: signup, confirm, preferences, unsubscribe, limits, purge
     bounces     applying bounces and complaints: suppression, scores, the inbox, reports
     readers_io  subscriber CSV import and export
+    retention   prune (batched, per [retention]) and erasure on request
+    alerts      operator alerts by email and webhook, one per kind per window
+    doctor      configuration, database, relay, DKIM and DNS alignment checks
+    observability  Prometheus metrics from the database, JSON logs
 
 Edges:
     db          engines, transactions, migrations and every query, named

@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from digest import db, pipeline, readers_io
@@ -135,11 +136,67 @@ def _check_mail_route(cfg: Config) -> None:
         _fail(UsageError("no mail route: configure [smtp] host (or [[smtp.relays]]) or enable [capture]"))
 
 
-async def _deliver_with_progress(application: pipeline.App, clock: pipeline.Clock) -> pipeline.DeliverStats:
+class _ProgressReporter:
+    """A Rich progress bar on a terminal, a plain line at most once a second otherwise."""
+
+    def __init__(self, total: int | None) -> None:
+        self.counts: dict[str, int] = {}
+        self.started = time.monotonic()
+        self.last_line = 0.0
+        self.progress: Progress | None = None
+        if out.is_terminal:
+            self.progress = Progress(
+                TextColumn("[bold]delivering"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                console=out,
+                transient=True,
+            )
+            self.task = self.progress.add_task("deliver", total=total, detail="")
+
+    def __enter__(self) -> _ProgressReporter:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        c = self.counts
+        return (
+            f"sent {c.get('sent', 0)}, deferred {c.get('deferred', 0)}, failed {c.get('failed', 0)}"
+            f" ({c.get('sent', 0) / elapsed:.1f}/s)"
+        )
+
+    def __call__(self, status: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, detail=self.line())
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 1.0:
+            self.last_line = now
+            err.print(f"progress: {self.line()}", highlight=False)
+
+
+async def _deliver_with_progress(
+    application: pipeline.App, clock: pipeline.Clock, *, once: bool = True
+) -> pipeline.DeliverStats:
+    from digest import alerts
+
     _check_mail_route(application.cfg)
-    controller = _ensure_capture(application.cfg)
+    controller = _ensure_capture(application.cfg) if once else None
+    async with application.db.read() as s:
+        total = await db.pending_count(s)
     try:
-        return await pipeline.deliver(application, clock, once=True)
+        async with alerts.watching(alerts.Notifier(application)):
+            with _ProgressReporter(total if once else None) as progress:
+                return await pipeline.deliver(application, clock, once=once, on_outcome=progress)
     finally:
         if controller is not None:
             controller.stop()
@@ -259,6 +316,11 @@ def subscribers_add(
     async def go(application: pipeline.App) -> pipeline.AddResult:
         lst = await pipeline.get_list(application, list_slug)
         async with application.db.write() as s:
+            _, key = pipeline.normalize_address(email)
+            if await db.subscriber_by_email(s, key) is None and await db.erased_reader(s, key):
+                raise UsageError(
+                    f"{email} was erased on request: only the reader can subscribe again (double opt-in)"
+                )
             return await pipeline.add_subscription(
                 s,
                 lst,
@@ -563,14 +625,11 @@ def worker_cmd(
     Example: digest worker --once
     """
 
+    if not once:
+        _setup_logging()
+
     async def go(application: pipeline.App) -> pipeline.DeliverStats:
-        _check_mail_route(application.cfg)
-        controller = _ensure_capture(application.cfg) if once else None
-        try:
-            return await pipeline.deliver(application, pipeline.utcnow, once=once)
-        finally:
-            if controller is not None:
-                controller.stop()
+        return await _deliver_with_progress(application, pipeline.utcnow, once=once)
 
     _say_stats(_with_app(go))
 
@@ -634,19 +693,69 @@ def editions_resend(
     out.print(f"edition {edition_id}: {n} message(s) queued again", highlight=False)
 
 
-@app.command("status")
-def status_cmd(list_slug: Annotated[str | None, typer.Argument(metavar="[LIST]")] = None) -> None:
-    """Recent editions and their deliveries by status.
+def _print_json(value: Any) -> None:
+    """One JSON document on stdout, unstyled, for scripts."""
+    sys.stdout.write(json.dumps(value, default=_json_default, indent=2) + "\n")
 
-    Example: digest status demo
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of tables.")]
+
+
+@app.command("status")
+def status_cmd(
+    list_slug: Annotated[str | None, typer.Argument(metavar="[LIST]")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent editions with their deliveries by status, the queue and the current send rate.
+
+    Example: digest status demo --json
     """
 
-    async def go(application: pipeline.App) -> tuple[list[Any], dict[tuple[str, str], int]]:
+    async def go(application: pipeline.App) -> dict[str, Any]:
         lst = await pipeline.get_list(application, list_slug) if list_slug else None
+        now = datetime.now(UTC)
         async with application.db.read() as s:
-            return await db.edition_counts(s, lst.id if lst else None), await db.delivery_counts(s)
+            depth, oldest = await db.queue_summary(s, now)
+            return {
+                "editions": await db.edition_counts(s, lst.id if lst else None),
+                "totals": await db.delivery_counts(s),
+                "sent_last_minute": await db.sent_since(s, now - timedelta(minutes=1)),
+                "sent_last_hour": await db.sent_since(s, now - timedelta(hours=1)),
+                "queue_depth": depth,
+                "oldest_due_seconds": (now - oldest).total_seconds() if oldest else 0.0,
+            }
 
-    editions, totals = _with_app(go)
+    found = _with_app(go)
+    editions, totals = found.pop("editions"), found.pop("totals")
+    if as_json:
+        _print_json(
+            {
+                **found,
+                "editions": [
+                    {
+                        "id": e.id,
+                        "list": slug,
+                        "kind": e.kind,
+                        "created_at": e.created_at,
+                        "status": e.status,
+                        "pause_reason": e.pause_reason,
+                        "subject": e.subject,
+                        "deliveries": counts,
+                    }
+                    for e, slug, counts in editions
+                ],
+                "deliveries": [
+                    {"kind": k, "status": st, "count": n} for (k, st), n in sorted(totals.items())
+                ],
+            }
+        )
+        return
     table = Table(
         "edition",
         "list",
@@ -680,15 +789,27 @@ def status_cmd(list_slug: Annotated[str | None, typer.Argument(metavar="[LIST]")
     out.print(table)
     summary = ", ".join(f"{kind}/{status}: {n}" for (kind, status), n in sorted(totals.items()))
     out.print(f"all deliveries: {summary or 'none yet'}", highlight=False)
+    out.print(
+        f"send rate: {found['sent_last_minute']} in the last minute"
+        f" ({found['sent_last_minute'] / 60:.1f}/s), "
+        f"{found['sent_last_hour']} in the last hour; queue: {found['queue_depth']} outstanding"
+        + (
+            f", oldest due for {timedelta(seconds=int(found['oldest_due_seconds']))}"
+            if found["queue_depth"]
+            else ""
+        ),
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------- long-running
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiosmtpd logs every SMTP command of the capture server at INFO.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    """JSON lines when stderr is not a terminal (journald, Docker), readable lines on a terminal."""
+    from digest import observability
+
+    observability.setup_logging()
 
 
 @app.command("run")
@@ -842,6 +963,451 @@ def subscribers_unsuppress(
 
     before = _with_app(lambda application: bounces.unsuppress(application, email, reason, datetime.now(UTC)))
     out.print(f"{email} is active again (was {before}); reason recorded", highlight=False)
+
+
+# ---------------------------------------------------------------- operators (issue 8)
+
+
+@subscribers_app.command("remove")
+def subscribers_remove(
+    email: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Required: erasure cannot be undone.")] = False,
+) -> None:
+    """Erase a reader's personal data on request; only a hash stays, so imports cannot add them back.
+
+    The reader may sign up again themselves (double opt-in is new consent).
+
+    Example: digest subscribers remove ann@example.com --yes
+    """
+    if not yes:
+        _fail(UsageError("say --yes: erasing a reader's data cannot be undone"))
+    from digest import retention
+
+    erased = _with_app(lambda application: retention.erase_reader(application, email, datetime.now(UTC)))
+    out.print(
+        f"{email} erased: {erased.subscriptions} subscription(s) ended,"
+        f" {erased.deliveries} delivery record(s)"
+        f" scrubbed; kept only {erased.marker}",
+        highlight=False,
+    )
+
+
+sources_app = typer.Typer(help="See sources and try one without storing anything.", no_args_is_help=True)
+app.add_typer(sources_app, name="sources")
+
+
+@sources_app.command("list")
+def sources_list(as_json: JsonOption = False) -> None:
+    """Sources with their last fetch, last success and last error.
+
+    Example: digest sources list --json
+    """
+
+    async def go(application: pipeline.App) -> list[dict[str, Any]]:
+        names = {c.name for c in application.cfg.sources}
+        async with application.db.read() as s:
+            return [
+                {
+                    "name": src.name,
+                    "kind": src.kind,
+                    "location": src.location,
+                    "interval_seconds": src.interval_seconds,
+                    "last_fetched_at": src.last_fetched_at,
+                    "last_success_at": src.last_success_at,
+                    "last_error": src.last_error,
+                    "last_error_at": src.last_error_at,
+                }
+                for src in await db.all_sources(s)
+                if src.name in names
+            ]
+
+    rows = _with_app(go)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(
+        "source", "kind", "location", "every", "last fetch (UTC)", "last success (UTC)", "last error"
+    )
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["kind"],
+            r["location"][:50],
+            str(timedelta(seconds=r["interval_seconds"])),
+            f"{r['last_fetched_at']:%Y-%m-%d %H:%M}" if r["last_fetched_at"] else "-",
+            f"{r['last_success_at']:%Y-%m-%d %H:%M}" if r["last_success_at"] else "-",
+            (r["last_error"] or "")[:60],
+        )
+    out.print(table)
+
+
+@sources_app.command("check")
+def sources_check(name: Annotated[str, typer.Argument(metavar="NAME")], as_json: JsonOption = False) -> None:
+    """Fetch one source once and show what would be ingested, with warnings; stores nothing.
+
+    Example: digest sources check seeds
+    """
+    from digest import ingest
+
+    cfg = _config()
+    src = next((c for c in cfg.sources if c.name == name), None)
+    if src is None:
+        _fail(
+            UsageError(f"no source {name!r} (configured: {', '.join(c.name for c in cfg.sources) or 'none'})")
+        )
+    assert src is not None
+    if src.kind == "api":
+        _fail(UsageError(f"source {name!r} is of kind api: articles are posted to it, not fetched"))
+    location = src.location
+    if src.kind == "directory" or not src.url:
+        location = str(pipeline.resolve_path(cfg, location))
+    result = _run(lambda: ingest.fetch_source(src.name, src.kind, location, now=datetime.now(UTC)))
+    if as_json:
+        _print_json(
+            {
+                "source": name,
+                "articles": [
+                    {"title": a.title, "url": a.url, "published_at": a.published_at, "author": a.author}
+                    for a in result.articles
+                ],
+                "warnings": result.warnings,
+            }
+        )
+        return
+    table = Table("published (UTC)", "title", "url", title=f"{name}: {len(result.articles)} article(s)")
+    for a in result.articles:
+        table.add_row(f"{a.published_at:%Y-%m-%d %H:%M}", a.title[:70], (a.url or "-")[:60])
+    out.print(table)
+    for w in result.warnings:
+        out.print(f"warning: {w}", highlight=False)
+    out.print("nothing was stored (this was a check)", highlight=False)
+
+
+lists_app = typer.Typer(
+    help="Lists: readers by status and cadence, last and next editions.", no_args_is_help=True
+)
+app.add_typer(lists_app, name="lists")
+
+
+async def _list_summary(application: pipeline.App, lst: Any) -> dict[str, Any]:
+    async with application.db.read() as s:
+        counts = await db.list_reader_counts(s, lst.id)
+        last = await db.last_edition_of(s, lst.id)
+        next_due, due_soon = await db.next_due_of_list(s, lst.id)
+        last_counts = (await db.edition_counts(s, lst.id, limit=1)) if last else []
+    by_status: dict[str, int] = {}
+    by_cadence: dict[str, int] = {}
+    for _, status, cadence, n in counts:
+        by_status[status] = by_status.get(status, 0) + n
+        if status == "confirmed":
+            by_cadence[cadence] = by_cadence.get(cadence, 0) + n
+    return {
+        "slug": lst.slug,
+        "name": lst.name,
+        "schedule": lst.schedule,
+        "timezone": lst.timezone,
+        "public": lst.public,
+        "readers": by_status,
+        "confirmed_by_cadence": by_cadence,
+        "last_edition": None
+        if last is None
+        else {
+            "id": last.id,
+            "created_at": last.created_at,
+            "status": last.status,
+            "subject": last.subject,
+            "deliveries": last_counts[0][2] if last_counts else {},
+        },
+        "next_due_at": next_due,
+        "readers_due_within_a_day_of_it": due_soon,
+    }
+
+
+@lists_app.command("list")
+def lists_list(as_json: JsonOption = False) -> None:
+    """Every active list with its readers by status and its last and next edition.
+
+    Example: digest lists list
+    """
+
+    async def go(application: pipeline.App) -> list[dict[str, Any]]:
+        async with application.db.read() as s:
+            lists = list(await db.active_lists(s))
+        return [await _list_summary(application, lst) for lst in lists]
+
+    rows = _with_app(go)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("list", "name", "confirmed", "pending", "unsubscribed", "last edition", "next digest (UTC)")
+    for r in rows:
+        last = r["last_edition"]
+        table.add_row(
+            r["slug"],
+            r["name"],
+            str(r["readers"].get("confirmed", 0)),
+            str(r["readers"].get("pending", 0)),
+            str(r["readers"].get("unsubscribed", 0)),
+            f"#{last['id']} {last['created_at']:%Y-%m-%d %H:%M} {last['status']}" if last else "-",
+            f"{r['next_due_at']:%Y-%m-%d %H:%M}" if r["next_due_at"] else "-",
+        )
+    out.print(table)
+
+
+@lists_app.command("show")
+def lists_show(slug: Annotated[str, typer.Argument(metavar="SLUG")], as_json: JsonOption = False) -> None:
+    """One list: readers by status and cadence, its last edition and when the next digests go out.
+
+    Example: digest lists show demo --json
+    """
+
+    async def go(application: pipeline.App) -> dict[str, Any]:
+        lst = await pipeline.get_list(application, slug)
+        return await _list_summary(application, lst)
+
+    r = _with_app(go)
+    if as_json:
+        _print_json(r)
+        return
+    out.print(
+        f"[bold]{r['name']}[/bold] ({r['slug']}): schedule {r['schedule']} {r['timezone']}", highlight=False
+    )
+    readers = Table("status", "readers", title="readers")
+    for status, n in sorted(r["readers"].items()):
+        readers.add_row(status, str(n))
+    out.print(readers)
+    cadences = Table("cadence", "confirmed readers", title="how often")
+    for cadence, n in sorted(r["confirmed_by_cadence"].items()):
+        cadences.add_row(cadence, str(n))
+    out.print(cadences)
+    last = r["last_edition"]
+    if last:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(last["deliveries"].items())) or "no deliveries"
+        out.print(
+            f"last edition: #{last['id']} {last['created_at']:%Y-%m-%d %H:%M} UTC {last['status']}: {counts}",
+            highlight=False,
+        )
+    else:
+        out.print("last edition: none yet", highlight=False)
+    if r["next_due_at"]:
+        out.print(
+            f"next digests: from {r['next_due_at']:%Y-%m-%d %H:%M} UTC"
+            f" ({r['readers_due_within_a_day_of_it']} reader(s) within a day of it)",
+            highlight=False,
+        )
+    else:
+        out.print("next digests: no confirmed reader", highlight=False)
+
+
+@editions_app.command("list")
+def editions_list(
+    list_slug: Annotated[str | None, typer.Option("--list", help="Only this list.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent editions with their delivery counts by status.
+
+    Example: digest editions list --list demo --limit 50
+    """
+
+    async def go(application: pipeline.App) -> list[Any]:
+        lst = await pipeline.get_list(application, list_slug) if list_slug else None
+        async with application.db.read() as s:
+            return await db.edition_counts(s, lst.id if lst else None, limit=limit)
+
+    rows = _with_app(go)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "id": e.id,
+                    "list": slug,
+                    "kind": e.kind,
+                    "created_at": e.created_at,
+                    "status": e.status,
+                    "subject": e.subject,
+                    "deliveries": counts,
+                }
+                for e, slug, counts in rows
+            ]
+        )
+        return
+    table = Table("edition", "list", "kind", "created (UTC)", "status", "deliveries", "subject")
+    for e, slug, counts in rows:
+        table.add_row(
+            str(e.id),
+            slug,
+            e.kind,
+            f"{e.created_at:%Y-%m-%d %H:%M}",
+            e.status,
+            ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-",
+            e.subject[:50],
+        )
+    out.print(table)
+
+
+@editions_app.command("show")
+def editions_show(
+    edition_id: Annotated[int, typer.Argument(metavar="ID")],
+    recipients: Annotated[
+        bool, typer.Option("--recipients", help="Also list every address and its status.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """One edition: its articles, deliveries by status, send rate, and errors grouped by reply.
+
+    Example: digest editions show 12 --recipients
+    """
+
+    async def go(application: pipeline.App) -> dict[str, Any]:
+        async with application.db.read() as s:
+            e = await db.edition_by_id(s, edition_id)
+            if e is None:
+                raise UsageError(f"no edition {edition_id} (see `digest editions list`)")
+            lst = await db.list_by_id(s, e.list_id)
+            articles = await db.articles_by_ids(s, list(e.article_ids))
+            counts = await db.edition_status_counts(s, edition_id)
+            first, last, sent = await db.edition_send_span(s, edition_id)
+            errors = await db.edition_reply_groups(s, edition_id)
+            who = await db.edition_recipients(s, edition_id) if recipients else []
+        seconds = (last - first).total_seconds() if first and last else 0.0
+        return {
+            "id": e.id,
+            "list": lst.slug if lst else None,
+            "kind": e.kind,
+            "status": e.status,
+            "pause_reason": e.pause_reason,
+            "created_at": e.created_at,
+            "subject": e.subject,
+            "articles": [{"id": a.id, "title": a.title, "url": a.url} for a in articles],
+            "more": e.more_count,
+            "deliveries": counts,
+            "first_sent_at": first,
+            "last_sent_at": last,
+            "rate_per_second": round(sent / seconds, 2) if seconds > 0 else None,
+            "errors": [{"status": st, "code": c, "reply": r, "count": n} for st, c, r, n in errors],
+            "recipients": [{"address": a, "status": st, "code": c, "reply": r} for a, st, c, r in who],
+        }
+
+    r = _with_app(go)
+    if as_json:
+        _print_json(r)
+        return
+    out.print(
+        f"[bold]edition {r['id']}[/bold] ({r['list']}, {r['kind']}) {r['status']}"
+        + (f": {r['pause_reason']}" if r["pause_reason"] else "")
+        + f"\ncreated {r['created_at']:%Y-%m-%d %H:%M} UTC; subject: {r['subject']}",
+        highlight=False,
+    )
+    articles = Table("article", "title", "url", title=f"{len(r['articles'])} article(s), {r['more']} more")
+    for a in r["articles"]:
+        articles.add_row(str(a["id"]), a["title"][:60], (a["url"] or "-")[:60])
+    out.print(articles)
+    counts = Table("status", "messages", title="deliveries")
+    for status, n in sorted(r["deliveries"].items()):
+        counts.add_row(status, str(n))
+    out.print(counts)
+    if r["first_sent_at"]:
+        rate = f"{r['rate_per_second']}/s" if r["rate_per_second"] else "-"
+        out.print(
+            f"sent from {r['first_sent_at']:%Y-%m-%d %H:%M:%S} to {r['last_sent_at']:%H:%M:%S} UTC,"
+            f" rate {rate}",
+            highlight=False,
+        )
+    if r["errors"]:
+        errors = Table("status", "code", "messages", "reply", title="errors by reply")
+        for x in r["errors"]:
+            errors.add_row(x["status"], str(x["code"] or "-"), str(x["count"]), x["reply"][:90])
+        out.print(errors)
+    if recipients:
+        who = Table("address", "status", "code", "reply", title="recipients")
+        for x in r["recipients"]:
+            who.add_row(x["address"], x["status"], str(x["code"] or "-"), (x["reply"] or "")[:70])
+        out.print(who)
+
+
+@app.command("doctor")
+def doctor_cmd(as_json: JsonOption = False) -> None:
+    """Check config, database, templates, relays (EHLO, TLS, certificate), DKIM, DNS and alignment.
+
+    Exits 1 when a check fails, 0 when only warnings remain. Works offline except for the relays.
+
+    Example: digest doctor
+    """
+    from digest import doctor
+    from digest.errors import ConfigError
+
+    try:
+        cfg = load_config(_state.get("config_path"))
+    except ConfigError as exc:
+        findings = [doctor.Finding("fail", "config", str(exc), "fix the key named above")]
+    else:
+        findings = _run(lambda: doctor.run_checks(cfg))
+    failed = sum(f.level == "fail" for f in findings)
+    warned = sum(f.level == "warn" for f in findings)
+    if as_json:
+        _print_json([vars(f) for f in findings])
+    else:
+        style = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for f in findings:
+            out.print(
+                f"[{style[f.level]}]{f.level:>4}[/{style[f.level]}]  {f.check}: {f.message}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            if f.fix and f.level != "ok":
+                out.print(f"        fix: {f.fix}", highlight=False, soft_wrap=True, markup=False)
+        out.print(f"{failed} failure(s), {warned} warning(s)", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("prune")
+def prune_cmd(as_json: JsonOption = False) -> None:
+    """Delete history past [retention]: deliveries, events, raw bounces, editions' bodies (in batches).
+
+    Runs daily in `digest scheduler` too. Suppressions and erasures are kept.
+
+    Example: digest prune
+    """
+    from digest import retention
+
+    report = _with_app(lambda application: retention.prune(application, datetime.now(UTC)))
+    if as_json:
+        _print_json({**report.counts(), "batches": report.batches, "cutoffs": report.cutoffs})
+        return
+    table = Table("what", "rows", "older than (UTC)")
+    for (name, n), cutoff in zip(
+        report.counts().items(),
+        [report.cutoffs[k] for k in ("deliveries", "events", "raw_bounces", "edition_bodies")],
+        strict=True,
+    ):
+        table.add_row(name, str(n), f"{cutoff:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+alerts_app = typer.Typer(help="Check where alerts go.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("test")
+def alerts_test() -> None:
+    """Send a test alert to [alerts] email and webhook (ignores the rate limit).
+
+    Example: digest alerts test
+    """
+    from digest import alerts
+
+    async def go(application: pipeline.App) -> bool:
+        notifier = alerts.Notifier(application)
+        if not notifier.enabled:
+            raise UsageError("set [alerts] email and/or webhook first")
+        alert = alerts.Alert("test", "test alert", "digest alerts test: alerts reach you.", datetime.now(UTC))
+        return await notifier.notify(alert, limit=False)
+
+    if not _with_app(go):
+        _fail(DigestError("the test alert could not be delivered (see the warnings above)"))
+    out.print("test alert sent", highlight=False)
 
 
 def main() -> None:

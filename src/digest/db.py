@@ -1714,6 +1714,8 @@ async def policy_rejections_since(session: AsyncSession, since: datetime) -> lis
 async def edition_status_counts(session: AsyncSession, edition_id: int) -> dict[str, int]:
     """One edition's deliveries by status, for `digest editions show`."""
     stmt = (
-        select(Delivery.status, func.count()).where(Delivery.edition_id == edition_id).group_by(Delivery.status)
+        select(Delivery.status, func.count())
+        .where(Delivery.edition_id == edition_id)
+        .group_by(Delivery.status)
     )
     return {str(k): int(n) for k, n in (await session.execute(stmt)).all()}

@@ -269,7 +269,10 @@ class Event(Base):
     """Append-only audit trail per reader."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_subscriber", "subscriber_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_events_subscriber", "subscriber_id", "created_at"),
+        Index("ix_events_delivery", "delivery_id"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
     subscription_id: Mapped[int | None] = mapped_column(ForeignKey("subscriptions.id", ondelete="SET NULL"))

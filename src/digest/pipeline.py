@@ -304,6 +304,13 @@ async def add_subscription(
     except that `confirmed` confirms a pending one)."""
     email, key = normalize_address(address)
     prefs = validate_prefs(prefs)
+    # An address erased on the reader's request comes back only through the reader (double opt-in).
+    if (
+        method in ("operator", "import", "api")
+        and await db.subscriber_by_email(s, key) is None
+        and await db.erased_reader(s, key)
+    ):
+        raise AddressError(f"{email} was erased on request: only the reader can subscribe again")
     subscriber, _ = await db.get_or_create_subscriber(s, email, key, prefs.name, now)
     sub = await db.subscription_for(s, subscriber.id, lst.id)
     if sub is not None and sub.status != SubscriptionStatus.UNSUBSCRIBED:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
-from digest import bounces, pipeline, signup
+from digest import alerts, bounces, pipeline, retention, signup
 
 log = logging.getLogger("digest.scheduler")
 
@@ -94,6 +94,34 @@ def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
         max_instances=1,
         coalesce=True,
     )
+
+    async def prune() -> None:
+        await retention.prune(app, datetime.now(UTC))
+
+    scheduler.add_job(
+        guarded("prune", prune),
+        "interval",
+        days=1,
+        next_run_time=datetime.now(UTC) + timedelta(minutes=5),
+        id="prune",
+        max_instances=1,
+        coalesce=True,
+    )
+    notifier = alerts.Notifier(app)
+    if notifier.enabled:
+
+        async def check_alerts() -> None:
+            await alerts.check_and_notify(notifier, datetime.now(UTC))
+
+        scheduler.add_job(
+            guarded("alerts", check_alerts),
+            "interval",
+            minutes=1,
+            next_run_time=datetime.now(UTC) + timedelta(seconds=30),
+            id="alerts",
+            max_instances=1,
+            coalesce=True,
+        )
     scheduler.add_job(
         guarded("compose", compose),
         "interval",

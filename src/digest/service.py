@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from digest import bounces, capture, pipeline, signup
+from digest import alerts, bounces, capture, pipeline, signup
 from digest.scheduler import build_scheduler
 
 log = logging.getLogger("digest")
@@ -20,6 +20,9 @@ async def run_all(
     app: pipeline.App, *, web: bool, scheduler: bool, worker: bool, inbox: bool | None = None
 ) -> None:
     """Run the chosen parts until SIGINT or SIGTERM, then stop cleanly.
+
+    While they run, alert-worthy log records of this process (an edition paused, a complaint
+    rate too high) are sent to `[alerts]`; the scheduler also checks sources and the queue.
 
     The bounce inbox runs when `[bounce] listen` is set: by default only in the all-in-one process
     (`digest run`), so `digest web` and `digest worker` beside `digest inbound` never compete for
@@ -88,8 +91,9 @@ async def run_all(
         tasks.append(asyncio.create_task(server.serve()))
         log.info("web on http://%s:%d (public URL %s)", cfg.web.host, cfg.web.port, cfg.web.base_url)
 
-    await stop.wait()
-    log.info("stopping")
+    async with alerts.watching(alerts.Notifier(app)):
+        await stop.wait()
+        log.info("stopping")
     if server is not None:
         server.should_exit = True
     if sched is not None:

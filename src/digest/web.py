@@ -43,7 +43,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digest import csrf, db, extract, pipeline, readers_io, signup
+from digest import csrf, db, extract, observability, pipeline, readers_io, signup
 from digest.errors import DigestError
 from digest.models import SubscriptionStatus
 from digest.rendering import TOKEN_PLACEHOLDER
@@ -491,6 +491,26 @@ def create_app(
         async with app.db.read() as s:
             await db.ping(s)
         return {"status": "ok"}
+
+    @api.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        """Ready to serve: the database answers and its schema is the one this code needs."""
+        try:
+            async with app.db.read() as s:
+                await db.ping(s)
+            await db.check_schema(app.db)
+        except DigestError as exc:
+            return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+        except Exception as exc:
+            reason = f"database: {type(exc).__name__}"
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics computed from the database at scrape time (see digest.observability)."""
+        body = await observability.render_metrics(app, clock())
+        return Response(body, media_type=observability.CONTENT_TYPE)
 
     # ------------------------------------------------------------ signup
 
@@ -1058,6 +1078,33 @@ def create_app(
 
     authorized = [Depends(operator)]
 
+    def admin_token_ok(request: Request) -> bool:
+        """The admin page takes the [api] token as a bearer header, or as ?token= for a browser."""
+        expected = app.cfg.api.token
+        if not expected:
+            return False
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            given = request.query_params.get("token", "")
+        return hmac.compare_digest(given.strip().encode(), expected.encode())
+
+    @api.get("/admin", response_class=HTMLResponse, include_in_schema=False)
+    async def admin(request: Request) -> HTMLResponse:
+        """Read-only operator overview: lists, recent editions, sends per hour, bounces, unsubscribes."""
+        if not app.cfg.api.token:
+            return message(
+                request, "Admin is off", "Set [api] token in the config to use this page.", status=403
+            )
+        if not admin_token_ok(request):
+            return message(
+                request, "Not authorized", "Send Authorization: Bearer <the [api] token>.", status=401
+            )
+        now = clock()
+        view = await admin_view(app, now)
+        response = page(request, "admin.html", title="digest: operator overview", **view)
+        response.headers["referrer-policy"] = "no-referrer"  # the URL may carry the token
+        return response
+
     async def list_or_404(slug: str | None) -> int | None:
         if slug is None:
             return None
@@ -1227,3 +1274,59 @@ def _join(names: list[str]) -> str:
     if len(names) <= 1:
         return "".join(names)
     return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+async def admin_view(app: pipeline.App, now: datetime, hours: int = 24) -> dict[str, Any]:
+    """What the admin page shows, read in one transaction."""
+    async with app.db.read() as s:
+        lists = list(await db.active_lists(s))
+        readers = await db.list_reader_counts(s, None)
+        editions = await db.edition_counts(s, None, limit=15)
+        sent_times = await db.sent_times_since(s, now - timedelta(hours=hours))
+        events = await db.recent_reader_events(s, ["bounced", "complained", "unsubscribed"], 20)
+        depth, oldest = await db.queue_summary(s, now)
+        sent_last_minute = await db.sent_since(s, now - timedelta(minutes=1))
+    per_list: dict[str, dict[str, int]] = {lst.slug: {} for lst in lists}
+    for slug, status, _, n in readers:
+        if slug in per_list:
+            per_list[slug][status] = per_list[slug].get(status, 0) + n
+    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    buckets = [0] * hours
+    for t in sent_times:
+        i = int((t - start).total_seconds() // 3600)
+        if 0 <= i < hours:
+            buckets[i] += 1
+    peak = max(buckets) or 1
+    return {
+        "now": now,
+        "lists": [{"slug": lst.slug, "name": lst.name, "readers": per_list[lst.slug]} for lst in lists],
+        "editions": [
+            {
+                "id": e.id,
+                "list": slug,
+                "created_at": e.created_at,
+                "status": e.status,
+                "subject": e.subject,
+                "counts": counts,
+                "pause_reason": e.pause_reason,
+            }
+            for e, slug, counts in editions
+        ],
+        "hours": [
+            {"label": f"{start + timedelta(hours=i):%H}:00", "count": n, "percent": round(100 * n / peak)}
+            for i, n in enumerate(buckets)
+        ],
+        "sent_total": sum(buckets),
+        "events": [
+            {
+                "at": t,
+                "kind": k,
+                "address": a or "-",
+                "detail": str(d.get("bounce_class") or d.get("method") or d.get("reply") or "")[:120],
+            }
+            for t, k, d, a in events
+        ],
+        "queue_depth": depth,
+        "queue_age": (now - oldest) if oldest else None,
+        "sent_last_minute": sent_last_minute,
+    }
