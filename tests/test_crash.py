@@ -31,12 +31,21 @@ CONCURRENCY = 4
 
 
 def spawn(config: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "digest", "--config", str(config), *args],
-        cwd=config.parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = (config.parent / f"{args[0]}-{time.monotonic_ns()}.log").open("wb")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "digest", "--config", str(config), *args],
+            cwd=config.parent,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        log.close()  # the child keeps its own descriptor
+
+
+def last_log_lines(config: Path) -> str:
+    logs = sorted(config.parent.glob("*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1].read_text(errors="replace")[-1500:] if logs else ""
 
 
 def setup(tmp_path: Path, url: str, port: int, readers: int) -> Path:
@@ -98,7 +107,9 @@ def wait_for(sink: SmtpSink, count: int, proc: subprocess.Popen[bytes], seconds:
     deadline = time.time() + seconds
     while len(sink.messages) < count and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    assert proc.poll() is None, f"the process ended after {len(sink.messages)} messages, before the kill"
+    assert proc.poll() is None, (
+        f"the process ended after {len(sink.messages)} messages, before the kill:\n{last_log_lines(Path(proc.args[4]))}"
+    )
 
 
 def kill_run(tmp_path: Path, sink: SmtpSink, readers: int, moments: list[int]) -> tuple[list[int], int]:

@@ -769,9 +769,16 @@ async def claim_deliveries(
 
 async def reap_expired_leases(session: AsyncSession, now: datetime) -> int:
     """Deliveries whose worker died go back to pending (they are resent with the same Message-ID)."""
+    # SKIP LOCKED: a row another worker is finishing right now is not waited for (no deadlock
+    # between the reaper's scan and that worker's update); it is not expired anyway.
+    expired = (
+        select(Delivery.id)
+        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now)
+        .with_for_update(skip_locked=True)
+    )
     stmt = (
         update(Delivery)
-        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now)
+        .where(Delivery.id.in_(expired.scalar_subquery()))
         .values(status=DeliveryStatus.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now)
     )
     return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
@@ -984,7 +991,7 @@ async def finish_deliveries(
     mine = {int(i) for i in (await session.execute(held)).scalars()}
     table = cast(Table, Delivery.__table__)
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for delivery_id, values in outcomes:
+    for delivery_id, values in sorted(outcomes, key=lambda o: o[0]):  # one lock order for every worker
         if delivery_id in mine:
             shapes.setdefault(tuple(sorted(values)), []).append(
                 {"b_id": delivery_id, **{f"b_{k}": v for k, v in values.items()}}
@@ -1499,9 +1506,9 @@ async def edition_send_span(
     session: AsyncSession, edition_id: int
 ) -> tuple[datetime | None, datetime | None, int]:
     """(first, last, count) of an edition's accepted messages: how fast it went out."""
-    stmt = select(
-        func.min(Delivery.sent_at), func.max(Delivery.sent_at), func.count(Delivery.sent_at)
-    ).where(Delivery.edition_id == edition_id)
+    stmt = select(func.min(Delivery.sent_at), func.max(Delivery.sent_at), func.count(Delivery.sent_at)).where(
+        Delivery.edition_id == edition_id
+    )
     first, last, n = (await session.execute(stmt)).one()
     return first, last, int(n)
 
@@ -1646,9 +1653,7 @@ async def trim_raw_batch(session: AsyncSession, kinds: Sequence[str], before: da
     """One batch of bounce events whose raw message is past retention: drop the message, keep the facts."""
     stmt = (
         select(Event)
-        .where(
-            Event.kind.in_(kinds), Event.created_at < before, Event.detail["raw"].as_string().is_not(None)
-        )
+        .where(Event.kind.in_(kinds), Event.created_at < before, Event.detail["raw"].as_string().is_not(None))
         .order_by(Event.id)
         .limit(limit)
     )

@@ -30,6 +30,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from sqlalchemy.exc import DBAPIError
+
 from digest import db, inbound, messages, tokens
 from digest.config import Config, RelayConfig
 from digest.dkim_sign import DkimKey, load_key
@@ -340,10 +342,18 @@ class OutcomeWriter:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                item = await asyncio.wait_for(self.queue.get(), remaining)
-            except TimeoutError:
-                break
+            # Not asyncio.wait_for(queue.get()): on Python 3.11 a timeout that races the get
+            # drops the item, and an outcome nobody commits would hang its connection.
+            getter = asyncio.ensure_future(self.queue.get())
+            done, _ = await asyncio.wait({getter}, timeout=remaining)
+            if getter not in done:
+                getter.cancel()
+                try:
+                    item = await getter  # it may have completed while being cancelled
+                except asyncio.CancelledError:
+                    break
+            else:
+                item = getter.result()
             if item is None:
                 return batch, True
             batch.append(item)
@@ -356,7 +366,7 @@ class OutcomeWriter:
                 return
             batch, stop = await self._group(first)
             try:
-                results = await self._commit(batch)
+                results = await self._commit_with_retries(batch)
             except Exception as exc:  # the database is down: the rows keep their lease, nothing is lost
                 for o in batch:
                     if not o.done.done():
@@ -366,6 +376,18 @@ class OutcomeWriter:
                     o.done.set_result(status)
             if stop:
                 return
+
+    async def _commit_with_retries(self, batch: Sequence[Outcome]) -> list[str]:
+        """A deadlock, a serialization failure or a busy database is retried, not fatal."""
+        for attempt in range(6):
+            try:
+                return await self._commit(batch)
+            except DBAPIError as exc:
+                if attempt == 5:
+                    raise
+                log.warning("recording %d outcome(s) failed (%s); retrying", len(batch), exc.orig)
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _commit(self, batch: Sequence[Outcome]) -> list[str]:
         settled = [(o, *settle(self.cfg, o)) for o in batch]
@@ -515,11 +537,18 @@ async def deliver(
                 if queue.qsize() > len(conns):
                     await asyncio.sleep(0.005)
                     continue
-                async with app_db.write() as s:
-                    now = clock()
-                    lease_now = await db.db_now(s, now)
-                    await db.reap_expired_leases(s, lease_now)
-                    ids = await db.claim_deliveries(s, owner, now, lease, cfg.delivery.batch_size, lease_now)
+                try:
+                    async with app_db.write() as s:
+                        now = clock()
+                        lease_now = await db.db_now(s, now)
+                        await db.reap_expired_leases(s, lease_now)
+                        ids = await db.claim_deliveries(
+                            s, owner, now, lease, cfg.delivery.batch_size, lease_now
+                        )
+                except DBAPIError as exc:  # a deadlock or a busy database: try again shortly
+                    log.warning("claiming deliveries failed (%s); retrying", exc.orig)
+                    await _sleep_until(0.5, stop)
+                    continue
                 if ids:
                     idle = 0.0
                     async with app_db.read() as s:
