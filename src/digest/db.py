@@ -670,7 +670,10 @@ async def insert_digest_deliveries(
             literal(edition_id),
             Subscription.id,
             Subscriber.email,
-            literal("digest:") + sid + literal(f":{from_seq}:{to_seq}"),
+            # The edition is part of the key: after a failure rolls a watermark back, the same seq
+            # range is composed again into a new edition and must not collide with the failed row.
+            # The compare-and-set in advance_readers is what makes composition exactly-once.
+            literal("digest:") + sid + literal(f":{from_seq}:{to_seq}:{edition_id}"),
             literal(from_seq),
             literal(to_seq),
             literal(10),

@@ -144,14 +144,28 @@ class IngestReport:
     warnings: tuple[str, ...] = ()
 
 
-async def ingest_sources(app: App, now: datetime, only: str | None = None) -> list[IngestReport]:
-    """Fetch every feed and directory source (or one); a broken source is reported, the rest go on."""
+async def ingest_sources(
+    app: App, now: datetime, only: str | None = None, *, due_only: bool = False
+) -> list[IngestReport]:
+    """Fetch every feed and directory source (or one); a broken source is reported, the rest go on.
+
+    `due_only` (the scheduler's jobs): skip a source fetched less than its interval ago, by this or
+    another scheduler process, so several schedulers fetch each feed once per interval.
+    """
     async with app.db.read() as s:
         sources = [src for src in await db.all_sources(s) if src.name in {c.name for c in app.cfg.sources}]
     if only is not None:
         sources = [src for src in sources if src.name == only]
         if not sources:
             raise UsageError(f"no source {only!r} (configured: {', '.join(c.name for c in app.cfg.sources)})")
+    if due_only:
+        # 10% slack: APScheduler's own interval must not be skipped for a few milliseconds of drift.
+        sources = [
+            src
+            for src in sources
+            if src.last_fetched_at is None
+            or now - src.last_fetched_at >= timedelta(seconds=src.interval_seconds * 0.9)
+        ]
     reports = []
     for src in sources:
         if src.kind == "api":

@@ -60,7 +60,7 @@ def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
             continue
 
         async def ingest_one(name: str = src.name) -> None:
-            for report in await pipeline.ingest_sources(app, datetime.now(UTC), only=name):
+            for report in await pipeline.ingest_sources(app, datetime.now(UTC), only=name, due_only=True):
                 if report.new:
                     log.info("source %s: %d new", report.source, report.new)
 

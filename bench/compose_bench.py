@@ -1,0 +1,229 @@
+"""One compose tick for many due readers in about 50 groups, on SQLite and on PostgreSQL.
+
+Not a test: it prints wall time, peak RSS and the number of renders, next to a baseline measured in
+the same run on the same database (a plain INSERT … SELECT of as many rows into a scratch table),
+so the figures read as ratios that survive a change of machine.
+
+    python bench/compose_bench.py                     # 100,000 readers, 50 groups, both databases
+    python bench/compose_bench.py --readers 20000 --only sqlite
+    DIGEST_BENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/compose_bench.py
+
+Each database is measured in a child process of its own, so peak RSS is that database's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, insert, select, text
+
+from digest import db, pipeline
+from digest.config import load_config
+from digest.models import Delivery, Subscriber, Subscription
+
+PG_ADMIN_URL = os.environ.get("DIGEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+NOW = datetime(2027, 3, 29, 7, 0, tzinfo=UTC)
+SEEDS = Path(__file__).resolve().parents[1] / "seeds"
+
+
+def write_config(directory: Path, url: str) -> Path:
+    (directory / "seeds").mkdir(exist_ok=True)
+    path = directory / "digest.toml"
+    path.write_text(
+        f'[database]\nurl = "{url}"\n\n[capture]\nenabled = true\n\n'
+        '[web]\nbase_url = "http://127.0.0.1:8000"\nsecret_keys = ["bench-secret-key-0123456789abcdef"]\n\n'
+        '[sender]\nfrom = "Digest <digest@news.example.com>"\npostal_address = "1 Example Street"\n'
+        'domain = "news.example.com"\n\n'
+        f'[[sources]]\nname = "seeds"\nkind = "directory"\npath = "{directory / "seeds"}"\n\n'
+        '[[lists]]\nslug = "demo"\nname = "Demo Digest"\nsources = ["seeds"]\nschedule = "0 7 * * *"\n'
+        'timezone = "UTC"\nmax_articles = 10\nmax_age = "30d"\n'
+    )
+    return path
+
+
+async def populate(app: pipeline.App, readers: int, groups: int) -> None:
+    """`groups` + 10 articles; readers spread over `groups` watermarks (0, 1, …), all due now."""
+    items = [
+        db.NewArticle(
+            guid=f"bench-{n}",
+            url=f"https://news.example.com/{n}",
+            title=f"Benchmark story number {n}",
+            author=None,
+            published_at=NOW - timedelta(hours=n),
+            summary=f"Story {n}: something happened that matters to readers.",
+            content=f"<p>Story {n}: something happened that matters to readers.</p>",
+            image_url=None,
+            fingerprint=hashlib.sha256(f"bench-{n}".encode()).hexdigest(),
+        )
+        for n in range(groups + 10)
+    ]
+    async with app.db.write() as s:
+        src = await db.source_by_name(s, "seeds")
+        assert src is not None
+        await db.store_articles(s, src.id, items, NOW - timedelta(days=1))
+    lst = await pipeline.get_list(app, "demo")
+    batch = 10_000
+    for start in range(0, readers, batch):
+        n = min(batch, readers - start)
+        async with app.db.write() as s:
+            await s.execute(
+                insert(Subscriber),
+                [
+                    {"email": f"reader{i:06d}@example.com", "email_key": f"reader{i:06d}@example.com",
+                     "name": "", "created_at": NOW, "updated_at": NOW}
+                    for i in range(start, start + n)
+                ],
+            )  # fmt: skip
+            ids = (
+                await s.execute(
+                    select(Subscriber.id).where(Subscriber.email_key >= f"reader{start:06d}").order_by(Subscriber.id)
+                )
+            ).scalars().all()[:n]
+            await s.execute(
+                insert(Subscription),
+                [
+                    {"subscriber_id": sid, "list_id": lst.id, "status": "confirmed", "cadence": "default",
+                     "token": secrets.token_urlsafe(24), "watermark": k % groups, "signup_at": NOW,
+                     "confirmed_at": NOW, "next_due_at": NOW - timedelta(minutes=1)}
+                    for k, sid in enumerate(ids, start)
+                ],
+            )  # fmt: skip
+
+
+async def baseline(app: pipeline.App, rows: int) -> float:
+    """A plain INSERT … SELECT of `rows` rows (subscription id, address) into a scratch table."""
+    async with app.db.write() as s:
+        await s.execute(text("CREATE TABLE bench_scratch (subscription_id BIGINT, address VARCHAR(320))"))
+    started = time.perf_counter()
+    async with app.db.write() as s:
+        await s.execute(
+            text(
+                "INSERT INTO bench_scratch (subscription_id, address) "
+                "SELECT subscriptions.id, subscribers.email FROM subscriptions "
+                "JOIN subscribers ON subscribers.id = subscriptions.subscriber_id LIMIT :n"
+            ),
+            {"n": rows},
+        )
+    elapsed = time.perf_counter() - started
+    async with app.db.write() as s:
+        await s.execute(text("DROP TABLE bench_scratch"))
+    return elapsed
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+async def measure(url: str, readers: int, groups: int) -> dict[str, float | int | str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(write_config(Path(tmp), url), environ={})
+        db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+        app = await pipeline.open_app(cfg)
+        try:
+            started = time.perf_counter()
+            await populate(app, readers, groups)
+            populate_s = time.perf_counter() - started
+            base_s = await baseline(app, readers)
+            small = await pipeline.compose_due(app, NOW - timedelta(minutes=2))  # nothing due: warm-up
+            assert sum(r.deliveries for r in small) == 0
+            rss_before = peak_rss_mb()
+            started = time.perf_counter()
+            reports = await pipeline.compose_due(app, NOW)
+            tick_s = time.perf_counter() - started
+            rss_after = peak_rss_mb()
+            async with app.db.read() as s:
+                stored = int((await s.execute(select(func.count()).select_from(Delivery))).scalar_one())
+            # The same tick again composes nothing (exactly once) and is the cost of an idle tick.
+            started = time.perf_counter()
+            again = await pipeline.compose_due(app, NOW)
+            idle_s = time.perf_counter() - started
+        finally:
+            await app.db.close()
+    return {
+        "readers": readers,
+        "groups": groups,
+        "populate_s": populate_s,
+        "baseline_s": base_s,
+        "tick_s": tick_s,
+        "idle_tick_s": idle_s,
+        "renders": sum(r.renders for r in reports),
+        "deliveries": sum(r.deliveries for r in reports),
+        "stored": stored,
+        "again": sum(r.deliveries for r in again),
+        "rss_before_mb": rss_before,
+        "rss_peak_mb": rss_after,
+    }
+
+
+def child(kind: str, readers: int, groups: int) -> None:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            result = asyncio.run(measure(f"sqlite:///{tmp}/bench.db", readers, groups))
+    else:
+        import psycopg
+
+        name = f"digest_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            result = asyncio.run(measure(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}", readers, groups))
+        finally:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--readers", type=int, default=100_000)
+    parser.add_argument("--groups", type=int, default=50)
+    parser.add_argument("--only", choices=["sqlite", "postgres"])
+    parser.add_argument("--child", choices=["sqlite", "postgres"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.readers, args.groups)
+        return
+    rows = []
+    for kind in [args.only] if args.only else ["sqlite", "postgres"]:
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", kind, "--readers", str(args.readers), "--groups", str(args.groups)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            print(f"{kind}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append((kind, json.loads(done.stdout.strip().splitlines()[-1])))
+    print(f"compose tick: {args.readers:,} due readers in {args.groups} watermark groups (one list)\n")
+    head = (
+        f"{'database':<10} {'tick':>8} {'baseline':>9} {'ratio':>6} {'idle':>7} {'renders':>8} "
+        f"{'deliveries':>10} {'again':>6} {'RSS before':>11} {'RSS peak':>9} {'growth':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for kind, r in rows:
+        print(
+            f"{kind:<10} {r['tick_s']:>7.2f}s {r['baseline_s']:>8.3f}s {r['tick_s'] / r['baseline_s']:>5.1f}x "
+            f"{r['idle_tick_s']:>6.2f}s {r['renders']:>8} {r['deliveries']:>10,} {r['again']:>6} "
+            f"{r['rss_before_mb']:>9.0f}MB {r['rss_peak_mb']:>7.0f}MB {r['rss_peak_mb'] - r['rss_before_mb']:>5.0f}MB"
+        )
+    print(
+        "\ntick: one compose_due pass (select due readers, draft, render, claim, INSERT … SELECT deliveries)."
+        "\nbaseline: INSERT … SELECT of the same number of (id, address) rows into a scratch table."
+        "\nidle: the same tick run again (nothing left to compose). again: deliveries it created (must be 0)."
+    )
+
+
+if __name__ == "__main__":
+    main()
