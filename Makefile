@@ -32,7 +32,7 @@ typecheck: $(BIN)/.installed-test
 	$(BIN)/mypy src
 
 pytest: $(BIN)/.installed-test
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 ## The long crash and multi-worker runs: 20 random SIGKILL runs over 5,000 readers, and three
 ## workers delivering 20,000 messages on PostgreSQL (about half an hour).
