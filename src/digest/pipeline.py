@@ -561,10 +561,13 @@ def _by_schedule(slots: Sequence[db.Slot], lst: MailingList) -> dict[tuple[str, 
     return out
 
 
-async def _new_edition(app: App, s: AsyncSession, d: Draft, now: datetime) -> int:
+async def _new_edition(
+    app: App, s: AsyncSession, d: Draft, now: datetime, kind: DeliveryKind = DeliveryKind.DIGEST
+) -> int:
+    """Store and render one edition (the one place a draft becomes an edition)."""
     edition = Edition(
         list_id=d.lst.id,
-        kind=DeliveryKind.DIGEST,
+        kind=kind,
         article_ids=[c.article.id for c in d.picked],
         more_count=d.more,
         subject="",
@@ -575,7 +578,8 @@ async def _new_edition(app: App, s: AsyncSession, d: Draft, now: datetime) -> in
     )
     await db.add_edition(s, edition)
     rendered = render_draft(app, d, now, f"{app.base_url}/archive/{d.lst.slug}/{edition.id}")
-    edition.subject, edition.html, edition.text = rendered.subject, rendered.html, rendered.text
+    subject = f"[Test] {rendered.subject}" if kind == DeliveryKind.TEST else rendered.subject
+    edition.subject, edition.html, edition.text = subject, rendered.html, rendered.text
     return edition.id
 
 
@@ -637,29 +641,12 @@ async def queue_test(app: App, lst: MailingList, address: str, now: datetime) ->
             f"list {lst.slug} has no articles to put in a test digest (run `digest ingest` first)"
         )
     async with app.db.write() as s:
-        edition = Edition(
-            list_id=lst.id,
-            kind=DeliveryKind.TEST,
-            article_ids=[c.article.id for c in d.picked],
-            more_count=d.more,
-            subject="",
-            html="",
-            text="",
-            created_at=now,
-            status=EditionStatus.SENDING,
-        )
-        await db.add_edition(s, edition)
-        rendered = render_draft(app, d, now, f"{app.base_url}/archive/{lst.slug}/{edition.id}")
-        edition.subject, edition.html, edition.text = (
-            f"[Test] {rendered.subject}",
-            rendered.html,
-            rendered.text,
-        )
+        edition_id = await _new_edition(app, s, d, now, DeliveryKind.TEST)
         new_id = await db.insert_delivery(
             s,
             {
                 "kind": DeliveryKind.TEST,
-                "edition_id": edition.id,
+                "edition_id": edition_id,
                 "subscription_id": None,
                 "address": to,
                 "priority": 5,
