@@ -172,3 +172,37 @@ def write_config(
         f'[[sources]]\nname = "seeds"\nkind = "directory"\npath = "{seeds}"\n\n' + lists + extra
     )
     return path
+
+
+class CliProject:
+    """An operator's project driven through Typer's runner (in-process, fast)."""
+
+    def __init__(self, directory: Path, smtp_port: int | None) -> None:
+        self.config = write_config(
+            directory, database_url=f"sqlite:///{directory}/digest.db", smtp_port=smtp_port
+        )
+        self.dir = directory
+
+    def run(self, *args: str, code: int = 0) -> str:
+        from typer.testing import CliRunner
+
+        from digest.cli import app
+
+        result = CliRunner().invoke(app, ["--config", str(self.config), *args])
+        output = result.stdout + result.stderr
+        assert result.exit_code == code, output
+        assert "Traceback" not in output
+        return output
+
+    def json(self, *args: str) -> object:
+        import json
+
+        return json.loads(self.run(*args, "--json"))
+
+
+def one_line_error(output: str) -> str:
+    """The single `error: …` line a user mistake prints."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error:"), output
+    return lines[0]

@@ -9,25 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SmtpSink, write_config
+from conftest import CliProject, SmtpSink, one_line_error
 from digest.cli import app
 
 runner = CliRunner()
 
 
-class Project:
-    def __init__(self, directory: Path, smtp_port: int | None) -> None:
-        self.config = write_config(
-            directory, database_url=f"sqlite:///{directory}/digest.db", smtp_port=smtp_port
-        )
-        self.dir = directory
-
-    def run(self, *args: str, code: int = 0) -> str:
-        result = runner.invoke(app, ["--config", str(self.config), *args])
-        output = result.stdout + result.stderr
-        assert result.exit_code == code, output
-        assert "Traceback" not in output
-        return output
+Project = CliProject
 
 
 @pytest.fixture
@@ -35,13 +23,6 @@ def project(tmp_path: Path, smtp_sink: SmtpSink) -> Project:
     p = Project(tmp_path, smtp_sink.port)
     p.run("init")
     return p
-
-
-def one_line_error(output: str) -> str:
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("error:"), output
-    return lines[0]
 
 
 def test_commands_refuse_a_database_without_schema_and_name_the_fix(tmp_path: Path) -> None:

@@ -2,43 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import SmtpSink, write_config
-from digest.cli import app
+from conftest import CliProject, SmtpSink, one_line_error
 
-runner = CliRunner()
-
-
-class Project:
-    def __init__(self, directory: Path, smtp_port: int | None) -> None:
-        self.config = write_config(
-            directory, database_url=f"sqlite:///{directory}/digest.db", smtp_port=smtp_port
-        )
-        self.dir = directory
-
-    def run(self, *args: str, code: int = 0) -> str:
-        result = runner.invoke(app, ["--config", str(self.config), *args])
-        output = result.stdout + result.stderr
-        assert result.exit_code == code, output
-        assert "Traceback" not in output
-        return output
-
-    def json(self, *args: str) -> object:
-        result = runner.invoke(app, ["--config", str(self.config), *args, "--json"])
-        assert result.exit_code == 0, result.stdout + result.stderr
-        return json.loads(result.stdout)
-
-
-def one_line_error(output: str) -> str:
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("error:"), output
-    return lines[0]
+Project = CliProject
 
 
 @pytest.fixture
