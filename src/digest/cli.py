@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -30,8 +31,9 @@ from digest.rendering import TOKEN_PLACEHOLDER
 from digest.schedule import WEEKDAYS
 
 T = TypeVar("T")
-out = Console()
-err = Console(stderr=True)
+# Markup off by default: config keys such as "[smtp] host" in messages must print as written.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 app = typer.Typer(
     help="digest: email digests of what is new, per reader, sent correctly.",
@@ -73,7 +75,7 @@ def _fail(exc: BaseException) -> None:
 
         traceback.print_exception(exc)
     message = str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -252,7 +254,9 @@ def migrate() -> None:
 
 def _say_ingest(r: pipeline.IngestReport) -> None:
     if r.error:
-        err.print(f"[yellow]source {r.source}: {r.error}[/yellow]", highlight=False)
+        err.print(
+            f"[yellow]source {escape(r.source)}: {escape(r.error)}[/yellow]", highlight=False, markup=True
+        )
         return
     note = " (not modified)" if r.not_modified else ""
     out.print(f"source {r.source}: {r.new} new, {r.seen} already known{note}", highlight=False)
@@ -390,9 +394,10 @@ def subscribers_show(email: str) -> None:
             events = await db.events_of(s, reader.id)
             deliveries = await db.deliveries_to(s, reader.email)
         out.print(
-            f"[bold]{reader.email}[/bold] {reader.name}  status: {reader.status}"
+            f"[bold]{escape(reader.email)}[/bold] {escape(reader.name)}  status: {reader.status}"
             f"  bounce score: {reader.bounce_score}",
             highlight=False,
+            markup=True,
         )
         for sub, lst in subs:
             _, tz = pipeline.reader_schedule(sub, lst)
@@ -1170,7 +1175,9 @@ def lists_show(slug: Annotated[str, typer.Argument(metavar="SLUG")], as_json: Js
         _print_json(r)
         return
     out.print(
-        f"[bold]{r['name']}[/bold] ({r['slug']}): schedule {r['schedule']} {r['timezone']}", highlight=False
+        f"[bold]{escape(r['name'])}[/bold] ({r['slug']}): schedule {r['schedule']} {r['timezone']}",
+        highlight=False,
+        markup=True,
     )
     readers = Table("status", "readers", title="readers")
     for status, n in sorted(r["readers"].items()):
@@ -1295,9 +1302,10 @@ def editions_show(
         return
     out.print(
         f"[bold]edition {r['id']}[/bold] ({r['list']}, {r['kind']}) {r['status']}"
-        + (f": {r['pause_reason']}" if r["pause_reason"] else "")
-        + f"\ncreated {r['created_at']:%Y-%m-%d %H:%M} UTC; subject: {r['subject']}",
+        + (f": {escape(r['pause_reason'])}" if r["pause_reason"] else "")
+        + f"\ncreated {r['created_at']:%Y-%m-%d %H:%M} UTC; subject: {escape(r['subject'])}",
         highlight=False,
+        markup=True,
     )
     articles = Table("article", "title", "url", title=f"{len(r['articles'])} article(s), {r['more']} more")
     for a in r["articles"]:
@@ -1351,8 +1359,9 @@ def doctor_cmd(as_json: JsonOption = False) -> None:
         style = {"ok": "green", "warn": "yellow", "fail": "red"}
         for f in findings:
             out.print(
-                f"[{style[f.level]}]{f.level:>4}[/{style[f.level]}]  {f.check}: {f.message}",
+                f"[{style[f.level]}]{f.level:>4}[/{style[f.level]}]  {escape(f.check)}: {escape(f.message)}",
                 highlight=False,
+                markup=True,
                 soft_wrap=True,
             )
             if f.fix and f.level != "ok":
@@ -1414,5 +1423,5 @@ def main() -> None:
     try:
         app()
     except DigestError as exc:  # raised while Typer parsed options (e.g. the config)
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True)
         sys.exit(exc.exit_code)
