@@ -45,15 +45,30 @@ async def run_exclusive(app: pipeline.App, name: str, job: Callable[[], Awaitabl
 
 def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone=UTC)
+    now = datetime.now(UTC)
 
-    def guarded(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+    def every(
+        name: str, job: Callable[[], Awaitable[object]], interval: timedelta, first: datetime | None = None
+    ) -> None:
+        """Run `job` every `interval` (first at `first`, else one interval from now), once at a time
+        across scheduler processes, logging rather than raising its failures."""
+
         async def run() -> None:
             try:
                 await run_exclusive(app, name, job)
             except Exception:
                 log.exception("scheduled job %s failed", name)
 
-        return run
+        options = {"next_run_time": first} if first is not None else {}
+        scheduler.add_job(
+            run,
+            "interval",
+            seconds=interval.total_seconds(),
+            id=name,
+            max_instances=1,
+            coalesce=True,
+            **options,
+        )
 
     for src in app.cfg.sources:
         if src.kind == "api":
@@ -64,15 +79,7 @@ def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
                 if report.new:
                     log.info("source %s: %d new", report.source, report.new)
 
-        scheduler.add_job(
-            guarded(f"ingest:{src.name}", ingest_one),
-            "interval",
-            seconds=src.interval.total_seconds(),
-            next_run_time=datetime.now(UTC),
-            id=f"ingest:{src.name}",
-            max_instances=1,
-            coalesce=True,
-        )
+        every(f"ingest:{src.name}", ingest_one, src.interval, first=now)
 
     async def compose() -> None:
         for report in await pipeline.compose_due(app, datetime.now(UTC)):
@@ -82,53 +89,21 @@ def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
                 )
 
     async def housekeeping() -> None:
-        now = datetime.now(UTC)
-        await signup.purge_stale_signups(app, now)
-        await bounces.trim_raw_bounces(app, now)
-
-    scheduler.add_job(
-        guarded("housekeeping", housekeeping),
-        "interval",
-        hours=1,
-        id="housekeeping",
-        max_instances=1,
-        coalesce=True,
-    )
+        moment = datetime.now(UTC)
+        await signup.purge_stale_signups(app, moment)
+        await bounces.trim_raw_bounces(app, moment)
 
     async def prune() -> None:
         await retention.prune(app, datetime.now(UTC))
 
-    scheduler.add_job(
-        guarded("prune", prune),
-        "interval",
-        days=1,
-        next_run_time=datetime.now(UTC) + timedelta(minutes=5),
-        id="prune",
-        max_instances=1,
-        coalesce=True,
-    )
+    every("housekeeping", housekeeping, timedelta(hours=1))
+    every("prune", prune, timedelta(days=1), first=now + timedelta(minutes=5))
     notifier = alerts.Notifier(app)
     if notifier.enabled:
 
         async def check_alerts() -> None:
             await alerts.check_and_notify(notifier, datetime.now(UTC))
 
-        scheduler.add_job(
-            guarded("alerts", check_alerts),
-            "interval",
-            minutes=1,
-            next_run_time=datetime.now(UTC) + timedelta(seconds=30),
-            id="alerts",
-            max_instances=1,
-            coalesce=True,
-        )
-    scheduler.add_job(
-        guarded("compose", compose),
-        "interval",
-        seconds=app.cfg.scheduler.tick.total_seconds(),
-        next_run_time=datetime.now(UTC),
-        id="compose",
-        max_instances=1,
-        coalesce=True,
-    )
+        every("alerts", check_alerts, timedelta(minutes=1), first=now + timedelta(seconds=30))
+    every("compose", compose, app.cfg.scheduler.tick, first=now)
     return scheduler

@@ -712,15 +712,16 @@ def create_app(
 
     # ------------------------------------------------------------ confirm
 
-    def confirm_pairs(token: str) -> list[tuple[int, int]] | signup.TokenExpired | None:
+    def confirm_pairs(request: Request, token: str) -> list[tuple[int, int]] | HTMLResponse:
+        """The (subscription, signup time) pairs a confirm token names, or the page to show instead."""
         if not _CONFIRM_TOKEN.fullmatch(token):
-            return None
+            return unknown(request)
         try:
             return signup.read_confirm_token(app.keys, token, clock())
-        except signup.TokenExpired as exc:
-            return exc
+        except signup.TokenExpired:
+            return expired_page(request, token)
         except BadSignature:
-            return None
+            return unknown(request)
 
     def expired_page(request: Request, token: str) -> HTMLResponse:
         return message(
@@ -761,11 +762,9 @@ def create_app(
     @readable("/confirm/{token}")
     async def confirm_page(request: Request, token: str) -> HTMLResponse:
         """Shows a button; only its POST confirms (mail scanners prefetch links)."""
-        pairs = confirm_pairs(token)
-        if pairs is None:
-            return unknown(request)
-        if isinstance(pairs, signup.TokenExpired):
-            return expired_page(request, token)
+        pairs = confirm_pairs(request, token)
+        if isinstance(pairs, HTMLResponse):
+            return pairs
         names, done = await pending_names(pairs)
         if done:
             return message(
@@ -783,11 +782,9 @@ def create_app(
 
     @api.post("/confirm/{token}", response_class=HTMLResponse, tags=["pages"])
     async def confirm_post(request: Request, token: str) -> HTMLResponse:
-        pairs = confirm_pairs(token)
-        if pairs is None:
-            return unknown(request)
-        if isinstance(pairs, signup.TokenExpired):
-            return expired_page(request, token)
+        pairs = confirm_pairs(request, token)
+        if isinstance(pairs, HTMLResponse):
+            return pairs
         form = await read_form(request)
         if form is None or not guard.valid(request.cookies.get(csrf.COOKIE), form.get(csrf.FIELD)):
             return message(
