@@ -29,9 +29,10 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select, text
 
-from digest import db, pipeline
+from digest import pipeline, store
 from digest.config import load_config
 from digest.models import Delivery, Subscriber, Subscription
+from digest.store import migrate, sources
 
 PG_ADMIN_URL = os.environ.get("DIGEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOW = datetime(2027, 3, 29, 7, 0, tzinfo=UTC)
@@ -56,7 +57,7 @@ def write_config(directory: Path, url: str) -> Path:
 async def populate(app: pipeline.App, readers: int, groups: int) -> None:
     """`groups` + 10 articles; readers spread over `groups` watermarks (0, 1, …), all due now."""
     items = [
-        db.NewArticle(
+        sources.NewArticle(
             guid=f"bench-{n}",
             url=f"https://news.example.com/{n}",
             title=f"Benchmark story number {n}",
@@ -70,9 +71,9 @@ async def populate(app: pipeline.App, readers: int, groups: int) -> None:
         for n in range(groups + 10)
     ]
     async with app.db.write() as s:
-        src = await db.source_by_name(s, "seeds")
+        src = await sources.source_by_name(s, "seeds")
         assert src is not None
-        await db.store_articles(s, src.id, items, NOW - timedelta(days=1))
+        await sources.store_articles(s, src.id, items, NOW - timedelta(days=1))
     lst = await pipeline.get_list(app, "demo")
     batch = 10_000
     for start in range(0, readers, batch):
@@ -87,10 +88,16 @@ async def populate(app: pipeline.App, readers: int, groups: int) -> None:
                 ],
             )  # fmt: skip
             ids = (
-                await s.execute(
-                    select(Subscriber.id).where(Subscriber.email_key >= f"reader{start:06d}").order_by(Subscriber.id)
+                (
+                    await s.execute(
+                        select(Subscriber.id)
+                        .where(Subscriber.email_key >= f"reader{start:06d}")
+                        .order_by(Subscriber.id)
+                    )
                 )
-            ).scalars().all()[:n]
+                .scalars()
+                .all()[:n]
+            )
             await s.execute(
                 insert(Subscription),
                 [
@@ -129,7 +136,7 @@ def peak_rss_mb() -> float:
 async def measure(url: str, readers: int, groups: int) -> dict[str, float | int | str]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(write_config(Path(tmp), url), environ={})
-        db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+        migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
         app = await pipeline.open_app(cfg)
         try:
             started = time.perf_counter()

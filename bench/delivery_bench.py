@@ -31,9 +31,10 @@ from pathlib import Path
 import aiosmtplib
 from sqlalchemy import insert, select
 
-from digest import db, pipeline
+from digest import pipeline, store
 from digest.config import load_config
 from digest.models import Subscriber, Subscription
+from digest.store import ledger, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("DIGEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -116,7 +117,7 @@ def write_config(directory: Path, url: str, port: int, connections: int, dkim: P
 async def populate(config: Path, readers: int) -> tuple[bytes, float]:
     """Bulk readers, one composed edition; returns one message's bytes and the compose time."""
     cfg = load_config(config, environ={})
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     app = await pipeline.open_app(cfg)
     try:
         now = datetime.now(UTC)
@@ -171,7 +172,7 @@ async def populate(config: Path, readers: int) -> tuple[bytes, float]:
         composed = time.perf_counter() - started
         assert report.deliveries == readers, report
         async with app.db.read() as s:
-            claimed = await db.load_claimed(s, [1])
+            claimed = await ledger.load_claimed(s, [1])
         from digest.delivery import Assembler, dkim_key
 
         _, raw = Assembler(cfg, app.keys, dkim_key(cfg)).message(claimed[0], cfg.web.base_url, now)

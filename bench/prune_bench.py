@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
 
-from digest import db, retention  # noqa: E402
+from digest import retention, store  # noqa: E402
+from digest.store import retention as retention_store  # noqa: E402
 from test_prune import NOW, make_history, open_project  # noqa: E402
 
 
@@ -65,20 +66,20 @@ async def main(days: int, readers: int) -> None:
 
         app = await open_project(work, f"sqlite:///{work}/digest.db")
         batches: list[float] = []
-        real = db.bulk_delete
+        real = retention_store.bulk_delete
 
         @asynccontextmanager
-        async def timed(database: db.Database):  # type: ignore[no-untyped-def]
+        async def timed(database: store.Database):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
             async with real(database) as s:
                 yield s
             batches.append(time.perf_counter() - t0)
 
-        db.bulk_delete = timed  # type: ignore[assignment]
+        retention_store.bulk_delete = timed  # type: ignore[assignment]
         t = time.perf_counter()
         report = await retention.prune(app, NOW)
         total = time.perf_counter() - t
-        db.bulk_delete = real  # type: ignore[assignment]
+        retention_store.bulk_delete = real  # type: ignore[assignment]
         await app.db.close()
         print(
             f"history: {days} days x {readers} readers built in {built:.1f}s; batch size {app.cfg.retention.batch_size}"

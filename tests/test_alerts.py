@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SmtpSink, write_config
-from digest import alerts, db, pipeline
+from digest import alerts, pipeline, store
 from digest.config import load_config
+from digest.store import migrate, sources
 
 OPS = "ops@example.com"
 
@@ -58,7 +59,7 @@ async def test_an_alert_storm_sends_one_alert_per_window(
         extra=f'\n[alerts]\nemail = "{OPS}"\nwebhook = "{url}"\nwindow = "1h"\n',
     )  # fmt: skip
     cfg = load_config(path)
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     app = await pipeline.open_app(cfg)
     now = datetime.now(UTC)
     try:
@@ -104,7 +105,7 @@ async def test_checks_find_failing_sources_an_old_queue_and_policy_rejections(
         extra=f'\n[alerts]\nwebhook = "{url}"\nsource_failing_after = "1h"\nqueue_age = "30m"\n',
     )  # fmt: skip
     cfg = load_config(path)
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     app = await pipeline.open_app(cfg)
     now = datetime.now(UTC)
     try:
@@ -112,9 +113,9 @@ async def test_checks_find_failing_sources_an_old_queue_and_policy_rejections(
         lst = await pipeline.get_list(app, "demo")
         await pipeline.queue_test(app, lst, "ann@example.com", now - timedelta(hours=1))
         async with app.db.write() as s:
-            source = await db.source_by_name(s, "seeds")
+            source = await sources.source_by_name(s, "seeds")
             assert source is not None
-            await db.record_fetch(s, source.id, now - timedelta(minutes=5), error="feed answered 503")
+            await sources.record_fetch(s, source.id, now - timedelta(minutes=5), error="feed answered 503")
         notifier = alerts.Notifier(app, clock=lambda: now)
         sent = await alerts.check_and_notify(notifier, now)
         assert {a.kind for a in sent} == {"source_failing", "queue_age"}

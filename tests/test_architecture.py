@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "digest"
 PURE = ["schedule", "selection", "rendering", "messages", "tokens", "extract", "inbound"]
-EDGES = ["db", "ingest", "smtp", "capture"]
+EDGES = ["store/__init__", "ingest", "smtp", "capture"]
 LEAVES = ["models", "config", "errors"]
 IO_LIBRARIES = {
     "sqlalchemy",

@@ -20,11 +20,13 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from conftest import free_port, write_config
-from digest import bounces, db, pipeline
+from digest import bounces, pipeline, store
 from digest.cli import app as cli_app
 from digest.config import load_config
 from digest.errors import UsageError
 from digest.models import Delivery, Edition, Event, Subscriber, Subscription
+from digest.store import ledger, migrate
+from digest.store import readers as readers_store
 from digest.tokens import new_subscription_token, verp_address
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
@@ -68,7 +70,7 @@ async def open_project(
         write_config(directory, database_url=url, smtp_port=smtp_port, extra=BOUNCE_SECTION + extra),
         environ={},
     )
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     app = await pipeline.open_app(cfg)
     # The fixtures were signed with KEY; the config's key signs what this project sends.
     return dataclasses.replace(app, keys=[*app.keys, KEY])
@@ -245,7 +247,7 @@ async def test_every_fixture_ends_in_the_right_state_and_a_second_run_changes_no
         hard = (
             await s.execute(select(Event).where(Event.delivery_id == 1001, Event.kind == "bounced"))
         ).scalar_one()
-        soft_reader = await db.subscriber_by_email(s, "full@example.org")
+        soft_reader = await readers_store.subscriber_by_email(s, "full@example.org")
         complaint = (
             await s.execute(select(Event).where(Event.kind == "complained", Event.delivery_id == 1012))
         ).scalar_one()
@@ -281,7 +283,7 @@ async def test_mailto_unsubscribe_fixture_unsubscribes_its_reader_without_a_repl
     result = await bounces.process_path(lite, FIXTURES / "mailto-unsubscribe.eml", NOW)
     assert result.counts == {"unsubscribe": 1}
     async with lite.db.read() as s:
-        sub = await db.subscription_by_token(s, TOKEN)
+        sub = await readers_store.subscription_by_token(s, TOKEN)
         queued = (
             await s.execute(
                 select(func.count()).select_from(Delivery).where(Delivery.kind == "transactional")
@@ -380,7 +382,7 @@ async def test_soft_bounces_are_scored_once_a_day_and_suppress_above_the_limit(
                   diag="452 4.2.2 mailbox full", msgid=f"soft{i}")  # fmt: skip
         handled = await bounces.handle_message(project, raw, None, when)
         async with project.db.read() as s:
-            reader = await db.subscriber_by_email(s, "flaky@example.org")
+            reader = await readers_store.subscriber_by_email(s, "flaky@example.org")
         assert reader is not None
         scores.append((handled.outcome, reader.bounce_score, reader.status))
     assert [score for _, score, _ in scores] == [
@@ -417,9 +419,9 @@ async def test_unsuppress_records_the_reason_and_scoring_starts_again(project: p
     with pytest.raises(UsageError, match="not suppressed"):
         await bounces.unsuppress(project, "back@example.org", "again", later)
     async with project.db.read() as s:
-        reader = await db.subscriber_by_email(s, "back@example.org")
+        reader = await readers_store.subscriber_by_email(s, "back@example.org")
         assert reader is not None
-        events = await db.events_of(s, reader.id)
+        events = await readers_store.events_of(s, reader.id)
     assert (reader.status, reader.bounce_score) == ("active", 0.0)
     lifted = events[0]
     assert lifted.kind == "unsuppressed" and lifted.detail == {
@@ -432,7 +434,7 @@ async def test_unsuppress_records_the_reason_and_scoring_starts_again(project: p
     )
     await bounces.handle_message(project, soft, None, later + timedelta(hours=1))
     async with project.db.read() as s:
-        reader = await db.subscriber_by_email(s, "back@example.org")
+        reader = await readers_store.subscriber_by_email(s, "back@example.org")
     assert reader is not None and (reader.status, reader.bounce_score) == ("active", 0.5)
 
 
@@ -482,7 +484,7 @@ async def test_complaint_rate_warns_then_pauses_the_edition_and_alerts(
     assert readers_left == 2
     # Nothing more goes out from a paused edition.
     async with project.db.write() as s:
-        assert await db.claim_deliveries(s, "w", NOW, timedelta(minutes=1), 10) == []
+        assert await ledger.claim_deliveries(s, "w", NOW, timedelta(minutes=1), 10) == []
 
 
 # ---------------------------------------------------------------- the SMTP inbox, end to end
@@ -577,10 +579,10 @@ async def test_a_dsn_from_a_real_relay_reaches_the_inbox_and_suppresses_the_read
         assert envelope_senders["dead@example.org"].endswith(f"@{DOMAIN}")
         async with app.db.read() as s:
             rows = {d.address: d for d in (await s.execute(select(Delivery))).scalars()}
-            dead = await db.subscriber_by_email(s, "dead@example.org")
-            alive = await db.subscriber_by_email(s, "alive@example.org")
+            dead = await readers_store.subscriber_by_email(s, "dead@example.org")
+            alive = await readers_store.subscriber_by_email(s, "alive@example.org")
             assert dead is not None and alive is not None
-            events = await db.events_of(s, dead.id)
+            events = await readers_store.events_of(s, dead.id)
         assert (dead.status, alive.status) == ("bounced", "active")
         assert rows["dead@example.org"].status == "failed" and rows["alive@example.org"].status == "sent"
         bounced = next(e for e in events if e.kind == "bounced")

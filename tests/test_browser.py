@@ -36,7 +36,9 @@ ARGS = [
 READER = "rosa@example.com"
 
 pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and shutil.which("chromium") is None and os.environ.get("DIGEST_TEST_REQUIRE_TOOLS") != "1",
+    not CHROMIUM.exists()
+    and shutil.which("chromium") is None
+    and os.environ.get("DIGEST_TEST_REQUIRE_TOOLS") != "1",
     reason="Debian's chromium is not installed (apt-get install -y chromium)",
 )
 

@@ -22,9 +22,10 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from conftest import SmtpSink, write_config
-from digest import db, pipeline
+from digest import pipeline, store
 from digest.config import load_config
 from digest.models import Delivery, Subscriber, Subscription
+from digest.store import migrate
 
 LONG = os.environ.get("DIGEST_LONG") == "1"
 CONCURRENCY = 4
@@ -51,9 +52,13 @@ def last_log_lines(config: Path) -> str:
 def setup(tmp_path: Path, url: str, port: int, readers: int) -> Path:
     extra = '\n[delivery]\nlease = "2s"\nbatch_size = 50\n'
     config = write_config(tmp_path, database_url=url, smtp_port=port, extra=extra)
-    config.write_text(config.read_text().replace('security = "none"\n', f'security = "none"\nconcurrency = {CONCURRENCY}\n', 1))
+    config.write_text(
+        config.read_text().replace(
+            'security = "none"\n', f'security = "none"\nconcurrency = {CONCURRENCY}\n', 1
+        )
+    )
     cfg = load_config(config, environ={})
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
 
     async def fill() -> None:
         app = await pipeline.open_app(cfg)
@@ -66,8 +71,13 @@ def setup(tmp_path: Path, url: str, port: int, readers: int) -> Path:
                 await s.execute(
                     insert(Subscriber),
                     [
-                        {"email": f"reader{i:05d}@example.com", "email_key": f"reader{i:05d}@example.com",
-                         "name": "", "created_at": now, "updated_at": now}
+                        {
+                            "email": f"reader{i:05d}@example.com",
+                            "email_key": f"reader{i:05d}@example.com",
+                            "name": "",
+                            "created_at": now,
+                            "updated_at": now,
+                        }
                         for i in range(readers)
                     ],
                 )
@@ -75,9 +85,17 @@ def setup(tmp_path: Path, url: str, port: int, readers: int) -> Path:
                 await s.execute(
                     insert(Subscription),
                     [
-                        {"subscriber_id": sid, "list_id": lst.id, "status": "confirmed", "cadence": "default",
-                         "token": secrets.token_urlsafe(32), "watermark": 0, "signup_at": now, "confirmed_at": now,
-                         "next_due_at": now}
+                        {
+                            "subscriber_id": sid,
+                            "list_id": lst.id,
+                            "status": "confirmed",
+                            "cadence": "default",
+                            "token": secrets.token_urlsafe(32),
+                            "watermark": 0,
+                            "signup_at": now,
+                            "confirmed_at": now,
+                            "next_due_at": now,
+                        }
                         for sid in ids
                     ],
                 )
@@ -128,7 +146,10 @@ def kill_run(tmp_path: Path, sink: SmtpSink, readers: int, moments: list[int]) -
     time.sleep(2.2)  # the killed workers' leases expire
     done = subprocess.run(
         [sys.executable, "-m", "digest", "--config", str(config), "worker", "--once"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     per = collections.Counter(r for m in sink.messages for r in m.rcpt_tos)
@@ -179,7 +200,10 @@ def test_three_workers_on_one_postgres_deliver_each_message_exactly_once(
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "digest", "--config", str(config), "worker", "--once"],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(3)
     ]

@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import select
 
 from conftest import SmtpSink, free_port, write_config
-from digest import db, pipeline
+from digest import pipeline, store
 from digest.config import load_config
 from digest.models import Delivery, Edition, Event, Subscriber
+from digest.store import migrate
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -24,7 +25,7 @@ async def open_project(tmp_path: Path, url: str, smtp: str) -> pipeline.App:
     end = text.index("[web]")
     path.write_text(text[:start] + smtp + "\n[capture]\nenabled = false\n\n" + text[end:])
     cfg = load_config(path, environ={})
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     return await pipeline.open_app(cfg)
 
 
@@ -82,14 +83,20 @@ async def test_452_is_deferred_and_retried(app: pipeline.App, smtp_sink: SmtpSin
     assert (await pipeline.deliver(app, lambda: NOW + timedelta(hours=1))).sent == 1
 
 
-async def test_550_user_unknown_fails_and_suppresses_that_reader(app: pipeline.App, smtp_sink: SmtpSink) -> None:
+async def test_550_user_unknown_fails_and_suppresses_that_reader(
+    app: pipeline.App, smtp_sink: SmtpSink
+) -> None:
     smtp_sink.reply_for = lambda a, n: "550 5.1.1 User unknown" if a == "gone@example.com" else None
     await compose_for(app, "gone", "ann")
     stats = await pipeline.deliver(app, lambda: NOW)
     assert (stats.sent, stats.failed) == (1, 1)
     async with app.db.read() as s:
-        reader = (await s.execute(select(Subscriber).where(Subscriber.email == "gone@example.com"))).scalar_one()
-        kinds = {e.kind for e in (await s.execute(select(Event).where(Event.subscriber_id == reader.id))).scalars()}
+        reader = (
+            await s.execute(select(Subscriber).where(Subscriber.email == "gone@example.com"))
+        ).scalar_one()
+        kinds = {
+            e.kind for e in (await s.execute(select(Event).where(Event.subscriber_id == reader.id))).scalars()
+        }
     assert reader.status == "bounced"
     assert {"bounced", "suppressed"} <= kinds
 
@@ -170,8 +177,10 @@ async def test_rate_limit_spaces_messages(tmp_path: Path, smtp_sink: SmtpSink) -
         await app.db.close()
 
 
-async def test_a_static_cap_per_recipient_domain_spaces_that_domain_only(tmp_path: Path, smtp_sink: SmtpSink) -> None:
-    smtp = relay(smtp_sink.port) + "\n[delivery]\ndomain_rates = { \"example.com\" = 10 }\n"
+async def test_a_static_cap_per_recipient_domain_spaces_that_domain_only(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    smtp = relay(smtp_sink.port) + '\n[delivery]\ndomain_rates = { "example.com" = 10 }\n'
     app = await open_project(tmp_path, f"sqlite:///{tmp_path}/digest.db", smtp)
     try:
         await compose_for(app, *(f"r{i}" for i in range(8)))

@@ -12,10 +12,11 @@ import dkim
 import pytest
 
 from conftest import SmtpSink, write_config
-from digest import db, pipeline
+from digest import pipeline, store
 from digest.config import load_config
 from digest.dkim_sign import load_key, public_record
 from digest.errors import ConfigError
+from digest.store import migrate
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -31,20 +32,26 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def signed_mail(tmp_path: Path, smtp_sink: SmtpSink, key_file: Path) -> AsyncIterator[tuple[bytes, str]]:
+async def signed_mail(
+    tmp_path: Path, smtp_sink: SmtpSink, key_file: Path
+) -> AsyncIterator[tuple[bytes, str]]:
     key = key_file
     extra = f'\n[dkim]\ndomain = "news.example.com"\nselector = "d2026"\nkey_path = "{key}"\n'
     cfg = load_config(
-        write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/d.db", smtp_port=smtp_sink.port, extra=extra),
+        write_config(
+            tmp_path, database_url=f"sqlite:///{tmp_path}/d.db", smtp_port=smtp_sink.port, extra=extra
+        ),
         environ={},
     )
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     app = await pipeline.open_app(cfg)
     try:
         await pipeline.ingest_sources(app, NOW)
         lst = await pipeline.get_list(app, "demo")
         async with app.db.write() as s:
-            await pipeline.add_subscription(s, lst, "ann@example.com", pipeline.ReaderPrefs(), confirmed=True, now=NOW)
+            await pipeline.add_subscription(
+                s, lst, "ann@example.com", pipeline.ReaderPrefs(), confirmed=True, now=NOW
+            )
         await pipeline.compose(app, lst, NOW, manual=True)
         assert (await pipeline.deliver(app, lambda: NOW)).sent == 1
         record = public_record(load_key("news.example.com", "d2026", key))
@@ -61,28 +68,48 @@ def verify(raw: bytes, record: str) -> bool:
     return bool(dkim.DKIM(raw).verify(dnsfunc=dns))
 
 
-def test_the_bytes_the_server_received_verify_against_the_published_record(signed_mail: tuple[bytes, str]) -> None:
+def test_the_bytes_the_server_received_verify_against_the_published_record(
+    signed_mail: tuple[bytes, str],
+) -> None:
     raw, record = signed_mail
     assert verify(raw, record)
 
 
-def test_the_signature_is_relaxed_relaxed_rsa_sha256_without_a_length_tag(signed_mail: tuple[bytes, str]) -> None:
+def test_the_signature_is_relaxed_relaxed_rsa_sha256_without_a_length_tag(
+    signed_mail: tuple[bytes, str],
+) -> None:
     raw, _ = signed_mail
     header = raw.split(b"\r\n\r\n", 1)[0].decode()
     sig = re.search(r"DKIM-Signature:(.*?)(?=\r\n\S)", header, re.S)
     assert sig
-    tags = {k.strip(): v.strip() for k, _, v in (t.partition("=") for t in re.sub(r"\s+", "", sig.group(1)).split(";"))}
+    tags = {
+        k.strip(): v.strip()
+        for k, _, v in (t.partition("=") for t in re.sub(r"\s+", "", sig.group(1)).split(";"))
+    }
     assert tags["c"] == "relaxed/relaxed" and tags["a"] == "rsa-sha256" and "l" not in tags
     assert tags["d"] == "news.example.com"
     signed = tags["h"].lower().split(":")
-    for name in ("from", "to", "subject", "date", "message-id", "mime-version", "content-type", "list-id",
-                 "list-unsubscribe", "list-unsubscribe-post", "feedback-id"):
+    for name in (
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "list-id",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "feedback-id",
+    ):
         assert name in signed
     for name in ("from", "subject", "list-unsubscribe", "list-unsubscribe-post"):
         assert signed.count(name) == 2, f"{name} is not over-signed"
 
 
-def test_a_second_list_unsubscribe_added_in_transit_breaks_the_signature(signed_mail: tuple[bytes, str]) -> None:
+def test_a_second_list_unsubscribe_added_in_transit_breaks_the_signature(
+    signed_mail: tuple[bytes, str],
+) -> None:
     raw, record = signed_mail
     head, body = raw.split(b"\r\n\r\n", 1)
     forged = head + b"\r\nList-Unsubscribe: <https://evil.example/u>" + b"\r\n\r\n" + body

@@ -49,7 +49,7 @@ from hypothesis.stateful import (
 from sqlalchemy import func, select, text
 
 from conftest import SmtpSink, write_config
-from digest import db, pipeline, selection, signup
+from digest import pipeline, selection, signup, store
 from digest.config import load_config
 from digest.models import (
     Article,
@@ -61,6 +61,8 @@ from digest.models import (
     Subscriber,
     Subscription,
 )
+from digest.store import compose, ledger, migrate
+from digest.store import sources as sources_store
 
 LONG = os.environ.get("DIGEST_LONG") == "1"
 MODEL_EXAMPLES = int(os.environ.get("DIGEST_MODEL_EXAMPLES", 20_000 if LONG else 2_000))
@@ -74,7 +76,7 @@ READERS = ("r0@example.com", "r1@example.com", "r2@example.com")
 ZONES = ("Europe/Berlin", "America/New_York", "Pacific/Auckland", "Asia/Kolkata", "UTC")
 OUTSTANDING = ("pending", "sending", "deferred")
 HARD = "550 5.1.1 <{}>: user unknown"
-# db.insert_digest_deliveries keys a digest by (subscription, from_seq, to_seq): after a failure
+# compose.insert_digest_deliveries keys a digest by (subscription, from_seq, to_seq): after a failure
 # rolls the watermark back, recomposing the same range collides and the articles are lost (the
 # model finds this). Set to True together with the fix that adds the edition to the key.
 DEDUPE_KEY_HAS_EDITION = True
@@ -177,6 +179,7 @@ class Store(Protocol):
     async def snapshot(self) -> Snapshot: ...
     async def owed(self, now: datetime) -> list[str]: ...
     async def close(self) -> None: ...
+
     modes: dict[str, str]
 
 
@@ -312,7 +315,7 @@ def next_slot(sub: MSub, spec: ListSpec, after: datetime) -> datetime:
 class ModelStore:
     """The store as dictionaries; compose and deliver follow pipeline.compose and delivery.settle.
 
-    Like db.insert_digest_deliveries, a digest's dedupe key is (reader, list, from_seq, to_seq)."""
+    Like compose.insert_digest_deliveries, a digest's dedupe key is (reader, list, from_seq, to_seq)."""
 
     modes: dict[str, str] = field(default_factory=dict)
     seq: int = 0
@@ -371,7 +374,10 @@ class ModelStore:
         self._deliver(now)
 
     def _compose(self, slug: str, spec: ListSpec, now: datetime) -> None:
-        upto = max((q for seen in self.sightings.values() for src, q in seen.items() if src in spec.sources), default=0)
+        upto = max(
+            (q for seen in self.sightings.values() for src, q in seen.items() if src in spec.sources),
+            default=0,
+        )
         busy = {(d.reader, d.slug) for d in self.deliveries if d.status in OUTSTANDING}
         due = [
             (r, sub)
@@ -405,12 +411,25 @@ class ModelStore:
                 continue  # ON CONFLICT DO NOTHING
             self.keys.add(key)
             self.deliveries.append(
-                MDelivery(r, slug, old, upto, tuple(t for _, _, t in chosen.chosen), chosen.more, now, next_attempt_at=now)
+                MDelivery(
+                    r,
+                    slug,
+                    old,
+                    upto,
+                    tuple(t for _, _, t in chosen.chosen),
+                    chosen.more,
+                    now,
+                    next_attempt_at=now,
+                )
             )
 
     def _deliver(self, now: datetime) -> None:
         for d in self.deliveries:
-            if d.status not in ("pending", "deferred") or d.next_attempt_at is None or d.next_attempt_at > now:
+            if (
+                d.status not in ("pending", "deferred")
+                or d.next_attempt_at is None
+                or d.next_attempt_at > now
+            ):
                 continue
             sub = self.subs[(d.reader, d.slug)]
             if not self._sendable(d.reader, sub):
@@ -443,7 +462,8 @@ class ModelStore:
             for t in self.sightings
         }
         subs = {
-            k: SubInfo(sub.watermark, self._sendable(k[0], sub), sub.next_due_at) for k, sub in self.subs.items()
+            k: SubInfo(sub.watermark, self._sendable(k[0], sub), sub.next_due_at)
+            for k, sub in self.subs.items()
         }
         deliveries = [
             DeliveryInfo(d.reader, d.slug, d.from_seq, d.to_seq, d.status, d.titles, d.more, d.created_at)
@@ -462,7 +482,8 @@ class ModelStore:
                 continue
             spec = LISTS[slug]
             upto = max(
-                (q for seen in self.sightings.values() for src, q in seen.items() if src in spec.sources), default=0
+                (q for seen in self.sightings.values() for src, q in seen.items() if src in spec.sources),
+                default=0,
             )
             n = sum(
                 1
@@ -523,7 +544,7 @@ class RealStore:
 
     async def ingest(self, source: str, items: list[tuple[str, datetime]], now: datetime) -> None:
         rows = [
-            db.NewArticle(
+            sources_store.NewArticle(
                 guid=f"{source}:{title}",
                 url=f"https://news.example.com/{hashlib.sha256(title.encode()).hexdigest()[:10]}",
                 title=title,
@@ -537,9 +558,9 @@ class RealStore:
             for title, published in items
         ]
         async with self.app.db.write() as s:
-            src = await db.source_by_name(s, source)
+            src = await sources_store.source_by_name(s, source)
             assert src is not None
-            await db.store_articles(s, src.id, rows, now)
+            await sources_store.store_articles(s, src.id, rows, now)
 
     async def subscribe(self, reader: str, slug: str, prefs: Prefs, now: datetime) -> None:
         lst = await pipeline.get_list(self.app, slug)
@@ -579,10 +600,12 @@ class RealStore:
     async def tick(self, now: datetime) -> None:
         # A tick with nothing due and nothing to send changes nothing: skip it (speed only).
         async with self.app.db.read() as s:
-            due = select(func.count()).select_from(Subscription).where(
-                Subscription.status == "confirmed", Subscription.next_due_at <= now
+            due = (
+                select(func.count())
+                .select_from(Subscription)
+                .where(Subscription.status == "confirmed", Subscription.next_due_at <= now)
             )
-            busy = (await s.execute(due)).scalar_one() + await db.pending_count(s, now)
+            busy = (await s.execute(due)).scalar_one() + await ledger.pending_count(s, now)
         if busy:
             await pipeline.compose_due(self.app, now)
             await pipeline.deliver(self.app, lambda: now)
@@ -599,7 +622,12 @@ class RealStore:
                 .group_by(ListSource.list_id, ArticleSource.article_id)
             )
             slugs = dict((await s.execute(select(MailingList.id, MailingList.slug))).all())
-            titles = {i: (t, p) for i, t, p in (await s.execute(select(Article.id, Article.title, Article.published_at))).all()}
+            titles = {
+                i: (t, p)
+                for i, t, p in (
+                    await s.execute(select(Article.id, Article.title, Article.published_at))
+                ).all()
+            }
             seqs: dict[int, dict[str, int]] = defaultdict(dict)
             for list_id, article_id, seq in (await s.execute(first)).all():
                 seqs[article_id][slugs[list_id]] = int(seq)
@@ -654,9 +682,9 @@ class RealStore:
                         Subscriber, Subscriber.id == Subscription.subscriber_id)
                 )).all()
             )  # fmt: skip
-            for lst in await db.active_lists(s):
-                upto = await db.list_max_seq(s, lst.id)
-                for slot in await db.due_readers(s, lst.id, None):
+            for lst in await sources_store.active_lists(s):
+                upto = await compose.list_max_seq(s, lst.id)
+                for slot in await compose.due_readers(s, lst.id, None):
                     d = await pipeline.draft(self.app, s, lst, slot.watermark, upto, now)
                     if not d.empty:
                         out.append(f"{who[slot.id]}/{lst.slug}: {len(d.picked)} article(s) owed")
@@ -673,11 +701,12 @@ class RealStore:
 
 prefs_strategy = st.one_of(
     st.just(Prefs()),
+    st.builds(lambda h, z: Prefs("daily", h, None, z), st.integers(0, 23), st.sampled_from(ZONES)),
     st.builds(
-        lambda h, z: Prefs("daily", h, None, z), st.integers(0, 23), st.sampled_from(ZONES)
-    ),
-    st.builds(
-        lambda h, w, z: Prefs("weekly", h, w, z), st.integers(0, 23), st.integers(0, 6), st.sampled_from(ZONES)
+        lambda h, w, z: Prefs("weekly", h, w, z),
+        st.integers(0, 23),
+        st.integers(0, 6),
+        st.sampled_from(ZONES),
     ),
 )
 readers_strategy = st.sampled_from(READERS)
@@ -830,7 +859,7 @@ def real_config(tmp_path: Path, smtp_sink: SmtpSink) -> Any:
         (tmp_path / "b").mkdir(exist_ok=True)
         config = write_config(tmp_path, database_url=url, smtp_port=smtp_sink.port, lists="", extra=extra)
         cfg = load_config(config, environ={})
-        db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+        migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
         return config
 
     return make
@@ -840,7 +869,9 @@ def real_config(tmp_path: Path, smtp_sink: SmtpSink) -> Any:
 def test_scheduling_rules_on_a_real_database(
     request: pytest.FixtureRequest, tmp_path: Path, smtp_sink: SmtpSink, real_config: Any, backend: str
 ) -> None:
-    url = f"sqlite:///{tmp_path}/digest.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    url = (
+        f"sqlite:///{tmp_path}/digest.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    )
     config = real_config(url)
 
     apps: dict[Path, pipeline.App] = {}

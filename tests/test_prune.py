@@ -9,9 +9,10 @@ from typing import Any
 from sqlalchemy import func, insert, select, text
 
 from conftest import write_config
-from digest import db, pipeline, retention
+from digest import pipeline, retention, store
 from digest.config import load_config
 from digest.models import Delivery, Edition, Event, Subscriber
+from digest.store import ledger, migrate
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 RETENTION = (
@@ -36,7 +37,7 @@ async def make_history(app: pipeline.App, days: int = 365, readers: int = 40) ->
     for day in range(days, 0, -1):
         when = NOW - timedelta(days=day)
         async with app.db.write() as s:
-            edition = await db.add_edition(
+            edition = await ledger.add_edition(
                 s,
                 Edition(list_id=lst.id, kind="digest", article_ids=[], more_count=0, subject=f"day {day}",
                         html="<p>" + "x" * 2000 + "</p>", text="x" * 1000, created_at=when, status="done"),
@@ -75,7 +76,7 @@ async def make_history(app: pipeline.App, days: int = 365, readers: int = 40) ->
 async def open_project(tmp_path: Path, database_url: str) -> pipeline.App:
     path = write_config(tmp_path, database_url=database_url, smtp_port=2525, extra=RETENTION)
     cfg = load_config(path)
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     return await pipeline.open_app(cfg)
 
 

@@ -22,9 +22,11 @@ import pytest
 from sqlalchemy import select
 
 from conftest import SmtpSink, free_port, write_config
-from digest import db, pipeline, scheduler, signup
+from digest import pipeline, scheduler, signup, store
 from digest.config import load_config
 from digest.models import Delivery, Edition, Event, Subscription
+from digest.store import migrate, sources
+from digest.store import readers as readers_store
 
 BERLIN, NEW_YORK = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
 START = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
@@ -46,7 +48,7 @@ async def open_project(
     for seed in (directory / "seeds").iterdir():
         seed.unlink()  # every article here is written by the test, with a known date
     cfg = load_config(path, environ={})
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     return await pipeline.open_app(cfg)
 
 
@@ -64,7 +66,7 @@ async def story(
 ) -> None:
     """One article, as a fetcher would hand it to the store."""
     slug = hashlib.sha256(title.encode()).hexdigest()[:12]
-    item = db.NewArticle(
+    item = sources.NewArticle(
         guid=f"{source}:{slug}",
         url=f"https://news.example.com/{slug}",
         title=title,
@@ -76,9 +78,9 @@ async def story(
         fingerprint=slug,
     )
     async with app.db.write() as s:
-        src = await db.source_by_name(s, source)
+        src = await sources.source_by_name(s, source)
         assert src is not None
-        await db.store_articles(s, src.id, [item], now)
+        await sources.store_articles(s, src.id, [item], now)
 
 
 async def reader(
@@ -128,7 +130,7 @@ async def deliveries_of(app: pipeline.App, address: str) -> list[Delivery]:
 
 async def subscription(app: pipeline.App, token: str) -> Subscription:
     async with app.db.read() as s:
-        sub = await db.subscription_by_token(s, token)
+        sub = await readers_store.subscription_by_token(s, token)
     assert sub is not None
     return sub
 
@@ -313,9 +315,11 @@ async def test_a_new_readers_first_digest_holds_the_newest_max_articles_and_says
     await story(project, "Fresh story", datetime(2027, 3, 11, 9, 0, tzinfo=UTC))
     await tick(project, datetime(2027, 3, 12, 7, 0, tzinfo=UTC))
     second = bodies(smtp_sink, "ann@example.com")[1]
-    assert "Fresh story" in second and "Archive story" not in second and "more" not in second.lower().split(
-        "fresh story"
-    )[0]
+    assert (
+        "Fresh story" in second
+        and "Archive story" not in second
+        and "more" not in second.lower().split("fresh story")[0]
+    )
 
 
 async def test_max_age_leaves_out_old_articles(project: pipeline.App, smtp_sink: SmtpSink) -> None:
@@ -401,7 +405,9 @@ async def _change_schedule_run(
         if hour == 24 * 3:
             # Change the schedule right after the day's digest went out.
             weekday = at.astimezone(ZoneInfo(after[2] or "UTC")).weekday() if after[0] == "weekly" else None
-            prefs = pipeline.ReaderPrefs(cadence=after[0], send_hour=after[1], timezone=after[2], weekday=weekday)
+            prefs = pipeline.ReaderPrefs(
+                cadence=after[0], send_hour=after[1], timezone=after[2], weekday=weekday
+            )
             outcome = await signup.change_preferences(
                 project, token, ["demo"], prefs, at, consent=pipeline.Consent()
             )
@@ -467,15 +473,17 @@ def spawn_tick(config: Path, at: datetime) -> subprocess.Popen[str]:
 def test_two_scheduler_processes_ticking_together_on_postgres_send_each_digest_once(
     tmp_path: Path, postgres_url: str, smtp_sink: SmtpSink
 ) -> None:
-    readers = [
-        (f"berlin{i}@example.com", "Europe/Berlin") for i in range(15)
-    ] + [(f"newyork{i}@example.com", "America/New_York") for i in range(15)]
+    readers = [(f"berlin{i}@example.com", "Europe/Berlin") for i in range(15)] + [
+        (f"newyork{i}@example.com", "America/New_York") for i in range(15)
+    ]
 
     async def prepare() -> None:
         app = await open_project(tmp_path, postgres_url, smtp_sink.port)
         try:
             for address, tz in readers:
-                await reader(app, address, datetime(2027, 3, 26, 12, 0, tzinfo=UTC), cadence="daily", hour=7, tz=tz)
+                await reader(
+                    app, address, datetime(2027, 3, 26, 12, 0, tzinfo=UTC), cadence="daily", hour=7, tz=tz
+                )
         finally:
             await app.db.close()
 
@@ -503,7 +511,8 @@ def test_two_scheduler_processes_ticking_together_on_postgres_send_each_digest_o
     assert set(per) == {a for a, _ in readers}
     assert set(per.values()) == {3}, per  # one digest a day each, never two
     ids = collections.Counter(
-        email.message_from_bytes(m.data, policy=email.policy.default)["Message-ID"] for m in smtp_sink.messages
+        email.message_from_bytes(m.data, policy=email.policy.default)["Message-ID"]
+        for m in smtp_sink.messages
     )
     assert max(ids.values()) == 1
     assert rounds == 6

@@ -12,8 +12,9 @@ from itsdangerous import BadSignature
 from sqlalchemy import func, select, update
 
 from conftest import SmtpSink
-from digest import db, pipeline, signup
+from digest import pipeline, signup
 from digest.models import Delivery, Event, Subscriber, Subscription
+from digest.store import readers
 from test_web import Site, open_site
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -205,7 +206,7 @@ async def test_a_suppressed_address_gets_no_confirmation_mail(site: Site) -> Non
 async def test_confirming_twice_records_one_confirmation(site: Site) -> None:
     done = await signup.request_confirmation(site.app, ann(("demo", "tech")), NOW, method="api")
     async with site.app.db.read() as s:
-        subs = [await db.subscription_by_id(s, i) for i in done.subscription_ids]
+        subs = [await readers.subscription_by_id(s, i) for i in done.subscription_ids]
     pairs = [(sub.id, int(sub.signup_at.timestamp())) for sub in subs if sub]
     first = await signup.confirm(site.app, pairs, NOW, ip="192.0.2.7", user_agent="Agent\r\nX")
     second = await signup.confirm(site.app, pairs, NOW, ip="192.0.2.8", user_agent=None)
@@ -220,7 +221,7 @@ async def test_a_link_from_an_earlier_signup_cannot_confirm_a_later_one(site: Si
     sub_id = done.subscription_ids[0]
     old_pair = [(sub_id, int(NOW.timestamp()))]
     async with site.app.db.write() as s:
-        row = await db.subscription_by_id(s, sub_id)
+        row = await readers.subscription_by_id(s, sub_id)
         assert row is not None
         await pipeline.unsubscribe(s, row, "link", NOW)
     await signup.request_confirmation(site.app, ann(), NOW + timedelta(days=2), method="api")
@@ -237,7 +238,7 @@ async def test_pending_signups_are_purged_after_seven_days_and_readers_with_hist
     )
     kept = await site.add_reader("kept@example.com", now=NOW - timedelta(days=30))
     async with site.app.db.write() as s:
-        row = await db.subscription_by_id(s, kept.id)
+        row = await readers.subscription_by_id(s, kept.id)
         assert row is not None
         await pipeline.unsubscribe(s, row, "link", NOW - timedelta(days=20))
     await signup.request_confirmation(

@@ -13,17 +13,18 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import SmtpSink, write_config
-from digest import db, pipeline
+from digest import pipeline, store
 from digest.config import load_config
 from digest.errors import SchemaError
 from digest.models import ArticleSource, Delivery, Subscription
+from digest.store import compose, ledger, migrate, sources
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 async def open_project(directory: Path, url: str, smtp_port: int | None, **kw: str) -> pipeline.App:
     cfg = load_config(write_config(directory, database_url=url, smtp_port=smtp_port, **kw), environ={})
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     return await pipeline.open_app(cfg)
 
 
@@ -74,7 +75,7 @@ async def test_broken_source_records_its_error_and_others_still_ingest(
         assert reports["broken"].error and "broken" in reports["broken"].error
         assert reports["seeds"].new >= 1
         async with app.db.read() as s:
-            src = await db.source_by_name(s, "broken")
+            src = await sources.source_by_name(s, "broken")
         assert src is not None and src.last_error
     finally:
         await app.db.close()
@@ -169,7 +170,7 @@ async def test_a_dead_workers_lease_expires_and_the_message_goes_out_once(
     await add_reader(project, "ann@example.com")
     await pipeline.compose(project, await pipeline.get_list(project, "demo"), NOW, manual=True)
     async with project.db.write() as s:
-        claimed = await db.claim_deliveries(s, "dead-worker", NOW, timedelta(seconds=30), 10)
+        claimed = await ledger.claim_deliveries(s, "dead-worker", NOW, timedelta(seconds=30), 10)
     assert len(claimed) == 1
     early = await pipeline.deliver(project, lambda: NOW + timedelta(seconds=10))
     assert early.sent == 0  # still leased by the dead worker
@@ -249,12 +250,12 @@ async def test_same_story_in_two_sources_reaches_a_list_once(tmp_path: Path, dat
     try:
         await pipeline.ingest_sources(app, NOW)
         async with app.db.read() as s:
-            demo = await db.list_by_slug(s, "demo")
-            mirror = await db.list_by_slug(s, "mirror-only")
+            demo = await sources.list_by_slug(s, "demo")
+            mirror = await sources.list_by_slug(s, "mirror-only")
             assert demo and mirror
-            upto = await db.list_max_seq(s, demo.id)
-            both = await db.new_articles_for_list(s, demo.id, 0, upto, NOW - timedelta(days=3650))
-            only = await db.new_articles_for_list(s, mirror.id, 0, upto, NOW - timedelta(days=3650))
+            upto = await compose.list_max_seq(s, demo.id)
+            both = await compose.new_articles_for_list(s, demo.id, 0, upto, NOW - timedelta(days=3650))
+            only = await compose.new_articles_for_list(s, mirror.id, 0, upto, NOW - timedelta(days=3650))
         titles = [c.article.title for c in both]
         assert len(titles) == len(set(titles))
         assert any("repatriation" in c.article.title for c in only)

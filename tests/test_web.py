@@ -20,9 +20,10 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import func, select
 
 from conftest import SmtpSink, write_config
-from digest import db, pipeline, signup, web
+from digest import pipeline, signup, store, web
 from digest.config import load_config
 from digest.models import Article, ArticleSource, Delivery, Event, Subscriber, Subscription
+from digest.store import migrate, readers, sources
 
 API_TOKEN = "operator-token-0123456789abcdef"
 BASE = "http://127.0.0.1:8000"
@@ -128,17 +129,17 @@ class Site:
 
     async def sub(self, address: str, slug: str = "demo") -> Subscription | None:
         async with self.app.db.read() as s:
-            reader = await db.subscriber_by_email(s, address.casefold())
-            lst = await db.list_by_slug(s, slug)
+            reader = await readers.subscriber_by_email(s, address.casefold())
+            lst = await sources.list_by_slug(s, slug)
             assert lst is not None
-            return await db.subscription_for(s, reader.id, lst.id) if reader else None
+            return await readers.subscription_for(s, reader.id, lst.id) if reader else None
 
     async def event_kinds(self, address: str) -> list[str]:
         async with self.app.db.read() as s:
-            reader = await db.subscriber_by_email(s, address.casefold())
+            reader = await readers.subscriber_by_email(s, address.casefold())
             if reader is None:
                 return []
-            return sorted(e.kind for e in await db.events_of(s, reader.id))
+            return sorted(e.kind for e in await readers.events_of(s, reader.id))
 
     async def count(self, model: Any) -> int:
         async with self.app.db.read() as s:
@@ -172,7 +173,7 @@ async def open_site(
         write_config(directory, database_url=database_url, smtp_port=sink.port, extra=extra),
         environ=environ or {},
     )
-    db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     app = await pipeline.open_app(cfg)
     clock = Clock()
     options.setdefault("rate_limits", RELAXED)
@@ -307,7 +308,7 @@ async def test_signup_answers_identically_for_new_pending_confirmed_and_unsubscr
     await site.add_reader("confirmed@example.com")
     gone = await site.add_reader("gone@example.com")
     async with site.app.db.write() as s:
-        row = await db.subscription_by_id(s, gone.id)
+        row = await readers.subscription_by_id(s, gone.id)
         assert row is not None
         await pipeline.unsubscribe(s, row, "link", site.clock())
     answers = {}
@@ -382,7 +383,7 @@ async def test_names_are_stripped_of_control_characters(lite: Site) -> None:
     await lite.signup_json("ann@example.com", name="Ann\r\nBcc: evil@example.com\u202e\x00 Smith")
     await lite.deliver()
     async with lite.app.db.read() as s:
-        reader = await db.subscriber_by_email(s, "ann@example.com")
+        reader = await readers.subscriber_by_email(s, "ann@example.com")
     assert reader is not None and reader.name == "Ann Bcc: evil@example.com Smith"
     raw = lite.sink.to("ann@example.com")[0].data
     assert b"\r\nBcc:" not in raw and b"evil@example.com" not in raw.split(b"\r\n\r\n")[0].split(b"To:")[0]
@@ -693,7 +694,7 @@ async def test_preferences_change_the_schedule_and_name_and_record_an_event(site
     assert (local.hour, local.minute) == (6, 0)
     assert "preferences_changed" in await site.event_kinds("ann@example.com")
     async with site.app.db.read() as s:
-        reader = await db.subscriber_by_email(s, "ann@example.com")
+        reader = await readers.subscriber_by_email(s, "ann@example.com")
     assert reader is not None and reader.name == "Ann"
 
 

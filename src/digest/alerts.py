@@ -27,8 +27,10 @@ from email.utils import formatdate, make_msgid
 
 import httpx
 
-from digest import db, delivery, messages, pipeline
+from digest import delivery, messages, pipeline
 from digest.smtp import SmtpConnection
+from digest.store import reports, retention
+from digest.store import sources as sources_store
 
 log = logging.getLogger("digest.alerts")
 
@@ -94,7 +96,7 @@ class Notifier:
             return False
         if limit:
             async with self.app.db.write() as s:
-                if not await db.claim_alert_slot(s, alert.key, self.clock(), self.cfg.window):
+                if not await reports.claim_alert_slot(s, alert.key, self.clock(), self.cfg.window):
                     log.debug("alert %s held back: one went out within %s", alert.kind, self.cfg.window)
                     return False
         delivered = False
@@ -202,9 +204,11 @@ async def check(app: pipeline.App, now: datetime) -> list[Alert]:
     cfg = app.cfg.alerts
     found: list[Alert] = []
     async with app.db.read() as s:
-        sources = [src for src in await db.all_sources(s) if src.name in {c.name for c in app.cfg.sources}]
-        _, oldest = await db.queue_summary(s, now)
-        rejections = await db.policy_rejections_since(s, now - cfg.window)
+        sources = [
+            src for src in await sources_store.all_sources(s) if src.name in {c.name for c in app.cfg.sources}
+        ]
+        _, oldest = await reports.queue_summary(s, now)
+        rejections = await retention.policy_rejections_since(s, now - cfg.window)
     for src in sources:
         if src.last_error is None:
             continue

@@ -66,7 +66,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import db, inbound, pipeline, signup
+from digest import inbound, pipeline, signup
 from digest.config import Config
 from digest.errors import UsageError
 from digest.models import (
@@ -77,6 +77,8 @@ from digest.models import (
     SubscriberStatus,
     SubscriptionStatus,
 )
+from digest.store import inbound as inbound_store
+from digest.store import ledger, readers, reports
 
 log = logging.getLogger("digest.bounces")
 
@@ -254,7 +256,7 @@ async def _bounce(
     klass = verdict.bounce_class or inbound.BounceClass.UNKNOWN
     main = _main_report(verdict)
     async with app.db.write() as s:
-        found = await db.load_claimed(s, [verdict.delivery_id])
+        found = await ledger.load_claimed(s, [verdict.delivery_id])
         if not found:
             log.warning("inbound: bounce for delivery %s, which does not exist", verdict.delivery_id)
             return Handled("unknown_delivery", "no such delivery", verdict.delivery_id)
@@ -263,7 +265,7 @@ async def _bounce(
         if d.status == DeliveryStatus.SENDING:
             # A fast relay can bounce before the worker has committed "sent": come back later.
             return Handled("in_flight", "the delivery's outcome is not recorded yet", d.id)
-        if await db.inbound_seen(s, inbound_id, reader.id if reader else None, d.id):
+        if await inbound_store.inbound_seen(s, inbound_id, reader.id if reader else None, d.id):
             return Handled("duplicate", "already recorded", d.id)
         detail: dict[str, Any] = {
             "at": "dsn",
@@ -280,20 +282,20 @@ async def _bounce(
         }
         ids = {"subscriber_id": reader.id if reader else None, "subscription_id": d.subscription_id}
         if verdict.kind == "delayed":
-            await db.add_event(s, "delivery_delayed", now, delivery_id=d.id, **ids, **detail)
+            await readers.add_event(s, "delivery_delayed", now, delivery_id=d.id, **ids, **detail)
             log.info("inbound: delivery %s delayed: %s", d.id, verdict.reason)
             return Handled("delayed", verdict.reason, d.id)
 
         reply = f"DSN {detail['status'] or 'no code'}: {detail['diagnostic']}".strip()
-        failed = await db.mark_delivery_bounced(s, d.id, detail["code"], reply, now)
+        failed = await inbound_store.mark_delivery_bounced(s, d.id, detail["code"], reply, now)
         scored = (
             reader is not None
             and d.kind == DeliveryKind.DIGEST
             and klass in (inbound.BounceClass.HARD, inbound.BounceClass.SOFT)
         )
-        history = await db.bounce_history(s, reader.id) if scored and reader is not None else []
+        history = await inbound_store.bounce_history(s, reader.id) if scored and reader is not None else []
         kind = "policy_rejection" if klass is inbound.BounceClass.POLICY else "bounced"
-        await db.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
+        await readers.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
         if klass is inbound.BounceClass.POLICY:
             log.warning(
                 "policy rejection reported for delivery %s (edition %s, list %s): %s; "
@@ -328,7 +330,7 @@ async def _score(
     score, suppress = inbound.bounce_score(
         events, now, hard=policy.hard, soft=policy.soft, limit=policy.limit, quiet=policy.quiet
     )
-    await db.set_bounce_score(s, subscriber_id, score, now)
+    await inbound_store.set_bounce_score(s, subscriber_id, score, now)
     if not suppress or status != SubscriberStatus.ACTIVE:
         return False
     why = (
@@ -336,7 +338,7 @@ async def _score(
         if klass is inbound.BounceClass.HARD
         else f"soft-bounce score {score:g} over {policy.limit:g}: {detail['diagnostic']}"
     )
-    await db.suppress_subscriber(s, subscriber_id, SubscriberStatus.BOUNCED, now, why)
+    await ledger.suppress_subscriber(s, subscriber_id, SubscriberStatus.BOUNCED, now, why)
     log.info("reader %s suppressed: %s", subscriber_id, why)
     return True
 
@@ -349,26 +351,26 @@ async def _complaint(
         d: Delivery | None = None
         sub = None
         if verdict.delivery_id is not None:
-            found = await db.load_claimed(s, [verdict.delivery_id])
+            found = await ledger.load_claimed(s, [verdict.delivery_id])
             if found:
                 d, sub = found[0].delivery, found[0].subscription
         if sub is None and verdict.token:
-            sub = await db.subscription_by_token(s, verdict.token)
+            sub = await readers.subscription_by_token(s, verdict.token)
             if sub is None:
-                sub = await db.subscription_by_token_casefold(s, verdict.token)
+                sub = await readers.subscription_by_token_casefold(s, verdict.token)
         if sub is None:
             log.warning("inbound: complaint about a message we cannot find: %s", verdict.reason)
             return Handled("unknown_delivery", "names no known delivery or reader", verdict.delivery_id)
         attributed = False
         if d is None:
-            d = await db.last_sent_delivery(s, sub.id)
+            d = await inbound_store.last_sent_delivery(s, sub.id)
             attributed = d is not None
-        reader = await db.subscriber_by_id(s, sub.subscriber_id)
+        reader = await readers.subscriber_by_id(s, sub.subscriber_id)
         if reader is None:
             return Handled("unknown_delivery", "the reader was erased", verdict.delivery_id)
-        if await db.inbound_seen(s, inbound_id, reader.id, None):
+        if await inbound_store.inbound_seen(s, inbound_id, reader.id, None):
             return Handled("duplicate", "already recorded", d.id if d else None)
-        await db.add_event(
+        await readers.add_event(
             s,
             "complained",
             now,
@@ -383,7 +385,7 @@ async def _complaint(
         )
         suppressed = False
         if reader.status not in (SubscriberStatus.COMPLAINED, SubscriberStatus.SUPPRESSED):
-            await db.suppress_subscriber(
+            await ledger.suppress_subscriber(
                 s, reader.id, SubscriberStatus.COMPLAINED, now, f"spam complaint: {verdict.reason}"
             )
             suppressed = True
@@ -400,15 +402,15 @@ async def _complaint_rates(
     """STANDARDS item 23: warn, or pause and alert, on the edition's and the sending day's rate."""
     paused: list[int] = []
     if d is not None and d.edition_id is not None:
-        complaints, delivered = await db.edition_complaint_counts(s, d.edition_id)
+        complaints, delivered = await inbound_store.edition_complaint_counts(s, d.edition_id)
         rate = inbound.complaint_rate(complaints, delivered)
         action = inbound.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
         what = f"edition {d.edition_id}: {complaints} complaint(s) / {delivered} delivered = {rate:.3%}"
         if action == "pause":
-            edition = await db.edition_by_id(s, d.edition_id)
+            edition = await reports.edition_by_id(s, d.edition_id)
             if edition is not None and edition.status == EditionStatus.SENDING:
                 reason = f"complaint rate {rate:.3%} reached {policy.complaint_pause:.3%}"
-                await db.pause_edition(s, d.edition_id, reason, now)
+                await ledger.pause_edition(s, d.edition_id, reason, now)
                 paused.append(d.edition_id)
                 log.critical("ALERT: complaint rate too high, edition paused: %s", what)
             else:
@@ -417,15 +419,15 @@ async def _complaint_rates(
             log.warning("complaint rate above %.3f%%: %s", policy.complaint_warn * 100, what)
     day = (d.sent_at if d is not None and d.sent_at is not None else now).astimezone(UTC)
     start = day.replace(hour=0, minute=0, second=0, microsecond=0)
-    complaints, delivered = await db.sent_day_complaint_counts(s, start, start + timedelta(days=1))
+    complaints, delivered = await inbound_store.sent_day_complaint_counts(s, start, start + timedelta(days=1))
     if complaints:
         rate = inbound.complaint_rate(complaints, delivered)
         action = inbound.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
         what = f"sent {start:%Y-%m-%d}: {complaints} complaint(s) / {delivered} delivered = {rate:.3%}"
         if action == "pause":
-            editions = await db.sending_editions(s)
+            editions = await inbound_store.sending_editions(s)
             for edition_id in editions:
-                await db.pause_edition(s, edition_id, f"daily complaint rate {rate:.3%}", now)
+                await ledger.pause_edition(s, edition_id, f"daily complaint rate {rate:.3%}", now)
                 if edition_id not in paused:
                     paused.append(edition_id)
             done = f"paused editions {', '.join(map(str, editions))}" if editions else "no edition is sending"
@@ -490,7 +492,7 @@ async def trim_raw_bounces(app: pipeline.App, now: datetime, *, keep: timedelta 
     """Drop the raw message from inbound events older than the retention (30 days by default)."""
     keep = keep if keep is not None else BouncePolicy.from_config(app.cfg).raw_retention
     async with app.db.write() as s:
-        trimmed = await db.trim_event_raw(s, INBOUND_EVENTS, now - keep)
+        trimmed = await inbound_store.trim_event_raw(s, INBOUND_EVENTS, now - keep)
     if trimmed:
         log.info("trimmed the raw message from %d bounce event(s) older than %s", trimmed, keep)
     return trimmed
@@ -506,14 +508,14 @@ async def unsuppress(app: pipeline.App, email: str, reason: str, now: datetime) 
         raise UsageError("say why with --reason: it is recorded with the reader")
     _, key = pipeline.normalize_address(email)
     async with app.db.write() as s:
-        reader = await db.subscriber_by_email(s, key)
+        reader = await readers.subscriber_by_email(s, key)
         if reader is None:
             raise UsageError(f"no reader {email}")
         before = reader.status
         if before == SubscriberStatus.ACTIVE:
             raise UsageError(f"{email} is not suppressed (status active)")
-        await db.lift_suppression(s, reader.id, now)
-        await db.add_event(
+        await inbound_store.lift_suppression(s, reader.id, now)
+        await readers.add_event(
             s, "unsuppressed", now, subscriber_id=reader.id, previous=before, reason=reason[:500]
         )
     log.info("reader %s unsuppressed (was %s): %s", reader.id, before, reason)
@@ -546,7 +548,7 @@ def _class_of(kind: str, detail: dict[str, Any]) -> str:
 async def report(app: pipeline.App, since: datetime) -> BounceReport:
     """Counts of bounces (DSN and SMTP time), delays and complaints since a time."""
     async with app.db.read() as s:
-        rows = await db.inbound_events_since(s, INBOUND_EVENTS, since)
+        rows = await inbound_store.inbound_events_since(s, INBOUND_EVENTS, since)
     by_class: Counter[str] = Counter()
     by_domain: dict[str, Counter[str]] = {}
     for kind, detail, address, reader in rows:

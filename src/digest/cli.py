@@ -24,11 +24,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from digest import db, pipeline, readers_io
+from digest import pipeline, readers_io, store
 from digest.config import Config, load_config
 from digest.errors import DigestError, UsageError
 from digest.rendering import TOKEN_PLACEHOLDER
 from digest.schedule import WEEKDAYS
+from digest.store import compose, ledger, sources
+from digest.store import migrate as migrate_store
+from digest.store import readers as readers_store
+from digest.store import reports as reports_store
+from digest.store import retention as retention_store
 
 T = TypeVar("T")
 # Markup off by default: config keys such as "[smtp] host" in messages must print as written.
@@ -194,7 +199,7 @@ async def _deliver_with_progress(
     _check_mail_route(application.cfg)
     controller = _ensure_capture(application.cfg) if once else None
     async with application.db.read() as s:
-        total = await db.pending_count(s)
+        total = await ledger.pending_count(s)
     try:
         async with alerts.watching(alerts.Notifier(application)):
             with _ProgressReporter(total if once else None) as progress:
@@ -219,9 +224,9 @@ def init() -> None:
     Example: digest init
     """
     cfg = _config()
-    url = db.resolve_url(cfg.database.url, cfg.base_dir)
+    url = store.resolve_url(cfg.database.url, cfg.base_dir)
     try:
-        before, after = db.migrate(url)
+        before, after = migrate_store.migrate(url)
     except Exception as exc:
         _fail(exc)
     out.print(f"schema: {before or 'empty'} -> {after}")
@@ -241,7 +246,7 @@ def migrate() -> None:
     """
     cfg = _config()
     try:
-        before, after = db.migrate(db.resolve_url(cfg.database.url, cfg.base_dir))
+        before, after = migrate_store.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
     except Exception as exc:
         _fail(exc)
     out.print(
@@ -321,7 +326,9 @@ def subscribers_add(
         lst = await pipeline.get_list(application, list_slug)
         async with application.db.write() as s:
             _, key = pipeline.normalize_address(email)
-            if await db.subscriber_by_email(s, key) is None and await db.erased_reader(s, key):
+            if await readers_store.subscriber_by_email(
+                s, key
+            ) is None and await retention_store.erased_reader(s, key):
                 raise UsageError(
                     f"{email} was erased on request: only the reader can subscribe again (double opt-in)"
                 )
@@ -387,12 +394,12 @@ def subscribers_show(email: str) -> None:
     async def go(application: pipeline.App) -> None:
         _, key = pipeline.normalize_address(email)
         async with application.db.read() as s:
-            reader = await db.subscriber_by_email(s, key)
+            reader = await readers_store.subscriber_by_email(s, key)
             if reader is None:
                 raise UsageError(f"no reader {email}")
-            subs = await db.subscriptions_of(s, reader.id)
-            events = await db.events_of(s, reader.id)
-            deliveries = await db.deliveries_to(s, reader.email)
+            subs = await readers_store.subscriptions_of(s, reader.id)
+            events = await readers_store.events_of(s, reader.id)
+            deliveries = await readers_store.deliveries_to(s, reader.email)
         out.print(
             f"[bold]{escape(reader.email)}[/bold] {escape(reader.name)}  status: {reader.status}"
             f"  bounce score: {reader.bounce_score}",
@@ -726,12 +733,12 @@ def status_cmd(
         lst = await pipeline.get_list(application, list_slug) if list_slug else None
         now = datetime.now(UTC)
         async with application.db.read() as s:
-            depth, oldest = await db.queue_summary(s, now)
+            depth, oldest = await reports_store.queue_summary(s, now)
             return {
-                "editions": await db.edition_counts(s, lst.id if lst else None),
-                "totals": await db.delivery_counts(s),
-                "sent_last_minute": await db.sent_since(s, now - timedelta(minutes=1)),
-                "sent_last_hour": await db.sent_since(s, now - timedelta(hours=1)),
+                "editions": await reports_store.edition_counts(s, lst.id if lst else None),
+                "totals": await reports_store.delivery_counts(s),
+                "sent_last_minute": await reports_store.sent_since(s, now - timedelta(minutes=1)),
+                "sent_last_hour": await reports_store.sent_since(s, now - timedelta(hours=1)),
                 "queue_depth": depth,
                 "oldest_due_seconds": (now - oldest).total_seconds() if oldest else 0.0,
             }
@@ -1022,7 +1029,7 @@ def sources_list(as_json: JsonOption = False) -> None:
                     "last_error": src.last_error,
                     "last_error_at": src.last_error_at,
                 }
-                for src in await db.all_sources(s)
+                for src in await sources.all_sources(s)
                 if src.name in names
             ]
 
@@ -1096,10 +1103,10 @@ app.add_typer(lists_app, name="lists")
 
 async def _list_summary(application: pipeline.App, lst: Any) -> dict[str, Any]:
     async with application.db.read() as s:
-        counts = await db.list_reader_counts(s, lst.id)
-        last = await db.last_edition_of(s, lst.id)
-        next_due, due_soon = await db.next_due_of_list(s, lst.id)
-        last_counts = (await db.edition_counts(s, lst.id, limit=1)) if last else []
+        counts = await reports_store.list_reader_counts(s, lst.id)
+        last = await reports_store.last_edition_of(s, lst.id)
+        next_due, due_soon = await reports_store.next_due_of_list(s, lst.id)
+        last_counts = (await reports_store.edition_counts(s, lst.id, limit=1)) if last else []
     by_status: dict[str, int] = {}
     by_cadence: dict[str, int] = {}
     for _, status, cadence, n in counts:
@@ -1137,7 +1144,7 @@ def lists_list(as_json: JsonOption = False) -> None:
 
     async def go(application: pipeline.App) -> list[dict[str, Any]]:
         async with application.db.read() as s:
-            lists = list(await db.active_lists(s))
+            lists = list(await sources.active_lists(s))
         return [await _list_summary(application, lst) for lst in lists]
 
     rows = _with_app(go)
@@ -1220,7 +1227,7 @@ def editions_list(
     async def go(application: pipeline.App) -> list[Any]:
         lst = await pipeline.get_list(application, list_slug) if list_slug else None
         async with application.db.read() as s:
-            return await db.edition_counts(s, lst.id if lst else None, limit=limit)
+            return await reports_store.edition_counts(s, lst.id if lst else None, limit=limit)
 
     rows = _with_app(go)
     if as_json:
@@ -1268,15 +1275,15 @@ def editions_show(
 
     async def go(application: pipeline.App) -> dict[str, Any]:
         async with application.db.read() as s:
-            e = await db.edition_by_id(s, edition_id)
+            e = await reports_store.edition_by_id(s, edition_id)
             if e is None:
                 raise UsageError(f"no edition {edition_id} (see `digest editions list`)")
-            lst = await db.list_by_id(s, e.list_id)
-            articles = await db.articles_by_ids(s, list(e.article_ids))
-            counts = await db.edition_status_counts(s, edition_id)
-            first, last, sent = await db.edition_send_span(s, edition_id)
-            errors = await db.edition_reply_groups(s, edition_id)
-            who = await db.edition_recipients(s, edition_id) if recipients else []
+            lst = await reports_store.list_by_id(s, e.list_id)
+            articles = await compose.articles_by_ids(s, list(e.article_ids))
+            counts = await retention_store.edition_status_counts(s, edition_id)
+            first, last, sent = await reports_store.edition_send_span(s, edition_id)
+            errors = await reports_store.edition_reply_groups(s, edition_id)
+            who = await reports_store.edition_recipients(s, edition_id) if recipients else []
         seconds = (last - first).total_seconds() if first and last else 0.0
         return {
             "id": e.id,

@@ -32,11 +32,12 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
 
-from digest import db, inbound, messages, tokens
+from digest import inbound, messages, store, tokens
 from digest.config import Config, RelayConfig
 from digest.dkim_sign import DkimKey, load_key
 from digest.models import DeliveryKind, DeliveryStatus, SubscriberStatus, SubscriptionStatus
 from digest.smtp import SendOutcome, SmtpConnection
+from digest.store import ledger, readers
 
 log = logging.getLogger("digest.delivery")
 
@@ -197,7 +198,7 @@ class Assembler:
         self.signer = signer
         self.cache: dict[int, messages.MessageTemplate] = {}
 
-    def template(self, c: db.Claimed) -> messages.MessageTemplate:
+    def template(self, c: ledger.Claimed) -> messages.MessageTemplate:
         cfg, e, lst = self.cfg, c.edition, c.mailing_list
         if e is None:
             d = c.delivery  # transactional mail carries its own rendered parts
@@ -227,7 +228,7 @@ class Assembler:
         self.cache[e.id] = tpl
         return tpl
 
-    def message(self, c: db.Claimed, base_url: str, now: datetime) -> tuple[str, bytes]:
+    def message(self, c: ledger.Claimed, base_url: str, now: datetime) -> tuple[str, bytes]:
         """(envelope sender, message bytes) for one claimed delivery."""
         cfg, d = self.cfg, c.delivery
         bounce_domain = cfg.bounce.domain or cfg.sender.domain
@@ -262,7 +263,7 @@ def dkim_key(cfg: Config) -> DkimKey | None:
     return load_key(d.domain, d.selector, path if path.is_absolute() else cfg.base_dir / path)
 
 
-def skip_reason(c: db.Claimed) -> str | None:
+def skip_reason(c: ledger.Claimed) -> str | None:
     """Why a claimed digest must not go out any more (the reader left or was suppressed)."""
     if c.delivery.kind != DeliveryKind.DIGEST:
         return None
@@ -283,7 +284,7 @@ def enhanced_status(outcome: SendOutcome) -> str | None:
 
 @dataclass
 class Outcome:
-    claimed: db.Claimed
+    claimed: ledger.Claimed
     result: SendOutcome | None  # None: skipped before sending
     now: datetime
     note: str | None = None
@@ -326,7 +327,7 @@ class OutcomeWriter:
     committed at once. Otherwise it is committed when the oldest outcome has waited GROUP_WAIT.
     """
 
-    def __init__(self, app_db: db.Database, cfg: Config, owner: str, senders: Callable[[], int]) -> None:
+    def __init__(self, app_db: store.Database, cfg: Config, owner: str, senders: Callable[[], int]) -> None:
         self.db, self.cfg, self.owner = app_db, cfg, owner
         self.senders = senders  # how many connections are busy right now
         self.queue: asyncio.Queue[Outcome | None] = asyncio.Queue()
@@ -392,7 +393,7 @@ class OutcomeWriter:
     async def _commit(self, batch: Sequence[Outcome]) -> list[str]:
         settled = [(o, *settle(self.cfg, o)) for o in batch]
         async with self.db.write() as s:
-            lost = await db.finish_deliveries(
+            lost = await ledger.finish_deliveries(
                 s, self.owner, [(o.claimed.delivery.id, v) for o, _, v, _ in settled]
             )
             results = []
@@ -417,11 +418,11 @@ class OutcomeWriter:
             and d.from_seq is not None
             and d.to_seq is not None
         ):
-            await db.rollback_watermark(s, d.subscription_id, d.from_seq, d.to_seq)
+            await ledger.rollback_watermark(s, d.subscription_id, d.from_seq, d.to_seq)
         if c.subscriber is not None and status in (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN):
             reply = o.result.reply if o.result else None
             code = o.result.code if o.result else None
-            await db.add_event(
+            await readers.add_event(
                 s,
                 "bounced" if klass else f"delivery_{status}",
                 o.now,
@@ -434,7 +435,7 @@ class OutcomeWriter:
                 at="smtp",
             )
             if klass == inbound.BounceClass.HARD and d.kind == DeliveryKind.DIGEST:
-                await db.suppress_subscriber(
+                await ledger.suppress_subscriber(
                     s, c.subscriber.id, SubscriberStatus.BOUNCED, o.now, f"hard bounce at SMTP time: {reply}"
                 )
         return str(status)
@@ -492,7 +493,7 @@ async def _sleep_until(seconds: float, *events: asyncio.Event | None) -> None:
 
 
 async def deliver(
-    app_db: db.Database,
+    app_db: store.Database,
     cfg: Config,
     keys: Sequence[str],
     clock: Clock,
@@ -515,7 +516,7 @@ async def deliver(
     breaker = Breaker(breaker_threshold)
     lease = cfg.delivery.lease
     stop = stop or asyncio.Event()
-    queue: asyncio.Queue[db.Claimed | None] = asyncio.Queue()
+    queue: asyncio.Queue[ledger.Claimed | None] = asyncio.Queue()
     in_flight: set[int] = set()
     paused: set[int] = set()
     drained = asyncio.Event()
@@ -528,7 +529,7 @@ async def deliver(
                 return
             with contextlib.suppress(Exception):
                 async with app_db.write() as s:
-                    await db.renew_leases(s, owner, await db.db_now(s, clock()) + lease)
+                    await ledger.renew_leases(s, owner, await store.db_now(s, clock()) + lease)
 
     async def feed() -> None:
         idle = 0.0
@@ -540,9 +541,9 @@ async def deliver(
                 try:
                     async with app_db.write() as s:
                         now = clock()
-                        lease_now = await db.db_now(s, now)
-                        await db.reap_expired_leases(s, lease_now)
-                        ids = await db.claim_deliveries(
+                        lease_now = await store.db_now(s, now)
+                        await ledger.reap_expired_leases(s, lease_now)
+                        ids = await ledger.claim_deliveries(
                             s, owner, now, lease, cfg.delivery.batch_size, lease_now
                         )
                 except DBAPIError as exc:  # a deadlock or a busy database: try again shortly
@@ -552,7 +553,7 @@ async def deliver(
                 if ids:
                     idle = 0.0
                     async with app_db.read() as s:
-                        for c in await db.load_claimed(s, ids, editions):
+                        for c in await ledger.load_claimed(s, ids, editions):
                             in_flight.add(c.delivery.id)
                             queue.put_nowait(c)
                     continue
@@ -580,7 +581,7 @@ async def deliver(
             finally:
                 in_flight.discard(c.delivery.id)
 
-    async def _one(conn: Sender, c: db.Claimed) -> None:
+    async def _one(conn: Sender, c: ledger.Claimed) -> None:
         reason = skip_reason(c)
         result: SendOutcome | None = None
         if reason is None:
@@ -601,7 +602,7 @@ async def deliver(
             stats.paused.append(f"edition {c.edition.id}: {trip}")
             log.error("pausing edition %s: %s", c.edition.id, trip)
             async with app_db.write() as s:
-                await db.pause_edition(s, c.edition.id, trip, clock())
+                await ledger.pause_edition(s, c.edition.id, trip, clock())
 
     writer_task = asyncio.create_task(writer.run())
     renewer = asyncio.create_task(renew())
@@ -615,10 +616,10 @@ async def deliver(
         for conn in conns:
             await conn.close()
         async with app_db.write() as s:
-            await db.release_owner(s, owner, clock())
+            await ledger.release_owner(s, owner, clock())
             for edition_id in paused:
                 # Messages in flight when the breaker tripped were deferred after the pause:
                 # they go back to pending with the rest.
-                await db.pause_edition(s, edition_id, "", clock())
-            await db.finish_done_editions(s)
+                await ledger.pause_edition(s, edition_id, "", clock())
+            await ledger.finish_done_editions(s)
     return stats

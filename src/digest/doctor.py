@@ -20,10 +20,11 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 
-from digest import db, delivery, messages, pipeline, rendering
+from digest import delivery, messages, pipeline, rendering
 from digest.config import Config, RelayConfig
 from digest.dkim_sign import load_key, public_record
 from digest.errors import DigestError
+from digest.store import migrate, reports
 
 Level = Literal["ok", "warn", "fail"]
 PROBE_TIMEOUT = 15.0
@@ -111,12 +112,12 @@ async def _database(cfg: Config) -> list[Finding]:
     database = pipeline.open_database(cfg)
     try:
         async with database.read() as s:
-            await db.ping(s)
+            await reports.ping(s)
         try:
-            await db.check_schema(database)
+            await migrate.check_schema(database)
         except DigestError as exc:
             return [Finding("fail", "database", str(exc), "run `digest migrate` (after a backup)")]
-        return [Finding("ok", "database", f"reachable; schema at {db.head_revision()}")]
+        return [Finding("ok", "database", f"reachable; schema at {migrate.head_revision()}")]
     except Exception as exc:
         return [
             Finding(

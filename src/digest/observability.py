@@ -34,8 +34,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from digest import db, pipeline
+from digest import pipeline
 from digest.retention import INBOUND_EVENTS
+from digest.store import reports
+from digest.store import sources as sources_store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -62,22 +64,22 @@ class Snapshot:
 
 async def snapshot(app: pipeline.App, now: datetime) -> Snapshot:
     async with app.db.read() as s:
-        depth, oldest = await db.queue_summary(s, now)
+        depth, oldest = await reports.queue_summary(s, now)
         return Snapshot(
             now=now,
-            readers=await db.subscriber_status_counts(s),
-            subscriptions=await db.list_reader_counts(s, None),
-            deliveries=await db.delivery_counts(s),
-            sent_last_minute=await db.sent_since(s, now - timedelta(minutes=1)),
-            replies=await db.smtp_reply_counts(s, now - timedelta(hours=1)),
+            readers=await reports.subscriber_status_counts(s),
+            subscriptions=await reports.list_reader_counts(s, None),
+            deliveries=await reports.delivery_counts(s),
+            sent_last_minute=await reports.sent_since(s, now - timedelta(minutes=1)),
+            replies=await reports.smtp_reply_counts(s, now - timedelta(hours=1)),
             queue_depth=depth,
             oldest_due=oldest,
             sources=[
                 (src.name, src.last_error is not None, src.last_success_at)
-                for src in await db.all_sources(s)
+                for src in await sources_store.all_sources(s)
                 if src.name in {c.name for c in app.cfg.sources}
             ],
-            bounces=await db.inbound_class_counts(s, INBOUND_EVENTS, now - timedelta(days=1)),
+            bounces=await reports.inbound_class_counts(s, INBOUND_EVENTS, now - timedelta(days=1)),
         )
 
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import db, delivery, ingest, messages, rendering, schedule, selection, tokens
+from digest import delivery, ingest, messages, rendering, schedule, selection, store, tokens
 from digest.config import Config, ListConfig
 from digest.errors import AddressError, SourceError, UsageError
 from digest.models import (
@@ -34,6 +34,10 @@ from digest.models import (
     Subscription,
     SubscriptionStatus,
 )
+from digest.store import compose as compose_store
+from digest.store import ledger, migrate, readers, retention
+from digest.store import reports as reports_store
+from digest.store import sources as sources_store
 
 log = logging.getLogger("digest")
 
@@ -49,7 +53,7 @@ class App:
     """What every operation needs: the config, the database, templates and signing keys."""
 
     cfg: Config
-    db: db.Database
+    db: store.Database
     templates: rendering.Templates
     keys: list[str]
 
@@ -71,8 +75,8 @@ def templates_dir(cfg: Config) -> Path:
     )
 
 
-def open_database(cfg: Config) -> db.Database:
-    return db.Database(db.resolve_url(cfg.database.url, cfg.base_dir))
+def open_database(cfg: Config) -> store.Database:
+    return store.Database(store.resolve_url(cfg.database.url, cfg.base_dir))
 
 
 async def open_app(cfg: Config, *, check: bool = True) -> App:
@@ -81,10 +85,10 @@ async def open_app(cfg: Config, *, check: bool = True) -> App:
     database = open_database(cfg)
     try:
         if check:
-            await db.check_schema(database)
+            await migrate.check_schema(database)
         async with database.write() as s:
             await sync_config(s, cfg)
-            keys = list(cfg.web.keys) or [await db.get_or_create_setting(s, "secret_key")]
+            keys = list(cfg.web.keys) or [await store.get_or_create_setting(s, "secret_key")]
     except BaseException:
         await database.close()
         raise
@@ -92,17 +96,17 @@ async def open_app(cfg: Config, *, check: bool = True) -> App:
 
 
 async def sync_config(s: AsyncSession, cfg: Config) -> None:
-    await db.lock_config_sync(s)
+    await sources_store.lock_config_sync(s)
     ids: dict[str, int] = {}
     for src in cfg.sources:
         location = src.location
         if src.kind == "directory" or (src.kind == "feed" and not src.url):
             location = str(resolve_path(cfg, location))
-        row = await db.upsert_source(s, src.name, src.kind, location, src.interval)
+        row = await sources_store.upsert_source(s, src.name, src.kind, location, src.interval)
         ids[src.name] = row.id
     for lst in cfg.lists:
-        await db.upsert_list(s, lst.slug, _list_values(lst), [ids[n] for n in lst.sources])
-    await db.deactivate_lists_except(s, [lst.slug for lst in cfg.lists])
+        await sources_store.upsert_list(s, lst.slug, _list_values(lst), [ids[n] for n in lst.sources])
+    await sources_store.deactivate_lists_except(s, [lst.slug for lst in cfg.lists])
 
 
 def _list_values(lst: ListConfig) -> dict[str, object]:
@@ -124,7 +128,7 @@ def _list_values(lst: ListConfig) -> dict[str, object]:
 
 async def get_list(app: App, slug: str) -> MailingList:
     async with app.db.read() as s:
-        lst = await db.list_by_slug(s, slug)
+        lst = await sources_store.list_by_slug(s, slug)
     if lst is None or not lst.active:
         known = ", ".join(x.slug for x in app.cfg.lists) or "none"
         raise UsageError(f"no list {slug!r} (configured lists: {known})")
@@ -153,7 +157,9 @@ async def ingest_sources(
     another scheduler process, so several schedulers fetch each feed once per interval.
     """
     async with app.db.read() as s:
-        sources = [src for src in await db.all_sources(s) if src.name in {c.name for c in app.cfg.sources}]
+        sources = [
+            src for src in await sources_store.all_sources(s) if src.name in {c.name for c in app.cfg.sources}
+        ]
     if only is not None:
         sources = [src for src in sources if src.name == only]
         if not sources:
@@ -192,11 +198,11 @@ async def ingest_one(
         )
     except SourceError as exc:
         async with app.db.write() as s:
-            await db.record_fetch(s, source_id, now, error=str(exc))
+            await sources_store.record_fetch(s, source_id, now, error=str(exc))
         log.warning("ingest failed: %s", exc)
         return IngestReport(name, 0, 0, error=str(exc))
     items = [
-        db.NewArticle(
+        sources_store.NewArticle(
             guid=a.guid,
             url=a.url,
             title=a.title,
@@ -210,8 +216,8 @@ async def ingest_one(
         for a in result.articles
     ]
     async with app.db.write() as s:
-        new = await db.store_articles(s, source_id, items, now) if items else 0
-        await db.record_fetch(
+        new = await sources_store.store_articles(s, source_id, items, now) if items else 0
+        await sources_store.record_fetch(
             s,
             source_id,
             now,
@@ -321,17 +327,17 @@ async def add_subscription(
     # An address erased on the reader's request comes back only through the reader (double opt-in).
     if (
         method in ("operator", "import", "api")
-        and await db.subscriber_by_email(s, key) is None
-        and await db.erased_reader(s, key)
+        and await readers.subscriber_by_email(s, key) is None
+        and await retention.erased_reader(s, key)
     ):
         raise AddressError(f"{email} was erased on request: only the reader can subscribe again")
-    subscriber, _ = await db.get_or_create_subscriber(s, email, key, prefs.name, now)
-    sub = await db.subscription_for(s, subscriber.id, lst.id)
+    subscriber, _ = await readers.get_or_create_subscriber(s, email, key, prefs.name, now)
+    sub = await readers.subscription_for(s, subscriber.id, lst.id)
     if sub is not None and sub.status != SubscriptionStatus.UNSUBSCRIBED:
         if confirmed and sub.status == SubscriptionStatus.PENDING:
             sub.status, sub.confirmed_at = SubscriptionStatus.CONFIRMED, now
             sub.next_due_at = next_slot(sub, lst, now)
-            await db.add_event(
+            await readers.add_event(
                 s, "confirmed", now, subscriber_id=subscriber.id, subscription_id=sub.id, method=method
             )
             return AddResult(sub.id, False, True)
@@ -362,7 +368,7 @@ async def add_subscription(
     if prefs.name and not subscriber.name:
         subscriber.name = prefs.name
     await s.flush()
-    await db.add_event(
+    await readers.add_event(
         s,
         "subscribed",
         now,
@@ -374,7 +380,7 @@ async def add_subscription(
         source=consent.source,
     )
     if confirmed:
-        await db.add_event(
+        await readers.add_event(
             s, "confirmed", now, subscriber_id=subscriber.id, subscription_id=sub.id, method=method
         )
     return AddResult(sub.id, created, True)
@@ -390,8 +396,8 @@ async def unsubscribe(s: AsyncSession, sub: Subscription, method: str, now: date
         method,
         None,
     )
-    await db.skip_outstanding(s, sub.id, now, "reader unsubscribed")
-    await db.add_event(
+    await ledger.skip_outstanding(s, sub.id, now, "reader unsubscribed")
+    await readers.add_event(
         s, "unsubscribed", now, subscriber_id=sub.subscriber_id, subscription_id=sub.id, method=method
     )
     return True
@@ -405,7 +411,12 @@ def _article_url(app: App, article_id: int, url: str | None) -> str:
 
 
 def edition_view(
-    app: App, lst: MailingList, picked: Sequence[db.Candidate], more: int, now: datetime, web_url: str
+    app: App,
+    lst: MailingList,
+    picked: Sequence[compose_store.Candidate],
+    more: int,
+    now: datetime,
+    web_url: str,
 ) -> rendering.EditionView:
     b = app.cfg.branding
     contact = (
@@ -446,7 +457,7 @@ class Draft:
     lst: MailingList
     after_seq: int
     upto_seq: int
-    picked: tuple[db.Candidate, ...]
+    picked: tuple[compose_store.Candidate, ...]
     more: int
 
     @property
@@ -458,7 +469,7 @@ async def draft(
     app: App, s: AsyncSession, lst: MailingList, after_seq: int, upto_seq: int, now: datetime
 ) -> Draft:
     since = now - timedelta(seconds=lst.max_age_seconds)
-    candidates = await db.new_articles_for_list(s, lst.id, after_seq, upto_seq, since)
+    candidates = await compose_store.new_articles_for_list(s, lst.id, after_seq, upto_seq, since)
     chosen = selection.select_articles(candidates, lst.min_articles, lst.max_articles)
     return Draft(lst, after_seq, upto_seq, chosen.chosen, chosen.more)
 
@@ -490,11 +501,11 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
     """
     report = ComposeReport(lst.slug)
     async with app.db.read() as s:
-        upto = await db.list_max_seq(s, lst.id)
-        due = await db.due_readers(s, lst.id, None if manual else now)
+        upto = await compose_store.list_max_seq(s, lst.id)
+        due = await compose_store.due_readers(s, lst.id, None if manual else now)
     if not manual:
         due = await _drop_stale_slots(app, lst, due, now)
-    groups: dict[int, list[db.Slot]] = defaultdict(list)
+    groups: dict[int, list[compose_store.Slot]] = defaultdict(list)
     for slot in due:
         groups[slot.watermark].append(slot)
     del due
@@ -516,31 +527,33 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
                     report.editions.append(edition_id)
                 for (expr, tz), ids in _by_schedule(chunk, lst).items():
                     nxt = schedule.next_due(_cron(expr), ZoneInfo(tz), now)
-                    won = await db.advance_readers(
+                    won = await compose_store.advance_readers(
                         s, lst.id, ids, watermark, upto, nxt, now, None if manual else now
                     )
                     if won:
-                        report.deliveries += await db.insert_digest_deliveries(
+                        report.deliveries += await compose_store.insert_digest_deliveries(
                             s, edition_id, won, watermark, upto, now, suffix
                         )
     return report
 
 
-async def _drop_stale_slots(app: App, lst: MailingList, due: list[db.Slot], now: datetime) -> list[db.Slot]:
+async def _drop_stale_slots(
+    app: App, lst: MailingList, due: list[compose_store.Slot], now: datetime
+) -> list[compose_store.Slot]:
     """Slots missed by more than `[scheduler] catch_up` (the service was down) are not sent late:
     those readers wait for their next slot. Within catch_up, the one missed slot is sent now."""
     horizon = now - app.cfg.scheduler.catch_up
     stale = [s for s in due if s.next_due_at is not None and s.next_due_at < horizon]
     if not stale:
         return due
-    by_watermark: dict[int, list[db.Slot]] = defaultdict(list)
+    by_watermark: dict[int, list[compose_store.Slot]] = defaultdict(list)
     for slot in stale:
         by_watermark[slot.watermark].append(slot)
     async with app.db.write() as s:
         for watermark, slots in by_watermark.items():
             for (expr, tz), ids in _by_schedule(slots, lst).items():
                 nxt = schedule.next_due(_cron(expr), ZoneInfo(tz), now)
-                await db.advance_readers(s, lst.id, ids, watermark, watermark, nxt, now, horizon)
+                await compose_store.advance_readers(s, lst.id, ids, watermark, watermark, nxt, now, horizon)
     log.info(
         "list %s: %d reader(s) missed a slot by more than %s; next slot instead",
         lst.slug,
@@ -551,7 +564,7 @@ async def _drop_stale_slots(app: App, lst: MailingList, due: list[db.Slot], now:
     return [slot for slot in due if slot.id not in gone]
 
 
-def _by_schedule(slots: Sequence[db.Slot], lst: MailingList) -> dict[tuple[str, str], list[int]]:
+def _by_schedule(slots: Sequence[compose_store.Slot], lst: MailingList) -> dict[tuple[str, str], list[int]]:
     """Readers grouped by (cron, time zone): due times are computed once per group, not per reader."""
     out: dict[tuple[str, str], list[int]] = defaultdict(list)
     for slot in slots:
@@ -576,7 +589,7 @@ async def _new_edition(
         created_at=now,
         status=EditionStatus.SENDING,
     )
-    await db.add_edition(s, edition)
+    await ledger.add_edition(s, edition)
     rendered = render_draft(app, d, now, f"{app.base_url}/archive/{d.lst.slug}/{edition.id}")
     subject = f"[Test] {rendered.subject}" if kind == DeliveryKind.TEST else rendered.subject
     edition.subject, edition.html, edition.text = subject, rendered.html, rendered.text
@@ -584,15 +597,15 @@ async def _new_edition(
 
 
 async def _skip_slots(
-    app: App, lst: MailingList, watermark: int, members: Sequence[db.Slot], now: datetime
+    app: App, lst: MailingList, watermark: int, members: Sequence[compose_store.Slot], now: datetime
 ) -> int:
     skipped = 0
     async with app.db.write() as s:
         for (expr, tz), ids in _by_schedule(members, lst).items():
             nxt = schedule.next_due(_cron(expr), ZoneInfo(tz), now)
-            won = await db.advance_readers(s, lst.id, ids, watermark, watermark, nxt, now, now)
+            won = await compose_store.advance_readers(s, lst.id, ids, watermark, watermark, nxt, now, now)
             if won:
-                await db.record_skips(s, won, now, nxt)
+                await compose_store.record_skips(s, won, now, nxt)
                 skipped += len(won)
     return skipped
 
@@ -600,15 +613,15 @@ async def _skip_slots(
 async def compose_due(app: App, now: datetime) -> list[ComposeReport]:
     """One scheduler pass: compose for every reader whose slot has come."""
     async with app.db.read() as s:
-        lists = await db.active_lists(s)
+        lists = await sources_store.active_lists(s)
     return [await compose(app, lst, now, manual=False) for lst in lists]
 
 
 async def reader_subscription(app: App, lst: MailingList, address: str) -> tuple[Subscription, Subscriber]:
     _, key = normalize_address(address)
     async with app.db.read() as s:
-        reader = await db.subscriber_by_email(s, key)
-        sub = await db.subscription_for(s, reader.id, lst.id) if reader else None
+        reader = await readers.subscriber_by_email(s, key)
+        sub = await readers.subscription_for(s, reader.id, lst.id) if reader else None
     if reader is None or sub is None:
         raise UsageError(f"{address} is not subscribed to {lst.slug}")
     return sub, reader
@@ -623,7 +636,7 @@ async def preview(
         sub, _ = await reader_subscription(app, lst, address)
         watermark = sub.watermark
     async with app.db.read() as s:
-        upto = await db.list_max_seq(s, lst.id)
+        upto = await compose_store.list_max_seq(s, lst.id)
         d = await draft(app, s, lst, watermark, upto, now)
     if d.empty:
         return d, rendering.Rendered("", "", "")
@@ -634,7 +647,7 @@ async def queue_test(app: App, lst: MailingList, address: str, now: datetime) ->
     """Queue the digest a new reader would get, to any address, as a test: moves no watermark."""
     to, _ = normalize_address(address)
     async with app.db.read() as s:
-        upto = await db.list_max_seq(s, lst.id)
+        upto = await compose_store.list_max_seq(s, lst.id)
         d = await draft(app, s, lst, 0, upto, now)
     if d.empty:
         raise UsageError(
@@ -642,7 +655,7 @@ async def queue_test(app: App, lst: MailingList, address: str, now: datetime) ->
         )
     async with app.db.write() as s:
         edition_id = await _new_edition(app, s, d, now, DeliveryKind.TEST)
-        new_id = await db.insert_delivery(
+        new_id = await compose_store.insert_delivery(
             s,
             {
                 "kind": DeliveryKind.TEST,
@@ -697,7 +710,7 @@ async def deliver(
 
 
 async def _edition(s: AsyncSession, edition_id: int) -> Edition:
-    found = await db.edition_by_id(s, edition_id)
+    found = await reports_store.edition_by_id(s, edition_id)
     if found is None:
         raise UsageError(f"no edition {edition_id} (see `digest status`)")
     return found
@@ -709,7 +722,7 @@ async def pause_edition(app: App, edition_id: int, reason: str) -> None:
         e = await _edition(s, edition_id)
         if e.status in (EditionStatus.DONE, EditionStatus.CANCELLED):
             raise UsageError(f"edition {edition_id} is {e.status}: nothing to pause")
-        await db.set_edition_status(s, edition_id, EditionStatus.PAUSED, reason)
+        await ledger.set_edition_status(s, edition_id, EditionStatus.PAUSED, reason)
 
 
 async def resume_edition(app: App, edition_id: int, now: datetime) -> None:
@@ -717,21 +730,21 @@ async def resume_edition(app: App, edition_id: int, now: datetime) -> None:
         e = await _edition(s, edition_id)
         if e.status != EditionStatus.PAUSED:
             raise UsageError(f"edition {edition_id} is {e.status}, not paused")
-        await db.set_edition_status(s, edition_id, EditionStatus.SENDING, None)
+        await ledger.set_edition_status(s, edition_id, EditionStatus.SENDING, None)
 
 
 async def cancel_edition(app: App, edition_id: int, now: datetime) -> int:
     """Cancel what has not gone out; those readers get these articles in their next digest."""
     async with app.db.write() as s:
         await _edition(s, edition_id)
-        cancelled = await db.cancel_edition(s, edition_id, now)
+        cancelled = await ledger.cancel_edition(s, edition_id, now)
         for d in cancelled:
             if d.subscription_id is not None and d.from_seq is not None and d.to_seq is not None:
-                await db.rollback_watermark(s, d.subscription_id, d.from_seq, d.to_seq)
+                await ledger.rollback_watermark(s, d.subscription_id, d.from_seq, d.to_seq)
     return len(cancelled)
 
 
 async def resend_edition(app: App, edition_id: int, include_unknown: bool, now: datetime) -> int:
     async with app.db.write() as s:
         await _edition(s, edition_id)
-        return await db.requeue_unsent(s, edition_id, include_unknown, now)
+        return await ledger.requeue_unsent(s, edition_id, include_unknown, now)

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO
 
-from digest import db, pipeline
+from digest import pipeline
 from digest.errors import DigestError
 from digest.models import MailingList
 from digest.schedule import WEEKDAYS
+from digest.store import readers
 
 EXPORT_COLUMNS = [
     "email",
@@ -156,7 +157,7 @@ class _DryRun(Exception):
 
 async def export_rows(app: pipeline.App, list_id: int | None) -> list[dict[str, str]]:
     async with app.db.read() as s:
-        rows = await db.readers(s, list_id)
+        rows = await readers.readers(s, list_id)
     out = []
     for reader, sub, lst in rows:
         out.append(

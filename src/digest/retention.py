@@ -21,8 +21,10 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import db, pipeline
+from digest import pipeline
 from digest.errors import UsageError
+from digest.store import readers
+from digest.store import retention as retention_store
 
 log = logging.getLogger("digest.retention")
 
@@ -61,19 +63,25 @@ async def prune(app: pipeline.App, now: datetime, *, batch_size: int | None = No
             "deliveries": now - r.deliveries,
         }
     )
-    while n := await _batch(app, lambda s: db.trim_raw_batch(s, INBOUND_EVENTS, now - r.raw_bounces, size)):
+    while n := await _batch(
+        app, lambda s: retention_store.trim_raw_batch(s, INBOUND_EVENTS, now - r.raw_bounces, size)
+    ):
         report.trimmed_raw_bounces += n
         report.batches += 1
-    while n := await _batch(app, lambda s: db.delete_old_events(s, now - r.events, KEPT_EVENTS, size)):
+    while n := await _batch(
+        app, lambda s: retention_store.delete_old_events(s, now - r.events, KEPT_EVENTS, size)
+    ):
         report.deleted_events += n
         report.batches += 1
     bodies_before = now - r.edition_bodies
-    while n := await _batch(app, lambda s: db.strip_edition_bodies(s, bodies_before, PRUNED_BODY, size)):
+    while n := await _batch(
+        app, lambda s: retention_store.strip_edition_bodies(s, bodies_before, PRUNED_BODY, size)
+    ):
         report.stripped_editions += n
         report.batches += 1
     while True:
-        async with db.bulk_delete(app.db) as s:
-            n = await db.delete_old_deliveries(s, now - r.deliveries, size)
+        async with retention_store.bulk_delete(app.db) as s:
+            n = await retention_store.delete_old_deliveries(s, now - r.deliveries, size)
         if not n:
             break
         report.deleted_deliveries += n
@@ -102,14 +110,14 @@ async def erase_reader(app: pipeline.App, address: str, now: datetime) -> Erasur
     """Erase a reader's personal data on request, keeping only the hash that suppresses the address."""
     _, key = pipeline.normalize_address(address)
     async with app.db.write() as s:
-        reader = await db.subscriber_by_email(s, key)
+        reader = await readers.subscriber_by_email(s, key)
         if reader is None:
-            if await db.erased_reader(s, key):
+            if await retention_store.erased_reader(s, key):
                 raise UsageError(f"{address} was already erased")
             raise UsageError(f"no reader {address}")
-        subs = await db.subscriptions_of(s, reader.id)
-        scrubbed = await db.erase_subscriber(s, reader, now)
-        await db.add_event(s, "erased", now, subscriber_id=reader.id, method="operator")
-        marker = db.erased_email(key)
+        subs = await readers.subscriptions_of(s, reader.id)
+        scrubbed = await retention_store.erase_subscriber(s, reader, now)
+        await readers.add_event(s, "erased", now, subscriber_id=reader.id, method="operator")
+        marker = retention_store.erased_email(key)
     log.info("reader %s erased on request", reader.id)
     return Erasure(marker, len(subs), scrubbed)

@@ -31,9 +31,10 @@ from zoneinfo import ZoneInfo
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy.exc import IntegrityError
 
-from digest import db, messages, pipeline, rendering, schedule
+from digest import messages, pipeline, rendering, schedule
 from digest.errors import AddressError, UsageError
 from digest.models import DeliveryKind, DeliveryStatus, MailingList, Subscription, SubscriptionStatus
+from digest.store import compose, readers, reports, sources
 
 log = logging.getLogger("digest")
 
@@ -416,31 +417,31 @@ async def _request_confirmation(
     async with app.db.write() as s:
         to_confirm: list[tuple[Subscription, MailingList]] = []
         for slug in signup.lists:
-            lst = await db.list_by_slug(s, slug)
+            lst = await sources.list_by_slug(s, slug)
             if lst is None or not lst.active:
                 continue
             added = await pipeline.add_subscription(
                 s, lst, signup.address, signup.prefs, confirmed=False, now=now, consent=signup.consent,
                 method=method,
             )  # fmt: skip
-            sub = await db.subscription_by_id(s, added.subscription_id)
+            sub = await readers.subscription_by_id(s, added.subscription_id)
             if sub is None:
                 continue
             result.subscription_ids.append(sub.id)
             if sub.status == SubscriptionStatus.CONFIRMED:
                 result.already.append(slug)
                 continue
-            last = await db.last_confirmation_sent(s, sub.id)
+            last = await readers.last_confirmation_sent(s, sub.id)
             if last is not None and now - last < CONFIRM_EVERY:
                 continue
             to_confirm.append((sub, lst))
         if not to_confirm:
             return result
-        reader = await db.subscriber_by_id(s, to_confirm[0][0].subscriber_id)
+        reader = await readers.subscriber_by_id(s, to_confirm[0][0].subscriber_id)
         if reader is None or reader.status != "active":
             return result  # bounced, complained or suppressed: never mail them again
         if hourly_budget is not None:
-            sent = await db.transactional_count_since(s, now - timedelta(hours=1))
+            sent = await readers.transactional_count_since(s, now - timedelta(hours=1))
             if sent >= hourly_budget:
                 log.error(
                     "ALERT: %d confirmation emails in the last hour reached the budget of %d; "
@@ -452,7 +453,7 @@ async def _request_confirmation(
                 return result
         result.delivery_id = await _queue_confirmation(app, s, reader.email, to_confirm, now)
         for sub, lst in to_confirm:
-            await db.add_event(
+            await readers.add_event(
                 s,
                 "confirmation_sent",
                 now,
@@ -488,7 +489,7 @@ async def _queue_confirmation(
             sender_name=sender_name(app),
         ),
     )
-    new_id = await db.insert_delivery(
+    new_id = await compose.insert_delivery(
         s,
         {
             "kind": DeliveryKind.TRANSACTIONAL,
@@ -533,10 +534,10 @@ async def confirm(
     token = None
     async with app.db.write() as s:
         for sub_id, stamp in pairs:
-            sub = await db.subscription_for_update(s, sub_id)
+            sub = await readers.subscription_for_update(s, sub_id)
             if sub is None or _stamp(sub) != stamp:
                 continue
-            lst = await db.list_by_id(s, sub.list_id)
+            lst = await reports.list_by_id(s, sub.list_id)
             if lst is None or not lst.active:
                 continue
             if sub.status == SubscriptionStatus.PENDING:
@@ -544,7 +545,7 @@ async def confirm(
                 sub.confirm_ip = ip
                 sub.confirm_user_agent = clean_text(user_agent or "", TEXT_MAX) or None
                 sub.next_due_at = pipeline.next_slot(sub, lst, now)
-                await db.add_event(
+                await readers.add_event(
                     s,
                     "confirmed",
                     now,
@@ -566,11 +567,11 @@ async def resend_confirmation(
     async with app.db.read() as s:
         slugs, address = [], None
         for sub_id, stamp in pairs:
-            sub = await db.subscription_by_id(s, sub_id)
+            sub = await readers.subscription_by_id(s, sub_id)
             if sub is None or _stamp(sub) != stamp or sub.status != SubscriptionStatus.PENDING:
                 continue
-            lst = await db.list_by_id(s, sub.list_id)
-            reader = await db.subscriber_by_id(s, sub.subscriber_id)
+            lst = await reports.list_by_id(s, sub.list_id)
+            reader = await readers.subscriber_by_id(s, sub.subscriber_id)
             if lst is None or reader is None or (address and reader.email != address):
                 continue
             address = reader.email
@@ -599,11 +600,11 @@ class Reader:
 
 async def reader_for_token(app: pipeline.App, token: str) -> Reader | None:
     async with app.db.read() as s:
-        sub = await db.subscription_by_token(s, token)
-        reader = await db.subscriber_by_id(s, sub.subscriber_id) if sub else None
+        sub = await readers.subscription_by_token(s, token)
+        reader = await readers.subscriber_by_id(s, sub.subscriber_id) if sub else None
         if sub is None or reader is None:
             return None
-        subs = await db.subscriptions_of(s, reader.id)
+        subs = await readers.subscriptions_of(s, reader.id)
     prefs = pipeline.ReaderPrefs(
         name=reader.name,
         cadence=sub.cadence,
@@ -655,16 +656,16 @@ async def change_preferences(
     prefs = pipeline.validate_prefs(prefs)
     outcome = PrefsOutcome()
     async with app.db.write() as s:
-        base = await db.subscription_by_token_for_update(s, token)
-        reader = await db.subscriber_by_id(s, base.subscriber_id) if base else None
+        base = await readers.subscription_by_token_for_update(s, token)
+        reader = await readers.subscriber_by_id(s, base.subscriber_id) if base else None
         if base is None or reader is None:
             return None
         if prefs.name != reader.name:
-            await db.add_event(
+            await readers.add_event(
                 s, "preferences_changed", now, subscriber_id=reader.id, name=[reader.name, prefs.name]
             )
             reader.name, reader.updated_at = prefs.name, now
-        current = await db.subscriptions_of(s, reader.id)
+        current = await readers.subscriptions_of(s, reader.id)
         have = {lst.slug for sub, lst in current if sub.status == SubscriptionStatus.CONFIRMED}
         for sub, lst in current:
             if sub.status != SubscriptionStatus.CONFIRMED:
@@ -679,7 +680,7 @@ async def change_preferences(
                 continue
             sub.cadence, sub.weekday, sub.send_hour, sub.timezone = after
             sub.next_due_at = pipeline.next_slot(sub, lst, _same_day_floor(sub, lst, now))
-            await db.add_event(
+            await readers.add_event(
                 s,
                 "preferences_changed",
                 now,
@@ -704,8 +705,8 @@ async def change_preferences(
 async def unsubscribe_token(app: pipeline.App, token: str, method: str, now: datetime) -> str | None:
     """Leave the token's list; the list's name, or None for an unknown token. Idempotent."""
     async with app.db.write() as s:
-        sub = await db.subscription_by_token_for_update(s, token)
-        lst = await db.list_by_id(s, sub.list_id) if sub else None
+        sub = await readers.subscription_by_token_for_update(s, token)
+        lst = await reports.list_by_id(s, sub.list_id) if sub else None
         if sub is None or lst is None:
             return None
         await pipeline.unsubscribe(s, sub, method, now)
@@ -715,11 +716,11 @@ async def unsubscribe_token(app: pipeline.App, token: str, method: str, now: dat
 async def leave_everything(app: pipeline.App, token: str, now: datetime) -> list[str] | None:
     """Unsubscribe the token's reader from every list; None for an unknown token."""
     async with app.db.write() as s:
-        base = await db.subscription_by_token_for_update(s, token)
+        base = await readers.subscription_by_token_for_update(s, token)
         if base is None:
             return None
         left = []
-        for sub, lst in await db.subscriptions_of(s, base.subscriber_id):
+        for sub, lst in await readers.subscriptions_of(s, base.subscriber_id):
             if sub.status != SubscriptionStatus.UNSUBSCRIBED:
                 await pipeline.unsubscribe(s, sub, "link", now)
                 left.append(lst.name)
@@ -753,10 +754,10 @@ async def handle_unsubscribe_mail(
     if token is None:
         return "not-unsubscribe"
     async with app.db.write() as s:
-        sub = await db.subscription_by_token_for_update(s, token)
+        sub = await readers.subscription_by_token_for_update(s, token)
         if sub is None:
             # Some MTAs fold the case of local parts; the token is long enough to match without it.
-            sub = await db.subscription_by_token_casefold(s, token)
+            sub = await readers.subscription_by_token_casefold(s, token)
         if sub is None:
             log.info("mail to an unknown unsubscribe address ignored")
             return "unknown"
@@ -772,8 +773,8 @@ async def purge_stale_signups(
 ) -> int:
     """Forget signups nobody confirmed within a week (list bombing leaves nothing behind)."""
     async with app.db.write() as s:
-        removed = await db.delete_pending_before(s, now - older_than)
-        await db.delete_readers_without_history(s)
+        removed = await readers.delete_pending_before(s, now - older_than)
+        await readers.delete_readers_without_history(s)
     if removed:
         log.info("purged %d unconfirmed signup(s) older than %s", removed, older_than)
     return removed

@@ -43,10 +43,12 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digest import csrf, db, extract, observability, pipeline, readers_io, signup
+from digest import csrf, extract, observability, pipeline, readers_io, signup
 from digest.errors import DigestError
 from digest.models import SubscriptionStatus
 from digest.rendering import TOKEN_PLACEHOLDER
+from digest.store import migrate, reports, sources
+from digest.store import readers as readers_store
 
 log = logging.getLogger("digest")
 
@@ -231,7 +233,7 @@ class ArticleBatch(BaseModel):
     articles: list[ArticleIn] = Field(min_length=1, max_length=200)
 
 
-def api_article(item: ArticleIn, now: datetime) -> db.NewArticle:
+def api_article(item: ArticleIn, now: datetime) -> sources.NewArticle:
     """Normalize a pushed article exactly as ingest normalizes a feed item."""
     if item.url and not extract.canonical_url(item.url):
         raise ApiError(422, "invalid", "url must be an absolute http(s) URL")
@@ -248,7 +250,7 @@ def api_article(item: ArticleIn, now: datetime) -> db.NewArticle:
     fingerprint = extract.fingerprint(title, text)
     summary_source = signup.clean_text(item.summary, 5000) if item.summary else text
     author = extract.clean_line(signup.clean_text(item.author, 500), 200) if item.author else None
-    return db.NewArticle(
+    return sources.NewArticle(
         guid=extract.clean_line(signup.clean_text(item.guid or "", 1000), 1000)
         or url
         or f"fingerprint:{fingerprint}",
@@ -489,7 +491,7 @@ def create_app(
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         async with app.db.read() as s:
-            await db.ping(s)
+            await reports.ping(s)
         return {"status": "ok"}
 
     @api.get("/readyz", include_in_schema=False)
@@ -497,8 +499,8 @@ def create_app(
         """Ready to serve: the database answers and its schema is the one this code needs."""
         try:
             async with app.db.read() as s:
-                await db.ping(s)
-            await db.check_schema(app.db)
+                await reports.ping(s)
+            await migrate.check_schema(app.db)
         except DigestError as exc:
             return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
         except Exception as exc:
@@ -516,7 +518,7 @@ def create_app(
 
     async def signup_lists(slug: str | None) -> list[dict[str, Any]]:
         async with app.db.read() as s:
-            lists = await db.active_lists(s)
+            lists = await sources.active_lists(s)
         return [
             {
                 "slug": lst.slug,
@@ -664,7 +666,7 @@ def create_app(
 
     async def private_slugs() -> list[str]:
         async with app.db.read() as s:
-            return [lst.slug for lst in await db.active_lists(s) if not lst.public]
+            return [lst.slug for lst in await sources.active_lists(s) if not lst.public]
 
     async def subscribe_form(request: Request) -> Response:
         if (limited := rate_limited(request)) is not None:
@@ -738,10 +740,10 @@ def create_app(
         names, confirmed = [], []
         async with app.db.read() as s:
             for sub_id, stamp in pairs:
-                sub = await db.subscription_by_id(s, sub_id)
+                sub = await readers_store.subscription_by_id(s, sub_id)
                 if sub is None or int(sub.signup_at.timestamp()) != stamp:
                     continue
-                lst = await db.list_by_id(s, sub.list_id)
+                lst = await reports.list_by_id(s, sub.list_id)
                 if lst is None:
                     continue
                 if sub.status == SubscriptionStatus.PENDING:
@@ -846,8 +848,8 @@ def create_app(
         if not _TOKEN.fullmatch(token):
             return unknown(request)
         async with app.db.read() as s:
-            sub = await db.subscription_by_token(s, token)
-            lst = await db.list_by_id(s, sub.list_id) if sub else None
+            sub = await readers_store.subscription_by_token(s, token)
+            lst = await reports.list_by_id(s, sub.list_id) if sub else None
         if sub is None or lst is None:
             return unknown(request)
         if sub.status == SubscriptionStatus.UNSUBSCRIBED:
@@ -903,7 +905,7 @@ def create_app(
         if reader is None:
             return unknown(request)
         async with app.db.read() as s:
-            active = await db.active_lists(s)
+            active = await sources.active_lists(s)
         mine = set(reader.subscribed) | set(reader.pending)
         lists = [
             {
@@ -972,7 +974,7 @@ def create_app(
         fields["list"] = [v for v in form.getlist("list") if isinstance(v, str)]
         fields["email"], fields["consent"] = reader.email, True
         async with app.db.read() as s:
-            known = [lst.slug for lst in await db.active_lists(s)]
+            known = [lst.slug for lst in await sources.active_lists(s)]
         values = {k: signup.clean_text(v, 320) if isinstance(v, str) else v for k, v in fields.items()}
         try:
             item = signup.parse_signup(fields, known, pipeline.Consent(), require_list=False)
@@ -1027,7 +1029,7 @@ def create_app(
     @api.get("/articles/{article_id}", response_class=HTMLResponse, tags=["pages"])
     async def article(request: Request, article_id: int) -> HTMLResponse:
         async with app.db.read() as s:
-            found = await db.article_by_id(s, article_id) if 0 < article_id < 2**62 else None
+            found = await reports.article_by_id(s, article_id) if 0 < article_id < 2**62 else None
         if found is None:
             return message(request, "No such article", status=404)
         content = Markup(extract.sanitize_html(found.content))  # noqa: S704 (sanitized by nh3 just above)
@@ -1041,8 +1043,8 @@ def create_app(
     @api.get("/archive/{slug}", response_class=HTMLResponse, tags=["pages"])
     async def archive(request: Request, slug: str) -> HTMLResponse:
         async with app.db.read() as s:
-            lst = await db.list_by_slug(s, slug)
-            editions = await db.public_editions(s, lst.id) if lst and lst.public else []
+            lst = await sources.list_by_slug(s, slug)
+            editions = await reports.public_editions(s, lst.id) if lst and lst.public else []
         if lst is None or not lst.public:
             return message(request, "No such list", status=404)
         return page(request, "archive.html", list=lst, editions=editions, title=lst.name)
@@ -1050,8 +1052,8 @@ def create_app(
     @api.get("/archive/{slug}/{edition_id}", response_class=HTMLResponse, tags=["pages"])
     async def edition(request: Request, slug: str, edition_id: int) -> Response:
         async with app.db.read() as s:
-            lst = await db.list_by_slug(s, slug)
-            found = await db.edition_by_id(s, edition_id) if 0 < edition_id < 2**62 else None
+            lst = await sources.list_by_slug(s, slug)
+            found = await reports.edition_by_id(s, edition_id) if 0 < edition_id < 2**62 else None
         if lst is None or found is None or found.list_id != lst.id:
             return message(request, "No such digest", status=404)
         if found.kind == "test":
@@ -1106,7 +1108,7 @@ def create_app(
         if slug is None:
             return None
         async with app.db.read() as s:
-            lst = await db.list_by_slug(s, slug)
+            lst = await sources.list_by_slug(s, slug)
         if lst is None:
             raise ApiError(404, "not_found", f"no list {slug!r}")
         return lst.id
@@ -1145,11 +1147,11 @@ def create_app(
         """One reader: subscriptions and recent events."""
         _, key = _address_key(address)
         async with app.db.read() as s:
-            reader = await db.subscriber_by_email(s, key)
+            reader = await readers_store.subscriber_by_email(s, key)
             if reader is None:
                 raise ApiError(404, "not_found", "no such subscriber")
-            subs = await db.subscriptions_of(s, reader.id)
-            events = await db.events_of(s, reader.id)
+            subs = await readers_store.subscriptions_of(s, reader.id)
+            events = await readers_store.events_of(s, reader.id)
         return {
             "email": reader.email,
             "name": reader.name,
@@ -1184,7 +1186,7 @@ def create_app(
         if body.confirmed:
             async with app.db.write() as s:
                 for slug in item.lists:
-                    lst = await db.list_by_slug(s, slug)
+                    lst = await sources.list_by_slug(s, slug)
                     assert lst is not None
                     await pipeline.add_subscription(
                         s,
@@ -1201,8 +1203,8 @@ def create_app(
             if wake is not None:
                 wake.set()
         async with app.db.read() as s:
-            reader = await db.subscriber_by_email(s, item.address.casefold())
-            subs = await db.subscriptions_of(s, reader.id) if reader else []
+            reader = await readers_store.subscriber_by_email(s, item.address.casefold())
+            subs = await readers_store.subscriptions_of(s, reader.id) if reader else []
         return {
             "email": item.address,
             "subscriptions": [{"list": lst.slug, "status": sub.status} for sub, lst in subs],
@@ -1216,14 +1218,14 @@ def create_app(
         _, key = _address_key(address)
         list_id = await list_or_404(list_slug)
         async with app.db.write() as s:
-            reader = await db.subscriber_by_email(s, key)
+            reader = await readers_store.subscriber_by_email(s, key)
             if reader is None:
                 raise ApiError(404, "not_found", "no such subscriber")
             if erase:
-                await db.delete_subscriber(s, reader.id)
+                await readers_store.delete_subscriber(s, reader.id)
                 return {"email": reader.email, "erased": True}
             left = []
-            for sub, lst in await db.subscriptions_of(s, reader.id):
+            for sub, lst in await readers_store.subscriptions_of(s, reader.id):
                 wanted = list_id is None or lst.id == list_id
                 if wanted and await pipeline.unsubscribe(s, sub, "operator", clock()):
                     left.append(lst.slug)
@@ -1235,7 +1237,7 @@ def create_app(
         if name not in {src.name for src in app.cfg.sources}:
             raise ApiError(404, "not_found", f"no source {name!r}")
         async with app.db.read() as s:
-            source = await db.source_by_name(s, name)
+            source = await sources.source_by_name(s, name)
         if source is None:
             raise ApiError(404, "not_found", f"no source {name!r}")
         if source.kind != "api":
@@ -1243,7 +1245,7 @@ def create_app(
         now = clock()
         items = [api_article(a, now) for a in (body.articles if isinstance(body, ArticleBatch) else [body])]
         async with app.db.write() as s:
-            stored = await db.store_articles(s, source.id, items, now)
+            stored = await sources.store_articles(s, source.id, items, now)
         return {"received": len(items), "stored": stored}
 
     api.add_middleware(_Guard, base_origin=base_origin)
@@ -1252,7 +1254,7 @@ def create_app(
 
 async def _active(app: pipeline.App) -> list[Any]:
     async with app.db.read() as s:
-        return list(await db.active_lists(s))
+        return list(await sources.active_lists(s))
 
 
 def _address_key(address: str) -> tuple[str, str]:
@@ -1276,13 +1278,13 @@ def _join(names: list[str]) -> str:
 async def admin_view(app: pipeline.App, now: datetime, hours: int = 24) -> dict[str, Any]:
     """What the admin page shows, read in one transaction."""
     async with app.db.read() as s:
-        lists = list(await db.active_lists(s))
-        readers = await db.list_reader_counts(s, None)
-        editions = await db.edition_counts(s, None, limit=15)
-        sent_times = await db.sent_times_since(s, now - timedelta(hours=hours))
-        events = await db.recent_reader_events(s, ["bounced", "complained", "unsubscribed"], 20)
-        depth, oldest = await db.queue_summary(s, now)
-        sent_last_minute = await db.sent_since(s, now - timedelta(minutes=1))
+        lists = list(await sources.active_lists(s))
+        readers = await reports.list_reader_counts(s, None)
+        editions = await reports.edition_counts(s, None, limit=15)
+        sent_times = await reports.sent_times_since(s, now - timedelta(hours=hours))
+        events = await reports.recent_reader_events(s, ["bounced", "complained", "unsubscribed"], 20)
+        depth, oldest = await reports.queue_summary(s, now)
+        sent_last_minute = await reports.sent_since(s, now - timedelta(minutes=1))
     per_list: dict[str, dict[str, int]] = {lst.slug: {} for lst in lists}
     for slug, status, _, n in readers:
         if slug in per_list:

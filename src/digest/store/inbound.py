@@ -1,0 +1,184 @@
+"""Bounces and complaints: scores, suppression and the inbound events they leave."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from digest.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Edition,
+    EditionStatus,
+    Event,
+    Subscriber,
+)
+
+
+async def mark_delivery_bounced(
+    session: AsyncSession, delivery_id: int, code: int | None, reply: str, now: datetime
+) -> bool:
+    """A DSN proves a delivery we recorded as sent (or unknown) never arrived; the watermark stays."""
+    stmt = (
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.status.in_([DeliveryStatus.SENT, DeliveryStatus.UNKNOWN]),
+        )
+        .values(status=DeliveryStatus.FAILED, smtp_code=code, smtp_reply=reply[:2000], updated_at=now)
+    )
+    return bool((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def bounce_history(session: AsyncSession, subscriber_id: int) -> list[tuple[datetime, str]]:
+    """A reader's bounces since an operator last lifted their suppression, for the Mailman score."""
+    lifted = (
+        select(func.max(Event.created_at))
+        .where(Event.subscriber_id == subscriber_id, Event.kind == "unsuppressed")
+        .scalar_subquery()
+    )
+    stmt = (
+        select(Event.created_at, Event.detail)
+        .where(
+            Event.subscriber_id == subscriber_id,
+            Event.kind == "bounced",
+            or_(lifted.is_(None), Event.created_at > lifted),
+        )
+        .order_by(Event.created_at, Event.id)
+    )
+    rows = (await session.execute(stmt)).all()
+    return [(when, str((detail or {}).get("bounce_class") or "")) for when, detail in rows]
+
+
+async def set_bounce_score(session: AsyncSession, subscriber_id: int, score: float, now: datetime) -> None:
+    """Keep the reader's current soft-bounce score where operators (and `subscribers show`) see it."""
+    await session.execute(
+        update(Subscriber).where(Subscriber.id == subscriber_id).values(bounce_score=score, updated_at=now)
+    )
+
+
+async def inbound_seen(
+    session: AsyncSession, inbound_id: str, subscriber_id: int | None, delivery_id: int | None
+) -> bool:
+    """A mailbox processed twice (or a DSN the MTA sent twice) must not count the same message twice."""
+    cond = [Event.detail["inbound_id"].as_string() == inbound_id]
+    if subscriber_id is not None:
+        cond.append(Event.subscriber_id == subscriber_id)  # uses ix_events_subscriber
+    elif delivery_id is not None:
+        cond.append(Event.delivery_id == delivery_id)
+    stmt = select(Event.id).where(*cond).limit(1)
+    return (await session.execute(stmt)).first() is not None
+
+
+async def last_sent_delivery(session: AsyncSession, subscription_id: int) -> Delivery | None:
+    """The digest a token-only complaint most likely refers to: the reader's latest one that arrived."""
+    stmt = (
+        select(Delivery)
+        .where(
+            Delivery.subscription_id == subscription_id,
+            Delivery.kind == DeliveryKind.DIGEST,
+            Delivery.sent_at.is_not(None),
+        )
+        .order_by(Delivery.sent_at.desc(), Delivery.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def edition_complaint_counts(session: AsyncSession, edition_id: int) -> tuple[int, int]:
+    """(complaints, delivered) for one edition: its complaint rate (STANDARDS item 23)."""
+    complaints = (
+        select(func.count(func.distinct(Event.delivery_id)))
+        .select_from(Event)
+        .join(Delivery, Delivery.id == Event.delivery_id)
+        .where(Event.kind == "complained", Delivery.edition_id == edition_id)
+    )
+    delivered = (
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.edition_id == edition_id, Delivery.status == DeliveryStatus.SENT)
+    )
+    return (
+        int((await session.execute(complaints)).scalar_one()),
+        int((await session.execute(delivered)).scalar_one()),
+    )
+
+
+async def sent_day_complaint_counts(session: AsyncSession, start: datetime, end: datetime) -> tuple[int, int]:
+    """(complaints, delivered) over the digests sent in [start, end): the daily complaint rate."""
+    complaints = (
+        select(func.count(func.distinct(Event.delivery_id)))
+        .select_from(Event)
+        .join(Delivery, Delivery.id == Event.delivery_id)
+        .where(Event.kind == "complained", Delivery.sent_at >= start, Delivery.sent_at < end)
+    )
+    delivered = (
+        select(func.count())
+        .select_from(Delivery)
+        .where(
+            Delivery.kind == DeliveryKind.DIGEST,
+            Delivery.status == DeliveryStatus.SENT,
+            Delivery.sent_at >= start,
+            Delivery.sent_at < end,
+        )
+    )
+    return (
+        int((await session.execute(complaints)).scalar_one()),
+        int((await session.execute(delivered)).scalar_one()),
+    )
+
+
+async def sending_editions(session: AsyncSession) -> list[int]:
+    """Editions still going out: what a complaint-rate alarm pauses."""
+    stmt = select(Edition.id).where(Edition.status == EditionStatus.SENDING).order_by(Edition.id)
+    return [int(i) for i in (await session.execute(stmt)).scalars().all()]
+
+
+async def lift_suppression(session: AsyncSession, subscriber_id: int, now: datetime) -> None:
+    """An operator lets a suppressed reader receive mail again, with a clean bounce score."""
+    await session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id)
+        .values(status="active", bounce_score=0.0, updated_at=now)
+    )
+
+
+async def trim_event_raw(session: AsyncSession, kinds: Sequence[str], before: datetime) -> int:
+    """Raw bounce messages are kept 30 days for diagnosis, then dropped from their events."""
+    stmt = select(Event).where(
+        Event.kind.in_(kinds),
+        Event.created_at < before,
+        Event.detail["raw"].as_string().is_not(None),
+    )
+    trimmed = 0
+    for found in (await session.execute(stmt)).scalars().all():
+        detail = {k: v for k, v in (found.detail or {}).items() if k != "raw"}
+        detail["raw_trimmed"] = True
+        found.detail = detail
+        trimmed += 1
+    await session.flush()
+    return trimmed
+
+
+async def inbound_events_since(
+    session: AsyncSession, kinds: Sequence[str], since: datetime
+) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
+    """(kind, detail, delivery address, reader address) of bounce-inbox events, for the report."""
+    stmt = (
+        select(Event.kind, Event.detail, Delivery.address, Subscriber.email)
+        .outerjoin(Delivery, Delivery.id == Event.delivery_id)
+        .outerjoin(Subscriber, Subscriber.id == Event.subscriber_id)
+        .where(Event.kind.in_(kinds), Event.created_at >= since)
+        .order_by(Event.id)
+    )
+    return [(str(k), dict(d or {}), a, e) for k, d, a, e in (await session.execute(stmt)).all()]

@@ -1,0 +1,218 @@
+"""Readers: subscribers, subscriptions, their events and the signup housekeeping queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    delete,
+    func,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from digest.models import (
+    Delivery,
+    Event,
+    MailingList,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
+
+
+async def subscriber_by_email(session: AsyncSession, email_key: str) -> Subscriber | None:
+    stmt = select(Subscriber).where(Subscriber.email_key == email_key)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_or_create_subscriber(
+    session: AsyncSession, email: str, email_key: str, name: str, now: datetime
+) -> tuple[Subscriber, bool]:
+    found = await subscriber_by_email(session, email_key)
+    if found:
+        return found, False
+    sub = Subscriber(email=email, email_key=email_key, name=name, created_at=now, updated_at=now)
+    session.add(sub)
+    await session.flush()
+    return sub, True
+
+
+async def subscription_for(session: AsyncSession, subscriber_id: int, list_id: int) -> Subscription | None:
+    stmt = select(Subscription).where(
+        Subscription.subscriber_id == subscriber_id, Subscription.list_id == list_id
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def subscription_by_token(session: AsyncSession, token: str) -> Subscription | None:
+    return (
+        await session.execute(select(Subscription).where(Subscription.token == token))
+    ).scalar_one_or_none()
+
+
+async def subscriptions_of(
+    session: AsyncSession, subscriber_id: int
+) -> list[tuple[Subscription, MailingList]]:
+    stmt = (
+        select(Subscription, MailingList)
+        .join(MailingList, MailingList.id == Subscription.list_id)
+        .where(Subscription.subscriber_id == subscriber_id)
+        .order_by(MailingList.slug)
+    )
+    return [(s, lst) for s, lst in (await session.execute(stmt)).all()]
+
+
+async def readers(
+    session: AsyncSession, list_id: int | None
+) -> list[tuple[Subscriber, Subscription, MailingList]]:
+    """Every subscription (optionally of one list) with its reader, for listing and export."""
+    stmt = (
+        select(Subscriber, Subscription, MailingList)
+        .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+        .join(MailingList, MailingList.id == Subscription.list_id)
+        .order_by(Subscriber.email_key, MailingList.slug)
+    )
+    if list_id is not None:
+        stmt = stmt.where(Subscription.list_id == list_id)
+    return [(a, b, c) for a, b, c in (await session.execute(stmt)).all()]
+
+
+async def add_event(
+    session: AsyncSession,
+    kind: str,
+    now: datetime,
+    *,
+    subscriber_id: int | None,
+    subscription_id: int | None = None,
+    delivery_id: int | None = None,
+    **detail: Any,
+) -> None:
+    session.add(
+        Event(
+            subscriber_id=subscriber_id,
+            subscription_id=subscription_id,
+            delivery_id=delivery_id,
+            kind=kind,
+            detail=detail,
+            created_at=now,
+        )
+    )
+
+
+async def events_of(session: AsyncSession, subscriber_id: int, limit: int = 50) -> Sequence[Event]:
+    stmt = (
+        select(Event)
+        .where(Event.subscriber_id == subscriber_id)
+        .order_by(Event.created_at.desc(), Event.id.desc())
+        .limit(limit)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def deliveries_to(session: AsyncSession, address: str, limit: int = 10) -> Sequence[Delivery]:
+    stmt = (
+        select(Delivery)
+        .where(func.lower(Delivery.address) == address.lower())
+        .order_by(Delivery.id.desc())
+        .limit(limit)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def subscription_by_id(session: AsyncSession, subscription_id: int) -> Subscription | None:
+    """A subscription named by a confirmation token (which carries ids, never addresses)."""
+    return await session.get(Subscription, subscription_id)
+
+
+async def subscription_for_update(session: AsyncSession, subscription_id: int) -> Subscription | None:
+    """Lock a subscription while confirming it, so two clicks confirm (and record) it once."""
+    stmt = (
+        select(Subscription)
+        .where(Subscription.id == subscription_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def subscription_by_token_for_update(session: AsyncSession, token: str) -> Subscription | None:
+    """Lock the subscription a link names while it changes, so concurrent clicks record one event."""
+    stmt = (
+        select(Subscription)
+        .where(Subscription.token == token)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def subscription_by_token_casefold(session: AsyncSession, token: str) -> Subscription | None:
+    """Mail to unsub+TOKEN@ may arrive case-folded by an MTA; only a unique match counts."""
+    stmt = select(Subscription).where(func.lower(Subscription.token) == token.lower()).limit(2)
+    found = (await session.execute(stmt)).scalars().all()
+    return found[0] if len(found) == 1 else None
+
+
+async def subscriber_by_id(session: AsyncSession, subscriber_id: int) -> Subscriber | None:
+    """The reader behind a subscription (for the address and global status)."""
+    return await session.get(Subscriber, subscriber_id)
+
+
+async def last_confirmation_sent(session: AsyncSession, subscription_id: int) -> datetime | None:
+    """When this subscription was last mailed a confirmation: at most one per address and list a day."""
+    stmt = select(func.max(Event.created_at)).where(
+        Event.subscription_id == subscription_id, Event.kind == "confirmation_sent"
+    )
+    found: datetime | None = (await session.execute(stmt)).scalar_one_or_none()
+    return found
+
+
+async def transactional_count_since(session: AsyncSession, since: datetime) -> int:
+    """Confirmation emails queued since a time, for the global hourly budget against list bombing."""
+    stmt = (
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.kind == "transactional", Delivery.created_at >= since)
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def delete_pending_before(session: AsyncSession, before: datetime) -> int:
+    """Signups nobody confirmed within the grace period are deleted, not kept as unconsented data."""
+    stmt = delete(Subscription).where(
+        Subscription.status == SubscriptionStatus.PENDING, Subscription.signup_at < before
+    )
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_readers_without_history(session: AsyncSession) -> int:
+    """Addresses left with no subscription and nothing on record that must be kept (consent, bounces)."""
+    has_subscription = select(Subscription.id).where(Subscription.subscriber_id == Subscriber.id).exists()
+    has_history = (
+        select(Event.id)
+        .where(
+            Event.subscriber_id == Subscriber.id,
+            Event.kind.in_(
+                [
+                    "confirmed",
+                    "unsubscribed",
+                    "bounced",
+                    "complained",
+                    "suppressed",
+                    "unsuppressed",
+                    "policy_rejection",
+                ]
+            ),
+        )
+        .exists()
+    )
+    stmt = delete(Subscriber).where(~has_subscription, ~has_history)
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_subscriber(session: AsyncSession, subscriber_id: int) -> None:
+    """Erase a reader on an operator's request: subscriptions and events go with the row."""
+    await session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
