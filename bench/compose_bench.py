@@ -29,10 +29,11 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select, text
 
-from digest import pipeline, store
+from digest import bootstrap, compose, store
 from digest.config import load_config
 from digest.models import Delivery, Subscriber, Subscription
-from digest.store import migrate, sources
+from digest.store import migrate
+from digest.store import sources as sources_store
 
 PG_ADMIN_URL = os.environ.get("DIGEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOW = datetime(2027, 3, 29, 7, 0, tzinfo=UTC)
@@ -54,10 +55,10 @@ def write_config(directory: Path, url: str) -> Path:
     return path
 
 
-async def populate(app: pipeline.App, readers: int, groups: int) -> None:
+async def populate(app: bootstrap.App, readers: int, groups: int) -> None:
     """`groups` + 10 articles; readers spread over `groups` watermarks (0, 1, …), all due now."""
     items = [
-        sources.NewArticle(
+        sources_store.NewArticle(
             guid=f"bench-{n}",
             url=f"https://news.example.com/{n}",
             title=f"Benchmark story number {n}",
@@ -71,10 +72,10 @@ async def populate(app: pipeline.App, readers: int, groups: int) -> None:
         for n in range(groups + 10)
     ]
     async with app.db.write() as s:
-        src = await sources.source_by_name(s, "seeds")
+        src = await sources_store.source_by_name(s, "seeds")
         assert src is not None
-        await sources.store_articles(s, src.id, items, NOW - timedelta(days=1))
-    lst = await pipeline.get_list(app, "demo")
+        await sources_store.store_articles(s, src.id, items, NOW - timedelta(days=1))
+    lst = await bootstrap.get_list(app, "demo")
     batch = 10_000
     for start in range(0, readers, batch):
         n = min(batch, readers - start)
@@ -109,7 +110,7 @@ async def populate(app: pipeline.App, readers: int, groups: int) -> None:
             )  # fmt: skip
 
 
-async def baseline(app: pipeline.App, rows: int) -> float:
+async def baseline(app: bootstrap.App, rows: int) -> float:
     """A plain INSERT … SELECT of `rows` rows (subscription id, address) into a scratch table."""
     async with app.db.write() as s:
         await s.execute(text("CREATE TABLE bench_scratch (subscription_id BIGINT, address VARCHAR(320))"))
@@ -137,24 +138,24 @@ async def measure(url: str, readers: int, groups: int) -> dict[str, float | int 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(write_config(Path(tmp), url), environ={})
         migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-        app = await pipeline.open_app(cfg)
+        app = await bootstrap.open_app(cfg)
         try:
             started = time.perf_counter()
             await populate(app, readers, groups)
             populate_s = time.perf_counter() - started
             base_s = await baseline(app, readers)
-            small = await pipeline.compose_due(app, NOW - timedelta(minutes=2))  # nothing due: warm-up
+            small = await compose.compose_due(app, NOW - timedelta(minutes=2))  # nothing due: warm-up
             assert sum(r.deliveries for r in small) == 0
             rss_before = peak_rss_mb()
             started = time.perf_counter()
-            reports = await pipeline.compose_due(app, NOW)
+            reports = await compose.compose_due(app, NOW)
             tick_s = time.perf_counter() - started
             rss_after = peak_rss_mb()
             async with app.db.read() as s:
                 stored = int((await s.execute(select(func.count()).select_from(Delivery))).scalar_one())
             # The same tick again composes nothing (exactly once) and is the cost of an idle tick.
             started = time.perf_counter()
-            again = await pipeline.compose_due(app, NOW)
+            again = await compose.compose_due(app, NOW)
             idle_s = time.perf_counter() - started
         finally:
             await app.db.close()

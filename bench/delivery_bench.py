@@ -31,7 +31,7 @@ from pathlib import Path
 import aiosmtplib
 from sqlalchemy import insert, select
 
-from digest import pipeline, store
+from digest import bootstrap, compose, sources, store
 from digest.config import load_config
 from digest.models import Subscriber, Subscription
 from digest.store import ledger, migrate
@@ -118,11 +118,11 @@ async def populate(config: Path, readers: int) -> tuple[bytes, float]:
     """Bulk readers, one composed edition; returns one message's bytes and the compose time."""
     cfg = load_config(config, environ={})
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-    app = await pipeline.open_app(cfg)
+    app = await bootstrap.open_app(cfg)
     try:
         now = datetime.now(UTC)
-        await pipeline.ingest_sources(app, now)
-        lst = await pipeline.get_list(app, "demo")
+        await sources.ingest_sources(app, now)
+        lst = await bootstrap.get_list(app, "demo")
         for start in range(0, readers, 20_000):
             chunk = range(start, min(start + 20_000, readers))
             async with app.db.write() as s:
@@ -168,7 +168,7 @@ async def populate(config: Path, readers: int) -> tuple[bytes, float]:
                     ],
                 )
         started = time.perf_counter()
-        report = await pipeline.compose(app, lst, now, manual=True)
+        report = await compose.compose(app, lst, now, manual=True)
         composed = time.perf_counter() - started
         assert report.deliveries == readers, report
         async with app.db.read() as s:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import SmtpSink, write_config
-from digest import alerts, pipeline, store
+from digest import alerts, bootstrap, compose, delivery, readers, sources, store
 from digest.config import load_config
-from digest.store import migrate, sources
+from digest.store import migrate
+from digest.store import sources as sources_store
 
 OPS = "ops@example.com"
 
@@ -60,25 +61,25 @@ async def test_an_alert_storm_sends_one_alert_per_window(
     )  # fmt: skip
     cfg = load_config(path)
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-    app = await pipeline.open_app(cfg)
+    app = await bootstrap.open_app(cfg)
     now = datetime.now(UTC)
     try:
-        await pipeline.ingest_sources(app, now)
+        await sources.ingest_sources(app, now)
         for slug in ("alpha", "beta", "gamma"):
-            lst = await pipeline.get_list(app, slug)
+            lst = await bootstrap.get_list(app, slug)
             async with app.db.write() as s:
                 for i in range(12):
-                    await pipeline.add_subscription(
-                        s, lst, f"{slug}{i}@example.net", pipeline.ReaderPrefs(), confirmed=True, now=now
+                    await readers.add_subscription(
+                        s, lst, f"{slug}{i}@example.net", readers.ReaderPrefs(), confirmed=True, now=now
                     )
-            await pipeline.compose(app, lst, now, manual=True)
+            await compose.compose(app, lst, now, manual=True)
         smtp_sink.reply_for = lambda address, n: (
             None if address == OPS else "550 5.7.1 relaying denied by policy"
         )
         clock = [now]
         notifier = alerts.Notifier(app, clock=lambda: clock[0])
         async with alerts.watching(notifier):
-            stats = await pipeline.deliver(app, pipeline.utcnow, once=True)
+            stats = await delivery.deliver_due(app, bootstrap.utcnow, once=True)
         assert len(stats.paused) == 3  # three editions, each tripped its breaker
         assert len(smtp_sink.to(OPS)) == 1 and len(hooks) == 1
         assert hooks[0]["kind"] == "edition_paused" and "5.7.1" in hooks[0]["title"]
@@ -106,16 +107,18 @@ async def test_checks_find_failing_sources_an_old_queue_and_policy_rejections(
     )  # fmt: skip
     cfg = load_config(path)
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-    app = await pipeline.open_app(cfg)
+    app = await bootstrap.open_app(cfg)
     now = datetime.now(UTC)
     try:
-        await pipeline.ingest_sources(app, now - timedelta(hours=3))
-        lst = await pipeline.get_list(app, "demo")
-        await pipeline.queue_test(app, lst, "ann@example.com", now - timedelta(hours=1))
+        await sources.ingest_sources(app, now - timedelta(hours=3))
+        lst = await bootstrap.get_list(app, "demo")
+        await compose.queue_test(app, lst, "ann@example.com", now - timedelta(hours=1))
         async with app.db.write() as s:
-            source = await sources.source_by_name(s, "seeds")
+            source = await sources_store.source_by_name(s, "seeds")
             assert source is not None
-            await sources.record_fetch(s, source.id, now - timedelta(minutes=5), error="feed answered 503")
+            await sources_store.record_fetch(
+                s, source.id, now - timedelta(minutes=5), error="feed answered 503"
+            )
         notifier = alerts.Notifier(app, clock=lambda: now)
         sent = await alerts.check_and_notify(notifier, now)
         assert {a.kind for a in sent} == {"source_failing", "queue_age"}

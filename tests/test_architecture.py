@@ -83,7 +83,7 @@ def test_edges_never_import_the_pipeline_or_the_front_ends(module: str) -> None:
     assert not digest_imports(module) & {"pipeline", "cli", "web", "scheduler", "service"}
 
 
-@pytest.mark.parametrize("module", ["web", "scheduler", "pipeline", "service", "delivery"])
+@pytest.mark.parametrize("module", ["web", "scheduler", "compose", "readers", "service", "delivery"])
 def test_nothing_but_the_entry_point_imports_the_cli(module: str) -> None:
     assert "cli" not in digest_imports(module)
 

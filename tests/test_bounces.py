@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from conftest import free_port, write_config
-from digest import bounces, pipeline, store
+from digest import bootstrap, bounces, compose, delivery, readers, sources, store
 from digest.cli import app as cli_app
 from digest.config import load_config
 from digest.errors import UsageError
@@ -65,19 +65,19 @@ TOKENS = {1011: TOKEN, 1012: REDACTED_TOKEN}
 
 async def open_project(
     directory: Path, url: str, smtp_port: int | None = 2525, extra: str = ""
-) -> pipeline.App:
+) -> bootstrap.App:
     cfg = load_config(
         write_config(directory, database_url=url, smtp_port=smtp_port, extra=BOUNCE_SECTION + extra),
         environ={},
     )
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-    app = await pipeline.open_app(cfg)
+    app = await bootstrap.open_app(cfg)
     # The fixtures were signed with KEY; the config's key signs what this project sends.
     return dataclasses.replace(app, keys=[*app.keys, KEY])
 
 
 @pytest.fixture
-async def project(tmp_path: Path, database_url: str) -> AsyncIterator[pipeline.App]:
+async def project(tmp_path: Path, database_url: str) -> AsyncIterator[bootstrap.App]:
     app = await open_project(tmp_path, database_url)
     try:
         yield app
@@ -86,7 +86,7 @@ async def project(tmp_path: Path, database_url: str) -> AsyncIterator[pipeline.A
 
 
 @pytest.fixture
-async def lite(tmp_path: Path) -> AsyncIterator[pipeline.App]:
+async def lite(tmp_path: Path) -> AsyncIterator[bootstrap.App]:
     """SQLite only, for behaviour that does not depend on the store."""
     app = await open_project(tmp_path, f"sqlite:///{tmp_path}/digest.db")
     try:
@@ -96,14 +96,14 @@ async def lite(tmp_path: Path) -> AsyncIterator[pipeline.App]:
 
 
 async def seed(
-    app: pipeline.App,
+    app: bootstrap.App,
     readers: dict[int, str],
     *,
     edition_status: str = "done",
     sent_at: datetime = NOW - timedelta(hours=1),
 ) -> int:
     """One confirmed reader per address and one sent digest per delivery id (ids chosen by the test)."""
-    lst = await pipeline.get_list(app, "demo")
+    lst = await bootstrap.get_list(app, "demo")
     async with app.db.write() as s:
         edition = Edition(
             list_id=lst.id, article_ids=[], subject="Demo", html="<p>x</p>", text="x",
@@ -166,7 +166,7 @@ def dsn(
     ).encode()
 
 
-async def state(app: pipeline.App, delivery_id: int) -> tuple[str, str, list[str]]:
+async def state(app: bootstrap.App, delivery_id: int) -> tuple[str, str, list[str]]:
     """(delivery status, reader status, event kinds oldest first) for one delivery."""
     async with app.db.read() as s:
         d = await s.get(Delivery, delivery_id)
@@ -181,7 +181,7 @@ async def state(app: pipeline.App, delivery_id: int) -> tuple[str, str, list[str
         return d.status, reader.status, list(kinds)
 
 
-async def snapshot(app: pipeline.App) -> tuple[Any, ...]:
+async def snapshot(app: bootstrap.App) -> tuple[Any, ...]:
     async with app.db.read() as s:
         events = (await s.execute(select(func.count()).select_from(Event))).scalar_one()
         deliveries = (await s.execute(select(Delivery.id, Delivery.status).order_by(Delivery.id))).all()
@@ -226,7 +226,7 @@ EXPECTED = {
 
 
 async def test_every_fixture_ends_in_the_right_state_and_a_second_run_changes_nothing(
-    project: pipeline.App, tmp_path: Path
+    project: bootstrap.App, tmp_path: Path
 ) -> None:
     await seed(project, READERS)
     result = await bounces.process_path(project, fixture_folder(tmp_path), NOW)
@@ -277,7 +277,7 @@ async def test_every_fixture_ends_in_the_right_state_and_a_second_run_changes_no
 
 
 async def test_mailto_unsubscribe_fixture_unsubscribes_its_reader_without_a_reply(
-    lite: pipeline.App, tmp_path: Path
+    lite: bootstrap.App, tmp_path: Path
 ) -> None:
     await seed(lite, {1011: "complainer@yahoo.com"})
     result = await bounces.process_path(lite, FIXTURES / "mailto-unsubscribe.eml", NOW)
@@ -294,7 +294,7 @@ async def test_mailto_unsubscribe_fixture_unsubscribes_its_reader_without_a_repl
 
 
 async def test_policy_rejection_warns_with_delivery_and_edition_and_keeps_the_reader(
-    lite: pipeline.App, caplog: pytest.LogCaptureFixture
+    lite: bootstrap.App, caplog: pytest.LogCaptureFixture
 ) -> None:
     edition = await seed(lite, {1007: "reader@yahoo.com"})
     with caplog.at_level(logging.WARNING, logger="digest.bounces"):
@@ -308,7 +308,7 @@ async def test_policy_rejection_warns_with_delivery_and_edition_and_keeps_the_re
 
 
 async def test_maildir_and_mbox_of_mixed_bounces_give_a_correct_report(
-    lite: pipeline.App, tmp_path: Path
+    lite: bootstrap.App, tmp_path: Path
 ) -> None:
     await seed(lite, READERS)
     maildir = mailbox.Maildir(str(tmp_path / "Maildir"), create=True)
@@ -343,7 +343,7 @@ async def test_maildir_and_mbox_of_mixed_bounces_give_a_correct_report(
 
 
 async def test_forged_and_unknown_verp_addresses_change_nothing_and_are_counted(
-    lite: pipeline.App, tmp_path: Path
+    lite: bootstrap.App, tmp_path: Path
 ) -> None:
     await seed(lite, {1001: "nouser@example.org", 1014: "victim@example.org"})
     real = verp_address(1001, KEY, DOMAIN)
@@ -368,7 +368,7 @@ async def test_forged_and_unknown_verp_addresses_change_nothing_and_are_counted(
 
 
 async def test_soft_bounces_are_scored_once_a_day_and_suppress_above_the_limit(
-    project: pipeline.App,
+    project: bootstrap.App,
 ) -> None:
     """Mailman's rule through the database: +0.5 a day, reset after 7 quiet days, suppress above 5."""
     days = [0, 0, 1, 2, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
@@ -406,7 +406,7 @@ async def test_soft_bounces_are_scored_once_a_day_and_suppress_above_the_limit(
     assert scores[-1] == ("soft", 5.5, "bounced")
 
 
-async def test_unsuppress_records_the_reason_and_scoring_starts_again(project: pipeline.App) -> None:
+async def test_unsuppress_records_the_reason_and_scoring_starts_again(project: bootstrap.App) -> None:
     await seed(project, {3001: "back@example.org", 3002: "back@example.org"})
     await bounces.handle_message(project, dsn(verp_address(3001, KEY, DOMAIN), "back@example.org"), None, NOW)
     with pytest.raises(UsageError, match="--reason"):
@@ -439,7 +439,7 @@ async def test_unsuppress_records_the_reason_and_scoring_starts_again(project: p
 
 
 async def test_complaint_rate_warns_then_pauses_the_edition_and_alerts(
-    project: pipeline.App, caplog: pytest.LogCaptureFixture
+    project: bootstrap.App, caplog: pytest.LogCaptureFixture
 ) -> None:
     """STANDARDS item 23 with synthetic data: 1 complaint in 400 is 0.25%: a warning at the default
     0.3% pause threshold, a pause and an ALERT at a 0.2% threshold; a second complaint (0.5%)
@@ -491,7 +491,7 @@ async def test_complaint_rate_warns_then_pauses_the_edition_and_alerts(
 
 
 async def test_inbox_accepts_only_bounce_and_unsubscribe_addresses_on_the_bounce_domain(
-    lite: pipeline.App,
+    lite: bootstrap.App,
 ) -> None:
     inbox = await bounces.start_inbox(lite, "127.0.0.1", free_port())
     try:
@@ -559,15 +559,15 @@ async def test_a_dsn_from_a_real_relay_reaches_the_inbox_and_suppresses_the_read
     host, port = bounces.parse_listen(app.cfg.bounce.listen or "")
     inbox = await bounces.start_inbox(app, host, port)
     try:
-        await pipeline.ingest_sources(app, NOW)
-        lst = await pipeline.get_list(app, "demo")
+        await sources.ingest_sources(app, NOW)
+        lst = await bootstrap.get_list(app, "demo")
         async with app.db.write() as s:
             for address in ("alive@example.org", "dead@example.org"):
-                await pipeline.add_subscription(
-                    s, lst, address, pipeline.ReaderPrefs(), confirmed=True, now=NOW
+                await readers.add_subscription(
+                    s, lst, address, readers.ReaderPrefs(), confirmed=True, now=NOW
                 )
-        assert (await pipeline.compose(app, lst, NOW, manual=True)).deliveries == 2
-        stats = await pipeline.deliver(app, lambda: NOW)
+        assert (await compose.compose(app, lst, NOW, manual=True)).deliveries == 2
+        stats = await delivery.deliver_due(app, lambda: NOW)
         assert stats.sent == 2
 
         deadline = time.monotonic() + 15

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from conftest import SmtpSink, write_config
-from digest import pipeline, store
+from digest import bootstrap, sources, store
 from digest.config import load_config
 from digest.models import Delivery, Subscriber, Subscription
 from digest.store import migrate
@@ -61,10 +61,10 @@ def setup(tmp_path: Path, url: str, port: int, readers: int) -> Path:
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
 
     async def fill() -> None:
-        app = await pipeline.open_app(cfg)
+        app = await bootstrap.open_app(cfg)
         try:
-            await pipeline.ingest_sources(app, datetime.now(UTC))
-            lst = await pipeline.get_list(app, "demo")
+            await sources.ingest_sources(app, datetime.now(UTC))
+            lst = await bootstrap.get_list(app, "demo")
             now = datetime.now(UTC)
             async with app.db.write() as s:
                 # Bulk rows: the subject here is sending, not signing up (test_store covers that).
@@ -110,7 +110,7 @@ def db_sent(config: Path) -> int:
     cfg = load_config(config, environ={})
 
     async def count() -> int:
-        database = pipeline.open_database(cfg)
+        database = bootstrap.open_database(cfg)
         try:
             async with database.read() as s:
                 stmt = select(func.count()).select_from(Delivery).where(Delivery.status == "sent")
@@ -188,10 +188,10 @@ def test_three_workers_on_one_postgres_deliver_each_message_exactly_once(
     cfg = load_config(config, environ={})
 
     async def compose() -> int:
-        app = await pipeline.open_app(cfg)
+        app = await bootstrap.open_app(cfg)
         try:
-            lst = await pipeline.get_list(app, "demo")
-            return (await pipeline.compose(app, lst, datetime.now(UTC), manual=True)).deliveries
+            lst = await bootstrap.get_list(app, "demo")
+            return (await compose.compose(app, lst, datetime.now(UTC), manual=True)).deliveries
         finally:
             await app.db.close()
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import SmtpSink, free_port, write_config
-from digest import pipeline, store
+from digest import bootstrap, compose, delivery, editions, readers, sources, store
 from digest.config import load_config
 from digest.models import Delivery, Edition, Event, Subscriber
 from digest.store import migrate
@@ -18,7 +18,7 @@ from digest.store import migrate
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-async def open_project(tmp_path: Path, url: str, smtp: str) -> pipeline.App:
+async def open_project(tmp_path: Path, url: str, smtp: str) -> bootstrap.App:
     path = write_config(tmp_path, database_url=url, smtp_port=None)
     text = path.read_text()
     start = text.index("[capture]")
@@ -26,7 +26,7 @@ async def open_project(tmp_path: Path, url: str, smtp: str) -> pipeline.App:
     path.write_text(text[:start] + smtp + "\n[capture]\nenabled = false\n\n" + text[end:])
     cfg = load_config(path, environ={})
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-    return await pipeline.open_app(cfg)
+    return await bootstrap.open_app(cfg)
 
 
 def relay(port: int, **extra: str) -> str:
@@ -36,7 +36,7 @@ def relay(port: int, **extra: str) -> str:
 
 
 @pytest.fixture
-async def app(tmp_path: Path, smtp_sink: SmtpSink) -> AsyncIterator[pipeline.App]:
+async def app(tmp_path: Path, smtp_sink: SmtpSink) -> AsyncIterator[bootstrap.App]:
     a = await open_project(tmp_path, f"sqlite:///{tmp_path}/digest.db", relay(smtp_sink.port))
     try:
         yield a
@@ -44,51 +44,51 @@ async def app(tmp_path: Path, smtp_sink: SmtpSink) -> AsyncIterator[pipeline.App
         await a.db.close()
 
 
-async def compose_for(app: pipeline.App, *names: str) -> None:
-    await pipeline.ingest_sources(app, NOW)
-    lst = await pipeline.get_list(app, "demo")
+async def compose_for(app: bootstrap.App, *names: str) -> None:
+    await sources.ingest_sources(app, NOW)
+    lst = await bootstrap.get_list(app, "demo")
     async with app.db.write() as s:
         for name in names:
-            await pipeline.add_subscription(
-                s, lst, f"{name}@example.com", pipeline.ReaderPrefs(), confirmed=True, now=NOW
+            await readers.add_subscription(
+                s, lst, f"{name}@example.com", readers.ReaderPrefs(), confirmed=True, now=NOW
             )
-    await pipeline.compose(app, lst, NOW, manual=True)
+    await compose.compose(app, lst, NOW, manual=True)
 
 
-async def statuses(app: pipeline.App) -> dict[str, str]:
+async def statuses(app: bootstrap.App) -> dict[str, str]:
     async with app.db.read() as s:
         return {d.address: d.status for d in (await s.execute(select(Delivery))).scalars()}
 
 
 async def test_421_on_one_reader_reconnects_and_the_rest_of_the_batch_goes_out(
-    app: pipeline.App, smtp_sink: SmtpSink
+    app: bootstrap.App, smtp_sink: SmtpSink
 ) -> None:
     smtp_sink.reply_for = lambda a, n: "421 4.3.2 shutting down" if a == "r3@example.com" and n == 1 else None
     await compose_for(app, *(f"r{i}" for i in range(8)))
-    first = await pipeline.deliver(app, lambda: NOW)
+    first = await delivery.deliver_due(app, lambda: NOW)
     assert (first.sent, first.deferred) == (7, 1)
     assert (await statuses(app))["r3@example.com"] == "deferred"
-    later = await pipeline.deliver(app, lambda: NOW + timedelta(hours=1))
+    later = await delivery.deliver_due(app, lambda: NOW + timedelta(hours=1))
     assert later.sent == 1
     assert len({r for m in smtp_sink.messages for r in m.rcpt_tos}) == 8
 
 
-async def test_452_is_deferred_and_retried(app: pipeline.App, smtp_sink: SmtpSink) -> None:
+async def test_452_is_deferred_and_retried(app: bootstrap.App, smtp_sink: SmtpSink) -> None:
     smtp_sink.reply_for = lambda a, n: "452 4.2.2 Mailbox full" if n == 1 else None
     await compose_for(app, "ann")
-    assert (await pipeline.deliver(app, lambda: NOW)).deferred == 1
+    assert (await delivery.deliver_due(app, lambda: NOW)).deferred == 1
     async with app.db.read() as s:
         d = (await s.execute(select(Delivery))).scalar_one()
     assert d.next_attempt_at > NOW + timedelta(minutes=3)
-    assert (await pipeline.deliver(app, lambda: NOW + timedelta(hours=1))).sent == 1
+    assert (await delivery.deliver_due(app, lambda: NOW + timedelta(hours=1))).sent == 1
 
 
 async def test_550_user_unknown_fails_and_suppresses_that_reader(
-    app: pipeline.App, smtp_sink: SmtpSink
+    app: bootstrap.App, smtp_sink: SmtpSink
 ) -> None:
     smtp_sink.reply_for = lambda a, n: "550 5.1.1 User unknown" if a == "gone@example.com" else None
     await compose_for(app, "gone", "ann")
-    stats = await pipeline.deliver(app, lambda: NOW)
+    stats = await delivery.deliver_due(app, lambda: NOW)
     assert (stats.sent, stats.failed) == (1, 1)
     async with app.db.read() as s:
         reader = (
@@ -102,11 +102,11 @@ async def test_550_user_unknown_fails_and_suppresses_that_reader(
 
 
 async def test_554_5_7_1_to_everyone_pauses_the_edition_instead_of_failing_the_list(
-    app: pipeline.App, smtp_sink: SmtpSink
+    app: bootstrap.App, smtp_sink: SmtpSink
 ) -> None:
     smtp_sink.reply_for = lambda a, n: "554 5.7.1 DMARC policy violation"
     await compose_for(app, *(f"r{i}" for i in range(30)))
-    stats = await pipeline.deliver(app, lambda: NOW)
+    stats = await delivery.deliver_due(app, lambda: NOW)
     assert stats.paused and "5.7.1" in stats.paused[0]
     assert stats.failed == 0
     async with app.db.read() as s:
@@ -114,18 +114,18 @@ async def test_554_5_7_1_to_everyone_pauses_the_edition_instead_of_failing_the_l
     assert edition.status == "paused" and "5.7.1" in (edition.pause_reason or "")
     assert set((await statuses(app)).values()) == {"pending"}
     smtp_sink.reply_for = None
-    await pipeline.resume_edition(app, edition.id, NOW)
-    assert (await pipeline.deliver(app, lambda: NOW)).sent == 30
+    await editions.resume_edition(app, edition.id, NOW)
+    assert (await delivery.deliver_due(app, lambda: NOW)).sent == 30
 
 
 async def test_a_server_that_stalls_after_data_leaves_the_message_unknown_and_unsent(
-    app: pipeline.App, smtp_sink: SmtpSink
+    app: bootstrap.App, smtp_sink: SmtpSink
 ) -> None:
     smtp_sink.data_delay = lambda rcpts: 2.5
     await compose_for(app, "ann")
-    assert (await pipeline.deliver(app, lambda: NOW)).unknown == 1
+    assert (await delivery.deliver_due(app, lambda: NOW)).unknown == 1
     smtp_sink.data_delay = None
-    again = await pipeline.deliver(app, lambda: NOW + timedelta(days=1))
+    again = await delivery.deliver_due(app, lambda: NOW + timedelta(days=1))
     assert again.counts() == dict.fromkeys(again.counts(), 0)
     assert (await statuses(app)) == {"ann@example.com": "unknown"}
 
@@ -139,7 +139,7 @@ async def test_a_refused_relay_fails_over_to_the_next_one(tmp_path: Path, smtp_s
     app = await open_project(tmp_path, f"sqlite:///{tmp_path}/digest.db", relays)
     try:
         await compose_for(app, "ann", "bob", "cy")
-        stats = await pipeline.deliver(app, lambda: NOW)
+        stats = await delivery.deliver_due(app, lambda: NOW)
         assert stats.sent == 3
         async with app.db.read() as s:
             used = {d.relay for d in (await s.execute(select(Delivery))).scalars()}
@@ -155,7 +155,7 @@ async def test_starttls_required_but_not_offered_sends_nothing_in_plaintext(
     app = await open_project(tmp_path, f"sqlite:///{tmp_path}/digest.db", smtp)
     try:
         await compose_for(app, "ann")
-        stats = await pipeline.deliver(app, lambda: NOW)
+        stats = await delivery.deliver_due(app, lambda: NOW)
         assert stats.deferred == 1 and smtp_sink.messages == []
         async with app.db.read() as s:
             d = (await s.execute(select(Delivery))).scalar_one()
@@ -171,7 +171,7 @@ async def test_rate_limit_spaces_messages(tmp_path: Path, smtp_sink: SmtpSink) -
         import time
 
         started = time.monotonic()
-        assert (await pipeline.deliver(app, lambda: NOW)).sent == 12
+        assert (await delivery.deliver_due(app, lambda: NOW)).sent == 12
         assert time.monotonic() - started >= 0.5  # 12 messages at 20/s need at least ~0.55 s
     finally:
         await app.db.close()
@@ -187,7 +187,7 @@ async def test_a_static_cap_per_recipient_domain_spaces_that_domain_only(
         import time
 
         started = time.monotonic()
-        assert (await pipeline.deliver(app, lambda: NOW)).sent == 8
+        assert (await delivery.deliver_due(app, lambda: NOW)).sent == 8
         assert time.monotonic() - started >= 0.6  # 8 messages to example.com at 10/s
     finally:
         await app.db.close()

@@ -12,7 +12,7 @@ import dkim
 import pytest
 
 from conftest import SmtpSink, write_config
-from digest import pipeline, store
+from digest import bootstrap, compose, delivery, readers, sources, store
 from digest.config import load_config
 from digest.dkim_sign import load_key, public_record
 from digest.errors import ConfigError
@@ -44,16 +44,16 @@ async def signed_mail(
         environ={},
     )
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-    app = await pipeline.open_app(cfg)
+    app = await bootstrap.open_app(cfg)
     try:
-        await pipeline.ingest_sources(app, NOW)
-        lst = await pipeline.get_list(app, "demo")
+        await sources.ingest_sources(app, NOW)
+        lst = await bootstrap.get_list(app, "demo")
         async with app.db.write() as s:
-            await pipeline.add_subscription(
-                s, lst, "ann@example.com", pipeline.ReaderPrefs(), confirmed=True, now=NOW
+            await readers.add_subscription(
+                s, lst, "ann@example.com", readers.ReaderPrefs(), confirmed=True, now=NOW
             )
-        await pipeline.compose(app, lst, NOW, manual=True)
-        assert (await pipeline.deliver(app, lambda: NOW)).sent == 1
+        await compose.compose(app, lst, NOW, manual=True)
+        assert (await delivery.deliver_due(app, lambda: NOW)).sent == 1
         record = public_record(load_key("news.example.com", "d2026", key))
         yield smtp_sink.to("ann@example.com")[0].data, record
     finally:

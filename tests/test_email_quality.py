@@ -138,7 +138,7 @@ def edition(**changes: object) -> EditionView:
 
 
 def views_from(parsed: list[ingest.ParsedArticle], source: str) -> list[ArticleView]:
-    """ArticleViews exactly as pipeline.edition_view makes them from stored articles."""
+    """ArticleViews exactly as compose.edition_view makes them from stored articles."""
     return [
         ArticleView(
             title=a.title,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from conftest import SmtpSink
-from digest import pipeline, signup
+from digest import readers, signup_form
 from digest.models import Article, Subscriber, Subscription
 from test_web import API_TOKEN, RELAXED, Site, open_site
 
@@ -98,20 +98,20 @@ def assert_nothing_stored_is_garbage(loop: asyncio.AbstractEventLoop, site: Site
     async def check() -> None:
         async with site.app.db.read() as s:
             for reader in (await s.execute(select(Subscriber))).scalars():
-                assert pipeline.normalize_address(reader.email)[0] == reader.email
-                assert signup.clean_name(reader.name) == reader.name
+                assert readers.normalize_address(reader.email)[0] == reader.email
+                assert signup_form.clean_name(reader.name) == reader.name
             for sub in (await s.execute(select(Subscription))).scalars():
                 assert sub.cadence in ("default", "daily", "weekly")
                 assert sub.send_hour is None or 0 <= sub.send_hour <= 23
                 assert sub.weekday is None or 0 <= sub.weekday <= 6
-                assert sub.timezone is None or signup.valid_zone(sub.timezone)
+                assert sub.timezone is None or signup_form.valid_zone(sub.timezone)
                 for text in (
                     sub.signup_source,
                     sub.signup_referer,
                     sub.signup_user_agent,
                     sub.consent_text_version,
                 ):
-                    assert text is None or text == signup.clean_text(text, 500)
+                    assert text is None or text == signup_form.clean_text(text, 500)
             for article in (await s.execute(select(Article))).scalars():
                 assert article.title == " ".join(article.title.split()) and "\x00" not in article.title
                 assert "<script" not in article.content and "onerror" not in article.content

@@ -49,7 +49,7 @@ from hypothesis.stateful import (
 from sqlalchemy import func, select, text
 
 from conftest import SmtpSink, write_config
-from digest import pipeline, selection, signup, store
+from digest import bootstrap, compose, delivery, preferences, readers, selection, store
 from digest.config import load_config
 from digest.models import (
     Article,
@@ -61,7 +61,8 @@ from digest.models import (
     Subscriber,
     Subscription,
 )
-from digest.store import compose, ledger, migrate
+from digest.store import compose as compose_store
+from digest.store import ledger, migrate
 from digest.store import sources as sources_store
 
 LONG = os.environ.get("DIGEST_LONG") == "1"
@@ -76,7 +77,7 @@ READERS = ("r0@example.com", "r1@example.com", "r2@example.com")
 ZONES = ("Europe/Berlin", "America/New_York", "Pacific/Auckland", "Asia/Kolkata", "UTC")
 OUTSTANDING = ("pending", "sending", "deferred")
 HARD = "550 5.1.1 <{}>: user unknown"
-# compose.insert_digest_deliveries keys a digest by (subscription, from_seq, to_seq): after a failure
+# compose_store.insert_digest_deliveries keys a digest by (subscription, from_seq, to_seq): after a failure
 # rolls the watermark back, recomposing the same range collides and the articles are lost (the
 # model finds this). Set to True together with the fix that adds the edition to the key.
 DEDUPE_KEY_HAS_EDITION = True
@@ -163,8 +164,8 @@ class Prefs:
     weekday: int | None = None
     timezone: str | None = None
 
-    def reader_prefs(self) -> pipeline.ReaderPrefs:
-        return pipeline.ReaderPrefs(
+    def reader_prefs(self) -> readers.ReaderPrefs:
+        return readers.ReaderPrefs(
             cadence=self.cadence, weekday=self.weekday, send_hour=self.send_hour, timezone=self.timezone
         )
 
@@ -308,14 +309,14 @@ def _ns_list(spec: ListSpec) -> SimpleNamespace:
 
 
 def next_slot(sub: MSub, spec: ListSpec, after: datetime) -> datetime:
-    return pipeline.next_slot(_ns_sub(sub), _ns_list(spec), after)  # type: ignore[arg-type]
+    return readers.next_slot(_ns_sub(sub), _ns_list(spec), after)  # type: ignore[arg-type]
 
 
 @dataclass
 class ModelStore:
-    """The store as dictionaries; compose and deliver follow pipeline.compose and delivery.settle.
+    """The store as dictionaries; compose and deliver follow compose.compose and delivery.settle.
 
-    Like compose.insert_digest_deliveries, a digest's dedupe key is (reader, list, from_seq, to_seq)."""
+    Like compose_store.insert_digest_deliveries, a digest's dedupe key is (reader, list, from_seq, to_seq)."""
 
     modes: dict[str, str] = field(default_factory=dict)
     seq: int = 0
@@ -362,7 +363,7 @@ class ModelStore:
             if r != reader or sub.status != "confirmed" or sub.prefs == prefs:
                 continue
             sub.prefs = prefs
-            floor = signup._same_day_floor(_ns_sub(sub), _ns_list(LISTS[slug]), now)  # type: ignore[arg-type]
+            floor = preferences._same_day_floor(_ns_sub(sub), _ns_list(LISTS[slug]), now)  # type: ignore[arg-type]
             sub.next_due_at = next_slot(sub, LISTS[slug], floor)
 
     def _sendable(self, reader: str, sub: MSub) -> bool:
@@ -514,17 +515,17 @@ class RealStore:
 
     config: Path
     sink: SmtpSink
-    app: pipeline.App
-    apps: dict[Path, pipeline.App]
+    app: bootstrap.App
+    apps: dict[Path, bootstrap.App]
     modes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    async def open(cls, config: Path, sink: SmtpSink, apps: dict[Path, pipeline.App]) -> RealStore:
+    async def open(cls, config: Path, sink: SmtpSink, apps: dict[Path, bootstrap.App]) -> RealStore:
         """A clean slate (schema, lists and sources kept) on the App of the run, opened once: the
         examples share it, as a long-running service would; `restart` replaces it."""
         app = apps.get(config)
         if app is None:
-            app = apps[config] = await pipeline.open_app(load_config(config, environ={}))
+            app = apps[config] = await bootstrap.open_app(load_config(config, environ={}))
         async with app.db.write() as s:  # a clean slate, keeping schema, lists and sources
             if app.db.is_sqlite:
                 for table in TABLES:
@@ -563,9 +564,9 @@ class RealStore:
             await sources_store.store_articles(s, src.id, rows, now)
 
     async def subscribe(self, reader: str, slug: str, prefs: Prefs, now: datetime) -> None:
-        lst = await pipeline.get_list(self.app, slug)
+        lst = await bootstrap.get_list(self.app, slug)
         async with self.app.db.write() as s:
-            await pipeline.add_subscription(s, lst, reader, prefs.reader_prefs(), confirmed=True, now=now)
+            await readers.add_subscription(s, lst, reader, prefs.reader_prefs(), confirmed=True, now=now)
 
     async def _sub(self, s: Any, reader: str, slug: str) -> Subscription | None:
         stmt = (
@@ -580,7 +581,7 @@ class RealStore:
         async with self.app.db.write() as s:
             sub = await self._sub(s, reader, slug)
             if sub is not None:
-                await pipeline.unsubscribe(s, sub, "link", now)
+                await readers.unsubscribe(s, sub, "link", now)
 
     async def change_prefs(self, reader: str, prefs: Prefs, now: datetime) -> None:
         async with self.app.db.read() as s:
@@ -592,9 +593,9 @@ class RealStore:
             )
             rows = (await s.execute(stmt)).all()
         if rows:
-            await signup.change_preferences(
+            await preferences.change_preferences(
                 self.app, rows[0][0], [slug for _, slug in rows], prefs.reader_prefs(), now,
-                consent=pipeline.Consent(),
+                consent=readers.Consent(),
             )  # fmt: skip
 
     async def tick(self, now: datetime) -> None:
@@ -607,12 +608,12 @@ class RealStore:
             )
             busy = (await s.execute(due)).scalar_one() + await ledger.pending_count(s, now)
         if busy:
-            await pipeline.compose_due(self.app, now)
-            await pipeline.deliver(self.app, lambda: now)
+            await compose.compose_due(self.app, now)
+            await delivery.deliver_due(self.app, lambda: now)
 
     async def restart(self) -> None:
         await self.app.db.close()
-        self.app = self.apps[self.config] = await pipeline.open_app(load_config(self.config, environ={}))
+        self.app = self.apps[self.config] = await bootstrap.open_app(load_config(self.config, environ={}))
 
     async def snapshot(self) -> Snapshot:
         async with self.app.db.read() as s:
@@ -683,9 +684,9 @@ class RealStore:
                 )).all()
             )  # fmt: skip
             for lst in await sources_store.active_lists(s):
-                upto = await compose.list_max_seq(s, lst.id)
-                for slot in await compose.due_readers(s, lst.id, None):
-                    d = await pipeline.draft(self.app, s, lst, slot.watermark, upto, now)
+                upto = await compose_store.list_max_seq(s, lst.id)
+                for slot in await compose_store.due_readers(s, lst.id, None):
+                    d = await compose.draft(self.app, s, lst, slot.watermark, upto, now)
                     if not d.empty:
                         out.append(f"{who[slot.id]}/{lst.slug}: {len(d.picked)} article(s) owed")
                     if slot.next_due_at is None or slot.next_due_at <= now:
@@ -874,7 +875,7 @@ def test_scheduling_rules_on_a_real_database(
     )
     config = real_config(url)
 
-    apps: dict[Path, pipeline.App] = {}
+    apps: dict[Path, bootstrap.App] = {}
 
     async def make() -> RealStore:
         return await RealStore.open(config, smtp_sink, apps)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, text
 
 from conftest import write_config
-from digest import pipeline, retention, store
+from digest import bootstrap, retention, store
 from digest.config import load_config
 from digest.models import Delivery, Edition, Event, Subscriber
 from digest.store import ledger, migrate
@@ -21,9 +21,9 @@ RETENTION = (
 )
 
 
-async def make_history(app: pipeline.App, days: int = 365, readers: int = 40) -> None:
+async def make_history(app: bootstrap.App, days: int = 365, readers: int = 40) -> None:
     """One edition a day to every reader, a bounce with its raw message and an unsubscribe a day."""
-    lst = await pipeline.get_list(app, "demo")
+    lst = await bootstrap.get_list(app, "demo")
     async with app.db.write() as s:
         await s.execute(
             insert(Subscriber),
@@ -73,14 +73,14 @@ async def make_history(app: pipeline.App, days: int = 365, readers: int = 40) ->
         )  # fmt: skip
 
 
-async def open_project(tmp_path: Path, database_url: str) -> pipeline.App:
+async def open_project(tmp_path: Path, database_url: str) -> bootstrap.App:
     path = write_config(tmp_path, database_url=database_url, smtp_port=2525, extra=RETENTION)
     cfg = load_config(path)
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-    return await pipeline.open_app(cfg)
+    return await bootstrap.open_app(cfg)
 
 
-async def count(app: pipeline.App, stmt: Any) -> int:
+async def count(app: bootstrap.App, stmt: Any) -> int:
     async with app.db.read() as s:
         return int((await s.execute(stmt)).scalar_one())
 

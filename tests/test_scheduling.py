@@ -22,11 +22,12 @@ import pytest
 from sqlalchemy import select
 
 from conftest import SmtpSink, free_port, write_config
-from digest import pipeline, scheduler, signup, store
+from digest import bootstrap, compose, delivery, preferences, readers, scheduler, store
 from digest.config import load_config
 from digest.models import Delivery, Edition, Event, Subscription
-from digest.store import migrate, sources
+from digest.store import migrate
 from digest.store import readers as readers_store
+from digest.store import sources as sources_store
 
 BERLIN, NEW_YORK = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
 START = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
@@ -43,17 +44,17 @@ def local(day: date, tz: ZoneInfo, hour: int = 7, minute: int = 0) -> datetime:
 
 async def open_project(
     directory: Path, url: str, smtp_port: int | None, *, lists: str = LIST, extra: str = ""
-) -> pipeline.App:
+) -> bootstrap.App:
     path = write_config(directory, database_url=url, smtp_port=smtp_port, lists=lists, extra=extra)
     for seed in (directory / "seeds").iterdir():
         seed.unlink()  # every article here is written by the test, with a known date
     cfg = load_config(path, environ={})
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-    return await pipeline.open_app(cfg)
+    return await bootstrap.open_app(cfg)
 
 
 @pytest.fixture
-async def project(tmp_path: Path, database_url: str, smtp_sink: SmtpSink) -> AsyncIterator[pipeline.App]:
+async def project(tmp_path: Path, database_url: str, smtp_sink: SmtpSink) -> AsyncIterator[bootstrap.App]:
     app = await open_project(tmp_path, database_url, smtp_sink.port)
     try:
         yield app
@@ -62,11 +63,11 @@ async def project(tmp_path: Path, database_url: str, smtp_sink: SmtpSink) -> Asy
 
 
 async def story(
-    app: pipeline.App, title: str, now: datetime, *, published: datetime | None = None, source: str = "seeds"
+    app: bootstrap.App, title: str, now: datetime, *, published: datetime | None = None, source: str = "seeds"
 ) -> None:
     """One article, as a fetcher would hand it to the store."""
     slug = hashlib.sha256(title.encode()).hexdigest()[:12]
-    item = sources.NewArticle(
+    item = sources_store.NewArticle(
         guid=f"{source}:{slug}",
         url=f"https://news.example.com/{slug}",
         title=title,
@@ -78,13 +79,13 @@ async def story(
         fingerprint=slug,
     )
     async with app.db.write() as s:
-        src = await sources.source_by_name(s, source)
+        src = await sources_store.source_by_name(s, source)
         assert src is not None
-        await sources.store_articles(s, src.id, [item], now)
+        await sources_store.store_articles(s, src.id, [item], now)
 
 
 async def reader(
-    app: pipeline.App,
+    app: bootstrap.App,
     address: str,
     now: datetime,
     *,
@@ -95,19 +96,19 @@ async def reader(
     slug: str = "demo",
 ) -> str:
     """A confirmed reader; returns their preferences token."""
-    lst = await pipeline.get_list(app, slug)
-    prefs = pipeline.ReaderPrefs(cadence=cadence, send_hour=hour, timezone=tz, weekday=weekday)
+    lst = await bootstrap.get_list(app, slug)
+    prefs = readers.ReaderPrefs(cadence=cadence, send_hour=hour, timezone=tz, weekday=weekday)
     async with app.db.write() as s:
-        added = await pipeline.add_subscription(s, lst, address, prefs, confirmed=True, now=now)
+        added = await readers.add_subscription(s, lst, address, prefs, confirmed=True, now=now)
         sub = await s.get(Subscription, added.subscription_id)
         assert sub is not None
         return sub.token
 
 
-async def tick(app: pipeline.App, at: datetime) -> list[pipeline.ComposeReport]:
+async def tick(app: bootstrap.App, at: datetime) -> list[compose.ComposeReport]:
     """`digest tick --once --now AT`: compose what is due, then deliver until nothing is pending."""
-    reports = await pipeline.compose_due(app, at)
-    await pipeline.deliver(app, lambda: at)
+    reports = await compose.compose_due(app, at)
+    await delivery.deliver_due(app, lambda: at)
     return reports
 
 
@@ -122,13 +123,13 @@ def bodies(sink: SmtpSink, address: str) -> list[str]:
     return out
 
 
-async def deliveries_of(app: pipeline.App, address: str) -> list[Delivery]:
+async def deliveries_of(app: bootstrap.App, address: str) -> list[Delivery]:
     async with app.db.read() as s:
         stmt = select(Delivery).where(Delivery.address == address).order_by(Delivery.id)
         return list((await s.execute(stmt)).scalars().all())
 
 
-async def subscription(app: pipeline.App, token: str) -> Subscription:
+async def subscription(app: bootstrap.App, token: str) -> Subscription:
     async with app.db.read() as s:
         sub = await readers_store.subscription_by_token(s, token)
     assert sub is not None
@@ -146,7 +147,7 @@ async def subscription(app: pipeline.App, token: str) -> Subscription:
     ],
 )
 async def test_two_readers_get_their_digest_at_their_own_local_hour_across_dst_changes(
-    project: pipeline.App, smtp_sink: SmtpSink, first_day: date, days: int
+    project: bootstrap.App, smtp_sink: SmtpSink, first_day: date, days: int
 ) -> None:
     begin = datetime.combine(first_day - timedelta(days=1), time(12), UTC)
     await reader(project, "ann@example.com", begin, cadence="daily", hour=7, tz="Europe/Berlin")
@@ -208,7 +209,7 @@ async def test_the_cli_tick_sends_at_the_local_hour_after_the_spring_change(
 # ---------------------------------------------------------------- exactly once
 
 
-async def test_a_repeated_tick_composes_nothing_twice(project: pipeline.App, smtp_sink: SmtpSink) -> None:
+async def test_a_repeated_tick_composes_nothing_twice(project: bootstrap.App, smtp_sink: SmtpSink) -> None:
     await story(project, "Only story", START)
     for i in range(5):
         await reader(project, f"r{i}@example.com", START)
@@ -222,7 +223,7 @@ async def test_a_repeated_tick_composes_nothing_twice(project: pipeline.App, smt
 
 
 async def test_a_slot_missed_by_less_than_catch_up_is_sent_once_on_the_next_tick(
-    project: pipeline.App, smtp_sink: SmtpSink
+    project: bootstrap.App, smtp_sink: SmtpSink
 ) -> None:
     await story(project, "Story while down", START)
     await reader(project, "ann@example.com", START)
@@ -236,7 +237,7 @@ async def test_a_slot_missed_by_less_than_catch_up_is_sent_once_on_the_next_tick
 
 
 async def test_a_slot_missed_by_more_than_catch_up_waits_for_the_next_slot_and_is_never_sent_per_missed_slot(
-    project: pipeline.App, smtp_sink: SmtpSink
+    project: bootstrap.App, smtp_sink: SmtpSink
 ) -> None:
     await story(project, "Story while down", START)
     await reader(project, "ann@example.com", START)
@@ -251,13 +252,13 @@ async def test_a_slot_missed_by_more_than_catch_up_waits_for_the_next_slot_and_i
     assert len(smtp_sink.to("ann@example.com")) == 1
 
 
-async def _only_subscription(app: pipeline.App) -> Subscription:
+async def _only_subscription(app: bootstrap.App) -> Subscription:
     async with app.db.read() as s:
         return (await s.execute(select(Subscription))).scalar_one()
 
 
 async def test_nothing_new_records_a_skipped_event_and_schedules_the_next_slot(
-    project: pipeline.App, smtp_sink: SmtpSink
+    project: bootstrap.App, smtp_sink: SmtpSink
 ) -> None:
     await story(project, "First story", START)
     token = await reader(project, "ann@example.com", START)
@@ -299,7 +300,7 @@ async def test_below_min_articles_nothing_is_sent_and_the_articles_wait_for_the_
 
 
 async def test_a_new_readers_first_digest_holds_the_newest_max_articles_and_says_how_many_more(
-    project: pipeline.App, smtp_sink: SmtpSink
+    project: bootstrap.App, smtp_sink: SmtpSink
 ) -> None:
     for n in range(7):
         await story(project, f"Archive story {n}", START, published=START - timedelta(hours=10 - n))
@@ -322,7 +323,7 @@ async def test_a_new_readers_first_digest_holds_the_newest_max_articles_and_says
     )
 
 
-async def test_max_age_leaves_out_old_articles(project: pipeline.App, smtp_sink: SmtpSink) -> None:
+async def test_max_age_leaves_out_old_articles(project: bootstrap.App, smtp_sink: SmtpSink) -> None:
     await story(project, "Stale story", START, published=START - timedelta(days=31))
     await story(project, "Recent story", START, published=START - timedelta(days=29))
     await reader(project, "ann@example.com", START)
@@ -388,7 +389,7 @@ async def test_changing_cadence_hour_or_zone_never_gives_a_second_digest_the_sam
 
 
 async def _change_schedule_run(
-    project: pipeline.App,
+    project: bootstrap.App,
     smtp_sink: SmtpSink,
     before: tuple[str, int | None, str | None],
     after: tuple[str, int | None, str | None],
@@ -405,11 +406,11 @@ async def _change_schedule_run(
         if hour == 24 * 3:
             # Change the schedule right after the day's digest went out.
             weekday = at.astimezone(ZoneInfo(after[2] or "UTC")).weekday() if after[0] == "weekly" else None
-            prefs = pipeline.ReaderPrefs(
+            prefs = readers.ReaderPrefs(
                 cadence=after[0], send_hour=after[1], timezone=after[2], weekday=weekday
             )
-            outcome = await signup.change_preferences(
-                project, token, ["demo"], prefs, at, consent=pipeline.Consent()
+            outcome = await preferences.change_preferences(
+                project, token, ["demo"], prefs, at, consent=readers.Consent()
             )
             assert outcome is not None and outcome.changed == ["demo"]
             changed_at = at
@@ -433,7 +434,7 @@ async def _change_schedule_run(
 
 
 async def test_articles_of_a_failed_digest_reach_the_reader_even_when_nothing_new_arrived(
-    project: pipeline.App, smtp_sink: SmtpSink
+    project: bootstrap.App, smtp_sink: SmtpSink
 ) -> None:
     """A digest deferred past the delivery lifetime fails and rolls the watermark back; the next
     compose covers the same seq range again, so its delivery must not collide with the failed row."""
@@ -445,7 +446,7 @@ async def test_articles_of_a_failed_digest_reach_the_reader_even_when_nothing_ne
     await tick(project, t)
     # Retried for the whole lifetime (48h), then failed: the watermark goes back to 0.
     for hours in range(1, 60, 4):
-        await pipeline.deliver(project, lambda h=hours: t + timedelta(hours=h))
+        await delivery.deliver_due(project, lambda h=hours: t + timedelta(hours=h))
     [failed] = await deliveries_of(project, "ann@example.com")
     assert failed.status == "failed"
     assert (await subscription(project, token)).watermark == 0
@@ -489,7 +490,7 @@ def test_two_scheduler_processes_ticking_together_on_postgres_send_each_digest_o
 
     async def add_story(title: str, at: datetime) -> None:
         cfg = load_config(tmp_path / "digest.toml", environ={})
-        app = await pipeline.open_app(cfg)
+        app = await bootstrap.open_app(cfg)
         try:
             await story(app, title, at)
         finally:
@@ -555,10 +556,10 @@ def counting_feed() -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
-async def _two_apps(tmp_path: Path, postgres_url: str, feed: str) -> tuple[pipeline.App, pipeline.App]:
+async def _two_apps(tmp_path: Path, postgres_url: str, feed: str) -> tuple[bootstrap.App, bootstrap.App]:
     extra = f'\n[[sources]]\nname = "wire"\nkind = "feed"\nurl = "{feed}"\ninterval = "30m"\n'
     first = await open_project(tmp_path, postgres_url, 2525, extra=extra)
-    second = await pipeline.open_app(first.cfg)
+    second = await bootstrap.open_app(first.cfg)
     return first, second
 
 
@@ -566,7 +567,7 @@ async def test_run_exclusive_on_postgres_runs_a_job_once_when_two_callers_race(
     tmp_path: Path, postgres_url: str
 ) -> None:
     a = await open_project(tmp_path, postgres_url, 2525)
-    b = await pipeline.open_app(a.cfg)
+    b = await bootstrap.open_app(a.cfg)
     runs = 0
 
     async def job() -> None:

@@ -12,9 +12,9 @@ from itsdangerous import BadSignature
 from sqlalchemy import func, select, update
 
 from conftest import SmtpSink
-from digest import pipeline, signup
+from digest import limits, preferences, readers, signup, signup_form
 from digest.models import Delivery, Event, Subscriber, Subscription
-from digest.store import readers
+from digest.store import readers as readers_store
 from test_web import Site, open_site
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -27,8 +27,8 @@ async def site(tmp_path: Path, database_url: str, smtp_sink: SmtpSink) -> AsyncI
         yield s
 
 
-def ann(lists: tuple[str, ...] = ("demo",), address: str = "ann@example.com") -> signup.Signup:
-    return signup.Signup(address, lists, pipeline.ReaderPrefs(), pipeline.Consent(ip="192.0.2.1"))
+def ann(lists: tuple[str, ...] = ("demo",), address: str = "ann@example.com") -> signup_form.Signup:
+    return signup_form.Signup(address, lists, readers.ReaderPrefs(), readers.Consent(ip="192.0.2.1"))
 
 
 # ---------------------------------------------------------------- pure parts
@@ -36,7 +36,7 @@ def ann(lists: tuple[str, ...] = ("demo",), address: str = "ann@example.com") ->
 
 def test_rate_limiter_allows_five_a_minute_then_refills() -> None:
     t = [0.0]
-    limiter = signup.RateLimiter(signup.RateLimits(per_minute=5, per_hour=20), clock=lambda: t[0])
+    limiter = limits.RateLimiter(limits.RateLimits(per_minute=5, per_hour=20), clock=lambda: t[0])
     assert [limiter.check("ip") for _ in range(5)] == [None] * 5
     wait = limiter.check("ip")
     assert wait is not None and 11 < wait <= 12
@@ -47,7 +47,7 @@ def test_rate_limiter_allows_five_a_minute_then_refills() -> None:
 
 def test_rate_limiter_hourly_window_holds_after_the_minute_refills() -> None:
     t = [0.0]
-    limiter = signup.RateLimiter(signup.RateLimits(per_minute=5, per_hour=20), clock=lambda: t[0])
+    limiter = limits.RateLimiter(limits.RateLimits(per_minute=5, per_hour=20), clock=lambda: t[0])
     allowed = 0
     for _ in range(40):
         t[0] += 13
@@ -72,7 +72,7 @@ def test_rate_limiter_hourly_window_holds_after_the_minute_refills() -> None:
 def test_client_address_trusts_only_configured_proxies(
     peer: str, forwarded: str | None, expected: str
 ) -> None:
-    trust = signup.ProxyTrust(["10.0.0.0/8", "127.0.0.1", "not a network"])
+    trust = limits.ProxyTrust(["10.0.0.0/8", "127.0.0.1", "not a network"])
     assert trust.client_ip(peer, forwarded) == expected
 
 
@@ -90,7 +90,7 @@ def test_client_address_trusts_only_configured_proxies(
     ],
 )
 def test_names_lose_control_characters(raw: str, clean: str) -> None:
-    assert signup.clean_name(raw) == clean
+    assert signup_form.clean_name(raw) == clean
 
 
 @pytest.mark.parametrize(
@@ -119,11 +119,11 @@ def test_names_lose_control_characters(raw: str, clean: str) -> None:
 )
 def test_signup_fields_are_validated_per_field(fields: dict[str, object], bad: set[str]) -> None:
     if not bad:
-        parsed = signup.parse_signup(fields, ["demo", "tech"], pipeline.Consent())
+        parsed = signup_form.parse_signup(fields, ["demo", "tech"], readers.Consent())
         assert parsed.address == "ann@example.com" and parsed.lists == ("demo",)
         return
-    with pytest.raises(signup.SignupInvalid) as caught:
-        signup.parse_signup(fields, ["demo", "tech"], pipeline.Consent())
+    with pytest.raises(signup_form.SignupInvalid) as caught:
+        signup_form.parse_signup(fields, ["demo", "tech"], readers.Consent())
     assert set(caught.value.fields) == bad
 
 
@@ -132,7 +132,7 @@ def test_weekly_signup_keeps_day_hour_and_zone() -> None:
         "email": "ann@example.com", "list": "demo", "consent": "yes", "cadence": "weekly",
         "weekday": "wed", "send_hour": "07", "timezone": "America/New_York",
     }  # fmt: skip
-    prefs = signup.parse_signup(fields, ["demo"], pipeline.Consent()).prefs
+    prefs = signup_form.parse_signup(fields, ["demo"], readers.Consent()).prefs
     assert (prefs.cadence, prefs.weekday, prefs.send_hour, prefs.timezone) == (
         "weekly",
         2,
@@ -206,7 +206,7 @@ async def test_a_suppressed_address_gets_no_confirmation_mail(site: Site) -> Non
 async def test_confirming_twice_records_one_confirmation(site: Site) -> None:
     done = await signup.request_confirmation(site.app, ann(("demo", "tech")), NOW, method="api")
     async with site.app.db.read() as s:
-        subs = [await readers.subscription_by_id(s, i) for i in done.subscription_ids]
+        subs = [await readers_store.subscription_by_id(s, i) for i in done.subscription_ids]
     pairs = [(sub.id, int(sub.signup_at.timestamp())) for sub in subs if sub]
     first = await signup.confirm(site.app, pairs, NOW, ip="192.0.2.7", user_agent="Agent\r\nX")
     second = await signup.confirm(site.app, pairs, NOW, ip="192.0.2.8", user_agent=None)
@@ -221,9 +221,9 @@ async def test_a_link_from_an_earlier_signup_cannot_confirm_a_later_one(site: Si
     sub_id = done.subscription_ids[0]
     old_pair = [(sub_id, int(NOW.timestamp()))]
     async with site.app.db.write() as s:
-        row = await readers.subscription_by_id(s, sub_id)
+        row = await readers_store.subscription_by_id(s, sub_id)
         assert row is not None
-        await pipeline.unsubscribe(s, row, "link", NOW)
+        await readers.unsubscribe(s, row, "link", NOW)
     await signup.request_confirmation(site.app, ann(), NOW + timedelta(days=2), method="api")
     assert (await signup.confirm(site.app, old_pair, NOW, ip=None, user_agent=None)).lists == ()
     assert (await site.sub("ann@example.com")).status == "pending"  # type: ignore[union-attr]
@@ -238,9 +238,9 @@ async def test_pending_signups_are_purged_after_seven_days_and_readers_with_hist
     )
     kept = await site.add_reader("kept@example.com", now=NOW - timedelta(days=30))
     async with site.app.db.write() as s:
-        row = await readers.subscription_by_id(s, kept.id)
+        row = await readers_store.subscription_by_id(s, kept.id)
         assert row is not None
-        await pipeline.unsubscribe(s, row, "link", NOW - timedelta(days=20))
+        await readers.unsubscribe(s, row, "link", NOW - timedelta(days=20))
     await signup.request_confirmation(
         site.app, ann(address="kept@example.com"), NOW - timedelta(days=9), method="api"
     )
@@ -261,28 +261,28 @@ async def test_mail_to_the_unsubscribe_address_unsubscribes_and_never_answers(si
         b"Subject: unsubscribe\r\n\r\nplease\r\n"
     )
     assert (
-        await signup.handle_unsubscribe_mail(site.app, raw, f"unsub+{sub.token}@news.example.com", NOW)
+        await readers.handle_unsubscribe_mail(site.app, raw, f"unsub+{sub.token}@news.example.com", NOW)
         == "unsubscribed"
     )
     left = await site.sub("ann@example.com")
     assert left is not None and left.status == "unsubscribed" and left.unsubscribe_method == "mailto"
-    assert await signup.handle_unsubscribe_mail(site.app, raw, None, NOW) == "already"
+    assert await readers.handle_unsubscribe_mail(site.app, raw, None, NOW) == "already"
     assert site.sink.messages == []
     bob = await site.add_reader("bob@example.com")
     folded = f"UNSUB+{bob.token.lower()}@NEWS.EXAMPLE.COM"
     assert (
-        await signup.handle_unsubscribe_mail(site.app, b"Subject: x\r\n\r\n", folded, NOW) == "unsubscribed"
+        await readers.handle_unsubscribe_mail(site.app, b"Subject: x\r\n\r\n", folded, NOW) == "unsubscribed"
     )
     assert (
-        await signup.handle_unsubscribe_mail(site.app, raw, "unsub+" + "x" * 43 + "@news.example.com", NOW)
+        await readers.handle_unsubscribe_mail(site.app, raw, "unsub+" + "x" * 43 + "@news.example.com", NOW)
         == "unknown"
     )
     assert (
-        await signup.handle_unsubscribe_mail(site.app, raw, "postmaster@news.example.com", NOW)
+        await readers.handle_unsubscribe_mail(site.app, raw, "postmaster@news.example.com", NOW)
         == "not-unsubscribe"
     )
     header_only = b"Delivered-To: unsub+" + sub.token.encode() + b"@news.example.com\r\n\r\n"
-    assert await signup.handle_unsubscribe_mail(site.app, header_only, None, NOW) == "already"
+    assert await readers.handle_unsubscribe_mail(site.app, header_only, None, NOW) == "already"
 
 
 async def test_a_schedule_change_never_brings_a_second_digest_the_same_local_day(site: Site) -> None:
@@ -292,18 +292,18 @@ async def test_a_schedule_change_never_brings_a_second_digest_the_same_local_day
     async with site.app.db.write() as s:
         await s.execute(update(Subscription).where(Subscription.id == sub.id).values(last_digest_at=morning))
     noon = datetime(2026, 11, 27, 12, 0, tzinfo=berlin)
-    prefs = pipeline.ReaderPrefs(cadence="daily", send_hour=18, timezone="Europe/Berlin")
-    outcome = await signup.change_preferences(
-        site.app, sub.token, ["demo"], prefs, noon, consent=pipeline.Consent()
+    prefs = readers.ReaderPrefs(cadence="daily", send_hour=18, timezone="Europe/Berlin")
+    outcome = await preferences.change_preferences(
+        site.app, sub.token, ["demo"], prefs, noon, consent=readers.Consent()
     )
     assert outcome is not None and outcome.changed == ["demo"]
     after = await site.sub("ann@example.com")
     assert after is not None and after.next_due_at is not None
     assert after.next_due_at.astimezone(berlin) == datetime(2026, 11, 28, 18, 0, tzinfo=berlin)
-    prefs = pipeline.ReaderPrefs(cadence="daily", send_hour=19, timezone="Europe/Berlin")
+    prefs = readers.ReaderPrefs(cadence="daily", send_hour=19, timezone="Europe/Berlin")
     next_day = datetime(2026, 11, 28, 9, 0, tzinfo=berlin)
-    await signup.change_preferences(
-        site.app, sub.token, ["demo"], prefs, next_day, consent=pipeline.Consent()
+    await preferences.change_preferences(
+        site.app, sub.token, ["demo"], prefs, next_day, consent=readers.Consent()
     )
     after = await site.sub("ann@example.com")
     assert after is not None and after.next_due_at is not None
@@ -312,8 +312,8 @@ async def test_a_schedule_change_never_brings_a_second_digest_the_same_local_day
 
 async def test_unchanged_preferences_record_nothing(site: Site) -> None:
     sub = await site.add_reader("ann@example.com")
-    outcome = await signup.change_preferences(
-        site.app, sub.token, ["demo"], pipeline.ReaderPrefs(), NOW, consent=pipeline.Consent()
+    outcome = await preferences.change_preferences(
+        site.app, sub.token, ["demo"], readers.ReaderPrefs(), NOW, consent=readers.Consent()
     )
     assert outcome is not None and outcome.changed == outcome.left == outcome.confirmation_for == []
     async with site.app.db.read() as s:
@@ -324,8 +324,8 @@ async def test_unchanged_preferences_record_nothing(site: Site) -> None:
         ).scalar_one()
     assert n == 0
     assert (
-        await signup.change_preferences(
-            site.app, "nope", [], pipeline.ReaderPrefs(), NOW, consent=pipeline.Consent()
+        await preferences.change_preferences(
+            site.app, "nope", [], readers.ReaderPrefs(), NOW, consent=readers.Consent()
         )
         is None
     )

@@ -20,14 +20,16 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import func, select
 
 from conftest import SmtpSink, write_config
-from digest import pipeline, signup, store, web
+from digest import bootstrap, compose, delivery, limits, readers, sources, store, web
 from digest.config import load_config
 from digest.models import Article, ArticleSource, Delivery, Event, Subscriber, Subscription
-from digest.store import migrate, readers, sources
+from digest.store import migrate
+from digest.store import readers as readers_store
+from digest.store import sources as sources_store
 
 API_TOKEN = "operator-token-0123456789abcdef"
 BASE = "http://127.0.0.1:8000"
-RELAXED = signup.RateLimits(per_minute=100_000, per_hour=1_000_000)
+RELAXED = limits.RateLimits(per_minute=100_000, per_hour=1_000_000)
 EXTRA = f"""
 [api]
 token = "{API_TOKEN}"
@@ -80,7 +82,7 @@ class Forms(HTMLParser):
 
 @dataclasses.dataclass
 class Site:
-    app: pipeline.App
+    app: bootstrap.App
     asgi: Any
     client: httpx.AsyncClient
     sink: SmtpSink
@@ -105,8 +107,8 @@ class Site:
         body = {"email": address, "list": lists or ["demo"], "consent": True, **fields}
         return await self.client.post("/subscribe", json=body)
 
-    async def deliver(self) -> pipeline.DeliverStats:
-        return await pipeline.deliver(self.app, self.clock)
+    async def deliver(self) -> delivery.DeliverStats:
+        return await delivery.deliver_due(self.app, self.clock)
 
     def mail_to(self, address: str) -> list[EmailMessage]:
         return [
@@ -129,17 +131,17 @@ class Site:
 
     async def sub(self, address: str, slug: str = "demo") -> Subscription | None:
         async with self.app.db.read() as s:
-            reader = await readers.subscriber_by_email(s, address.casefold())
-            lst = await sources.list_by_slug(s, slug)
+            reader = await readers_store.subscriber_by_email(s, address.casefold())
+            lst = await sources_store.list_by_slug(s, slug)
             assert lst is not None
-            return await readers.subscription_for(s, reader.id, lst.id) if reader else None
+            return await readers_store.subscription_for(s, reader.id, lst.id) if reader else None
 
     async def event_kinds(self, address: str) -> list[str]:
         async with self.app.db.read() as s:
-            reader = await readers.subscriber_by_email(s, address.casefold())
+            reader = await readers_store.subscriber_by_email(s, address.casefold())
             if reader is None:
                 return []
-            return sorted(e.kind for e in await readers.events_of(s, reader.id))
+            return sorted(e.kind for e in await readers_store.events_of(s, reader.id))
 
     async def count(self, model: Any) -> int:
         async with self.app.db.read() as s:
@@ -148,10 +150,10 @@ class Site:
     async def add_reader(
         self, address: str, *, confirmed: bool = True, slug: str = "demo", now: datetime | None = None
     ) -> Subscription:
-        lst = await pipeline.get_list(self.app, slug)
+        lst = await bootstrap.get_list(self.app, slug)
         async with self.app.db.write() as s:
-            await pipeline.add_subscription(
-                s, lst, address, pipeline.ReaderPrefs(), confirmed=confirmed, now=now or self.clock()
+            await readers.add_subscription(
+                s, lst, address, readers.ReaderPrefs(), confirmed=confirmed, now=now or self.clock()
             )
         found = await self.sub(address, slug)
         assert found is not None
@@ -174,7 +176,7 @@ async def open_site(
         environ=environ or {},
     )
     migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
-    app = await pipeline.open_app(cfg)
+    app = await bootstrap.open_app(cfg)
     clock = Clock()
     options.setdefault("rate_limits", RELAXED)
     options.setdefault("min_fill", timedelta(0))
@@ -308,9 +310,9 @@ async def test_signup_answers_identically_for_new_pending_confirmed_and_unsubscr
     await site.add_reader("confirmed@example.com")
     gone = await site.add_reader("gone@example.com")
     async with site.app.db.write() as s:
-        row = await readers.subscription_by_id(s, gone.id)
+        row = await readers_store.subscription_by_id(s, gone.id)
         assert row is not None
-        await pipeline.unsubscribe(s, row, "link", site.clock())
+        await readers.unsubscribe(s, row, "link", site.clock())
     answers = {}
     for who in ("new", "pending", "confirmed", "gone"):
         address = f"{who}@example.com"
@@ -343,9 +345,9 @@ async def test_a_repeat_signup_sends_no_second_email_within_a_day(lite: Site) ->
 
 async def test_confirmation_is_queued_ahead_of_digests(lite: Site) -> None:
     await lite.add_reader("reader@example.com")
-    await pipeline.ingest_sources(lite.app, lite.clock())
-    lst = await pipeline.get_list(lite.app, "demo")
-    await pipeline.compose(lite.app, lst, lite.clock(), manual=True)
+    await sources.ingest_sources(lite.app, lite.clock())
+    lst = await bootstrap.get_list(lite.app, "demo")
+    await compose.compose(lite.app, lst, lite.clock(), manual=True)
     await lite.signup_json("new@example.com")
     async with lite.app.db.read() as s:
         rows = (await s.execute(select(Delivery).order_by(Delivery.priority, Delivery.id))).scalars().all()
@@ -383,7 +385,7 @@ async def test_names_are_stripped_of_control_characters(lite: Site) -> None:
     await lite.signup_json("ann@example.com", name="Ann\r\nBcc: evil@example.com\u202e\x00 Smith")
     await lite.deliver()
     async with lite.app.db.read() as s:
-        reader = await readers.subscriber_by_email(s, "ann@example.com")
+        reader = await readers_store.subscriber_by_email(s, "ann@example.com")
     assert reader is not None and reader.name == "Ann Bcc: evil@example.com Smith"
     raw = lite.sink.to("ann@example.com")[0].data
     assert b"\r\nBcc:" not in raw and b"evil@example.com" not in raw.split(b"\r\n\r\n")[0].split(b"To:")[0]
@@ -395,7 +397,7 @@ async def test_names_are_stripped_of_control_characters(lite: Site) -> None:
 async def test_the_sixth_signup_in_a_minute_gets_429_and_nothing_is_sent(
     tmp_path: Path, database_url: str, smtp_sink: SmtpSink
 ) -> None:
-    async with open_site(tmp_path, database_url, smtp_sink, rate_limits=signup.RateLimits()) as site:
+    async with open_site(tmp_path, database_url, smtp_sink, rate_limits=limits.RateLimits()) as site:
         for n in range(5):
             assert (await site.signup_json(f"r{n}@example.com")).status_code == 202
         limited = await site.signup_json("sixth@example.com")
@@ -647,9 +649,9 @@ async def test_a_token_minted_a_year_ago_still_unsubscribes_after_a_key_rotation
 async def test_unsubscribing_during_an_edition_stops_the_rest(site: Site) -> None:
     for name in ("ann", "bob", "cat"):
         await site.add_reader(f"{name}@example.com")
-    await pipeline.ingest_sources(site.app, site.clock())
-    lst = await pipeline.get_list(site.app, "demo")
-    report = await pipeline.compose(site.app, lst, site.clock(), manual=True)
+    await sources.ingest_sources(site.app, site.clock())
+    lst = await bootstrap.get_list(site.app, "demo")
+    report = await compose.compose(site.app, lst, site.clock(), manual=True)
     assert report.deliveries == 3
     bob = await site.sub("bob@example.com")
     assert bob is not None
@@ -694,7 +696,7 @@ async def test_preferences_change_the_schedule_and_name_and_record_an_event(site
     assert (local.hour, local.minute) == (6, 0)
     assert "preferences_changed" in await site.event_kinds("ann@example.com")
     async with site.app.db.read() as s:
-        reader = await readers.subscriber_by_email(s, "ann@example.com")
+        reader = await readers_store.subscriber_by_email(s, "ann@example.com")
     assert reader is not None and reader.name == "Ann"
 
 

@@ -27,9 +27,10 @@ from email.utils import formatdate, make_msgid
 
 import httpx
 
-from digest import delivery, messages, pipeline
+from digest import bootstrap, delivery, messages
 from digest.smtp import SmtpConnection
-from digest.store import reports, retention
+from digest.store import reports as reports_store
+from digest.store import retention as retention_store
 from digest.store import sources as sources_store
 
 log = logging.getLogger("digest.alerts")
@@ -78,9 +79,9 @@ class Notifier:
 
     def __init__(
         self,
-        app: pipeline.App,
+        app: bootstrap.App,
         *,
-        clock: Callable[[], datetime] = pipeline.utcnow,
+        clock: Callable[[], datetime] = bootstrap.utcnow,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.app, self.cfg, self.clock, self.transport = app, app.cfg.alerts, clock, transport
@@ -96,7 +97,7 @@ class Notifier:
             return False
         if limit:
             async with self.app.db.write() as s:
-                if not await reports.claim_alert_slot(s, alert.key, self.clock(), self.cfg.window):
+                if not await reports_store.claim_alert_slot(s, alert.key, self.clock(), self.cfg.window):
                     log.debug("alert %s held back: one went out within %s", alert.kind, self.cfg.window)
                     return False
         delivered = False
@@ -199,7 +200,7 @@ async def watching(notifier: Notifier) -> AsyncIterator[asyncio.Queue[Alert]]:
             await task
 
 
-async def check(app: pipeline.App, now: datetime) -> list[Alert]:
+async def check(app: bootstrap.App, now: datetime) -> list[Alert]:
     """Conditions found in the database: failing sources, an old queue, policy rejections."""
     cfg = app.cfg.alerts
     found: list[Alert] = []
@@ -207,8 +208,8 @@ async def check(app: pipeline.App, now: datetime) -> list[Alert]:
         sources = [
             src for src in await sources_store.all_sources(s) if src.name in {c.name for c in app.cfg.sources}
         ]
-        _, oldest = await reports.queue_summary(s, now)
-        rejections = await retention.policy_rejections_since(s, now - cfg.window)
+        _, oldest = await reports_store.queue_summary(s, now)
+        rejections = await retention_store.policy_rejections_since(s, now - cfg.window)
     for src in sources:
         if src.last_error is None:
             continue

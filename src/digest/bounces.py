@@ -38,7 +38,7 @@ Decisions, one line each:
 - A message already recorded (same Message-ID, else the same bytes) is counted `duplicate` and
   changes nothing, so a mailbox can be processed again safely; mailbox files are never modified.
 - Forged, malformed or unknown VERP addresses change nothing: they are counted and logged.
-- Mail to unsub+TOKEN@ goes to signup.handle_unsubscribe_mail: never answered (item 18).
+- Mail to unsub+TOKEN@ goes to readers.handle_unsubscribe_mail: never answered (item 18).
 - The listener runs on the app's own event loop (aiosmtpd's SMTP protocol under
   `loop.create_server`), so database work needs no thread hand-off; it accepts RCPT only for
   bounces+…@ and unsub+…@ on the bounce domain (550 5.1.1 otherwise) and answers 451 when the
@@ -66,7 +66,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import inbound, pipeline, signup
+from digest import bootstrap, inbound, readers
 from digest.config import Config
 from digest.errors import UsageError
 from digest.models import (
@@ -78,7 +78,9 @@ from digest.models import (
     SubscriptionStatus,
 )
 from digest.store import inbound as inbound_store
-from digest.store import ledger, readers, reports
+from digest.store import ledger
+from digest.store import readers as readers_store
+from digest.store import reports as reports_store
 
 log = logging.getLogger("digest.bounces")
 
@@ -218,7 +220,7 @@ def _recipients(verdict: inbound.InboundVerdict) -> list[dict[str, Any]]:
 
 
 async def handle_message(
-    app: pipeline.App,
+    app: bootstrap.App,
     raw: bytes,
     envelope_rcpt: str | None,
     now: datetime,
@@ -230,7 +232,7 @@ async def handle_message(
     policy = policy or BouncePolicy.from_config(app.cfg)
     verdict = inbound.analyse(raw, envelope_rcpt, app.keys, envelope_sender=envelope_sender)
     if verdict.kind == "unsubscribe":
-        result = await signup.handle_unsubscribe_mail(app, raw, envelope_rcpt, now)
+        result = await readers.handle_unsubscribe_mail(app, raw, envelope_rcpt, now)
         if result in ("unsubscribed", "already"):
             return Handled("unsubscribe", f"mailto unsubscribe: {result}")
         log.info("inbound: unsubscribe mail with an unknown token ignored")
@@ -249,7 +251,7 @@ async def handle_message(
 
 
 async def _bounce(
-    app: pipeline.App, verdict: inbound.InboundVerdict, raw: bytes, now: datetime, policy: BouncePolicy
+    app: bootstrap.App, verdict: inbound.InboundVerdict, raw: bytes, now: datetime, policy: BouncePolicy
 ) -> Handled:
     assert verdict.delivery_id is not None  # analyse only says bounce/delayed with a checked VERP id
     inbound_id = _inbound_id(raw)
@@ -282,7 +284,7 @@ async def _bounce(
         }
         ids = {"subscriber_id": reader.id if reader else None, "subscription_id": d.subscription_id}
         if verdict.kind == "delayed":
-            await readers.add_event(s, "delivery_delayed", now, delivery_id=d.id, **ids, **detail)
+            await readers_store.add_event(s, "delivery_delayed", now, delivery_id=d.id, **ids, **detail)
             log.info("inbound: delivery %s delayed: %s", d.id, verdict.reason)
             return Handled("delayed", verdict.reason, d.id)
 
@@ -295,7 +297,7 @@ async def _bounce(
         )
         history = await inbound_store.bounce_history(s, reader.id) if scored and reader is not None else []
         kind = "policy_rejection" if klass is inbound.BounceClass.POLICY else "bounced"
-        await readers.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
+        await readers_store.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
         if klass is inbound.BounceClass.POLICY:
             log.warning(
                 "policy rejection reported for delivery %s (edition %s, list %s): %s; "
@@ -344,7 +346,7 @@ async def _score(
 
 
 async def _complaint(
-    app: pipeline.App, verdict: inbound.InboundVerdict, raw: bytes, now: datetime, policy: BouncePolicy
+    app: bootstrap.App, verdict: inbound.InboundVerdict, raw: bytes, now: datetime, policy: BouncePolicy
 ) -> Handled:
     inbound_id = _inbound_id(raw)
     async with app.db.write() as s:
@@ -355,9 +357,9 @@ async def _complaint(
             if found:
                 d, sub = found[0].delivery, found[0].subscription
         if sub is None and verdict.token:
-            sub = await readers.subscription_by_token(s, verdict.token)
+            sub = await readers_store.subscription_by_token(s, verdict.token)
             if sub is None:
-                sub = await readers.subscription_by_token_casefold(s, verdict.token)
+                sub = await readers_store.subscription_by_token_casefold(s, verdict.token)
         if sub is None:
             log.warning("inbound: complaint about a message we cannot find: %s", verdict.reason)
             return Handled("unknown_delivery", "names no known delivery or reader", verdict.delivery_id)
@@ -365,12 +367,12 @@ async def _complaint(
         if d is None:
             d = await inbound_store.last_sent_delivery(s, sub.id)
             attributed = d is not None
-        reader = await readers.subscriber_by_id(s, sub.subscriber_id)
+        reader = await readers_store.subscriber_by_id(s, sub.subscriber_id)
         if reader is None:
             return Handled("unknown_delivery", "the reader was erased", verdict.delivery_id)
         if await inbound_store.inbound_seen(s, inbound_id, reader.id, None):
             return Handled("duplicate", "already recorded", d.id if d else None)
-        await readers.add_event(
+        await readers_store.add_event(
             s,
             "complained",
             now,
@@ -390,7 +392,7 @@ async def _complaint(
             )
             suppressed = True
         if sub.status != SubscriptionStatus.UNSUBSCRIBED:
-            await pipeline.unsubscribe(s, sub, "complaint", now)
+            await readers.unsubscribe(s, sub, "complaint", now)
         paused = await _complaint_rates(s, d, now, policy)
     log.warning("inbound: spam complaint from reader %s (delivery %s)", reader.id, d.id if d else "-")
     return Handled("complaint", verdict.reason, d.id if d else None, suppressed, False, tuple(paused))
@@ -407,7 +409,7 @@ async def _complaint_rates(
         action = inbound.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
         what = f"edition {d.edition_id}: {complaints} complaint(s) / {delivered} delivered = {rate:.3%}"
         if action == "pause":
-            edition = await reports.edition_by_id(s, d.edition_id)
+            edition = await reports_store.edition_by_id(s, d.edition_id)
             if edition is not None and edition.status == EditionStatus.SENDING:
                 reason = f"complaint rate {rate:.3%} reached {policy.complaint_pause:.3%}"
                 await ledger.pause_edition(s, d.edition_id, reason, now)
@@ -469,7 +471,7 @@ def _messages_in(path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 async def process_path(
-    app: pipeline.App, path: Path | str, now: datetime, *, policy: BouncePolicy | None = None
+    app: bootstrap.App, path: Path | str, now: datetime, *, policy: BouncePolicy | None = None
 ) -> ProcessReport:
     """Process every message of a Maildir (cur/ and new/), an mbox file, an .eml file or a folder
     of .eml files. The VERP address comes from Delivered-To, X-Original-To or To (no envelope)."""
@@ -488,7 +490,7 @@ async def process_path(
     return report
 
 
-async def trim_raw_bounces(app: pipeline.App, now: datetime, *, keep: timedelta | None = None) -> int:
+async def trim_raw_bounces(app: bootstrap.App, now: datetime, *, keep: timedelta | None = None) -> int:
     """Drop the raw message from inbound events older than the retention (30 days by default)."""
     keep = keep if keep is not None else BouncePolicy.from_config(app.cfg).raw_retention
     async with app.db.write() as s:
@@ -501,21 +503,21 @@ async def trim_raw_bounces(app: pipeline.App, now: datetime, *, keep: timedelta 
 # ---------------------------------------------------------------- operators
 
 
-async def unsuppress(app: pipeline.App, email: str, reason: str, now: datetime) -> str:
+async def unsuppress(app: bootstrap.App, email: str, reason: str, now: datetime) -> str:
     """Lift a reader's suppression with the operator's reason; returns the status they had."""
     reason = " ".join(reason.split())
     if not reason:
         raise UsageError("say why with --reason: it is recorded with the reader")
-    _, key = pipeline.normalize_address(email)
+    _, key = readers.normalize_address(email)
     async with app.db.write() as s:
-        reader = await readers.subscriber_by_email(s, key)
+        reader = await readers_store.subscriber_by_email(s, key)
         if reader is None:
             raise UsageError(f"no reader {email}")
         before = reader.status
         if before == SubscriberStatus.ACTIVE:
             raise UsageError(f"{email} is not suppressed (status active)")
         await inbound_store.lift_suppression(s, reader.id, now)
-        await readers.add_event(
+        await readers_store.add_event(
             s, "unsuppressed", now, subscriber_id=reader.id, previous=before, reason=reason[:500]
         )
     log.info("reader %s unsuppressed (was %s): %s", reader.id, before, reason)
@@ -545,7 +547,7 @@ def _class_of(kind: str, detail: dict[str, Any]) -> str:
     return str(detail.get("bounce_class") or "unknown")
 
 
-async def report(app: pipeline.App, since: datetime) -> BounceReport:
+async def report(app: bootstrap.App, since: datetime) -> BounceReport:
     """Counts of bounces (DSN and SMTP time), delays and complaints since a time."""
     async with app.db.read() as s:
         rows = await inbound_store.inbound_events_since(s, INBOUND_EVENTS, since)
@@ -577,7 +579,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 class InboxHandler:
     """aiosmtpd handler: accepts only our bounce and unsubscribe addresses, processes each message."""
 
-    def __init__(self, app: pipeline.App, clock: Callable[[], datetime]) -> None:
+    def __init__(self, app: bootstrap.App, clock: Callable[[], datetime]) -> None:
         self.app = app
         self.clock = clock
         self.domain = bounce_domain(app.cfg).lower()
@@ -630,7 +632,7 @@ class Inbox:
 
 
 async def start_inbox(
-    app: pipeline.App, host: str, port: int, *, clock: Callable[[], datetime] = pipeline.utcnow
+    app: bootstrap.App, host: str, port: int, *, clock: Callable[[], datetime] = bootstrap.utcnow
 ) -> Inbox:
     """Listen for bounces, complaints and mailto unsubscribes on the running event loop."""
     from aiosmtpd.smtp import SMTP

@@ -24,16 +24,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from digest import pipeline, readers_io, store
+from digest import bootstrap, compose, delivery, editions, readers, readers_io, sources, store
 from digest.config import Config, load_config
 from digest.errors import DigestError, UsageError
 from digest.rendering import TOKEN_PLACEHOLDER
 from digest.schedule import WEEKDAYS
-from digest.store import compose, ledger, sources
+from digest.store import compose as compose_store
+from digest.store import ledger
 from digest.store import migrate as migrate_store
 from digest.store import readers as readers_store
 from digest.store import reports as reports_store
 from digest.store import retention as retention_store
+from digest.store import sources as sources_store
 
 T = TypeVar("T")
 # Markup off by default: config keys such as "[smtp] host" in messages must print as written.
@@ -96,9 +98,9 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise  # unreachable: _fail always raises
 
 
-def _with_app(fn: Callable[[pipeline.App], Awaitable[T]], *, check: bool = True) -> T:
+def _with_app(fn: Callable[[bootstrap.App], Awaitable[T]], *, check: bool = True) -> T:
     async def go() -> T:
-        application = await pipeline.open_app(_config(), check=check)
+        application = await bootstrap.open_app(_config(), check=check)
         try:
             return await fn(application)
         finally:
@@ -119,7 +121,7 @@ def _parse_now(value: str | None) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def _shifted_clock(start: datetime) -> pipeline.Clock:
+def _shifted_clock(start: datetime) -> bootstrap.Clock:
     """A clock that starts at `start` and runs at real speed (for `tick --now`)."""
     offset = start - datetime.now(UTC)
     return lambda: datetime.now(UTC) + offset
@@ -134,7 +136,7 @@ def _ensure_capture(cfg: Config) -> Any:
     if capture.is_listening(cfg.capture.host, cfg.capture.port):
         return None
     return capture.start_capture(
-        cfg.capture.host, cfg.capture.port, pipeline.resolve_path(cfg, cfg.capture.directory)
+        cfg.capture.host, cfg.capture.port, bootstrap.resolve_path(cfg, cfg.capture.directory)
     )
 
 
@@ -192,8 +194,8 @@ class _ProgressReporter:
 
 
 async def _deliver_with_progress(
-    application: pipeline.App, clock: pipeline.Clock, *, once: bool = True
-) -> pipeline.DeliverStats:
+    application: bootstrap.App, clock: bootstrap.Clock, *, once: bool = True
+) -> delivery.DeliverStats:
     from digest import alerts
 
     _check_mail_route(application.cfg)
@@ -203,13 +205,13 @@ async def _deliver_with_progress(
     try:
         async with alerts.watching(alerts.Notifier(application)):
             with _ProgressReporter(total if once else None) as progress:
-                return await pipeline.deliver(application, clock, once=once, on_outcome=progress)
+                return await delivery.deliver_due(application, clock, once=once, on_outcome=progress)
     finally:
         if controller is not None:
             controller.stop()
 
 
-def _say_stats(stats: pipeline.DeliverStats) -> None:
+def _say_stats(stats: delivery.DeliverStats) -> None:
     parts = [f"{n} {name}" for name, n in vars(stats).items() if n]
     out.print("delivered: " + (", ".join(parts) if parts else "nothing was due"))
 
@@ -231,8 +233,8 @@ def init() -> None:
         _fail(exc)
     out.print(f"schema: {before or 'empty'} -> {after}")
 
-    async def go(application: pipeline.App) -> None:
-        for r in await pipeline.ingest_sources(application, datetime.now(UTC)):
+    async def go(application: bootstrap.App) -> None:
+        for r in await sources.ingest_sources(application, datetime.now(UTC)):
             _say_ingest(r)
 
     _with_app(go)
@@ -257,7 +259,7 @@ def migrate() -> None:
 # ---------------------------------------------------------------- ingest
 
 
-def _say_ingest(r: pipeline.IngestReport) -> None:
+def _say_ingest(r: sources.IngestReport) -> None:
     if r.error:
         err.print(
             f"[yellow]source {escape(r.source)}: {escape(r.error)}[/yellow]", highlight=False, markup=True
@@ -278,8 +280,8 @@ def ingest_cmd(
     Example: digest ingest --source seeds
     """
 
-    async def go(application: pipeline.App) -> list[pipeline.IngestReport]:
-        return await pipeline.ingest_sources(application, datetime.now(UTC), source)
+    async def go(application: bootstrap.App) -> list[sources.IngestReport]:
+        return await sources.ingest_sources(application, datetime.now(UTC), source)
 
     reports = _with_app(go)
     for r in reports:
@@ -318,28 +320,28 @@ def subscribers_add(
     Example: digest subscribers add ann@example.com --list demo --confirmed
              --cadence daily --hour 7 --timezone Europe/Berlin
     """
-    prefs = pipeline.ReaderPrefs(
+    prefs = readers.ReaderPrefs(
         name=name, cadence=cadence, weekday=_weekday_option(weekday), send_hour=hour, timezone=timezone
     )
 
-    async def go(application: pipeline.App) -> pipeline.AddResult:
-        lst = await pipeline.get_list(application, list_slug)
+    async def go(application: bootstrap.App) -> readers.AddResult:
+        lst = await bootstrap.get_list(application, list_slug)
         async with application.db.write() as s:
-            _, key = pipeline.normalize_address(email)
+            _, key = readers.normalize_address(email)
             if await readers_store.subscriber_by_email(
                 s, key
             ) is None and await retention_store.erased_reader(s, key):
                 raise UsageError(
                     f"{email} was erased on request: only the reader can subscribe again (double opt-in)"
                 )
-            return await pipeline.add_subscription(
+            return await readers.add_subscription(
                 s,
                 lst,
                 email,
                 prefs,
                 confirmed=confirmed,
                 now=datetime.now(UTC),
-                consent=pipeline.Consent(source="cli"),
+                consent=readers.Consent(source="cli"),
             )
 
     result = _with_app(go)
@@ -360,8 +362,8 @@ def subscribers_list(
     Example: digest subscribers list --list demo
     """
 
-    async def go(application: pipeline.App) -> list[dict[str, str]]:
-        lst = await pipeline.get_list(application, list_slug) if list_slug else None
+    async def go(application: bootstrap.App) -> list[dict[str, str]]:
+        lst = await bootstrap.get_list(application, list_slug) if list_slug else None
         return await readers_io.export_rows(application, lst.id if lst else None)
 
     rows = _with_app(go)
@@ -391,8 +393,8 @@ def subscribers_show(email: str) -> None:
     Example: digest subscribers show ann@example.com
     """
 
-    async def go(application: pipeline.App) -> None:
-        _, key = pipeline.normalize_address(email)
+    async def go(application: bootstrap.App) -> None:
+        _, key = readers.normalize_address(email)
         async with application.db.read() as s:
             reader = await readers_store.subscriber_by_email(s, key)
             if reader is None:
@@ -407,7 +409,7 @@ def subscribers_show(email: str) -> None:
             markup=True,
         )
         for sub, lst in subs:
-            _, tz = pipeline.reader_schedule(sub, lst)
+            _, tz = readers.reader_schedule(sub, lst)
             table = Table(title=f"list {lst.slug}", show_header=False)
             table.add_row("status", sub.status)
             table.add_row(
@@ -472,8 +474,8 @@ def subscribers_import(
     if not file.is_file():
         _fail(UsageError(f"{file}: no such file"))
 
-    async def go(application: pipeline.App) -> readers_io.ImportReport:
-        lst = await pipeline.get_list(application, list_slug)
+    async def go(application: bootstrap.App) -> readers_io.ImportReport:
+        lst = await bootstrap.get_list(application, list_slug)
         with file.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
             return await readers_io.import_csv(
                 application, lst, handle, confirmed=confirmed, apply=apply, now=datetime.now(UTC)
@@ -500,8 +502,8 @@ def subscribers_export(
     Example: digest subscribers export --list demo > readers.csv
     """
 
-    async def go(application: pipeline.App) -> list[dict[str, str]]:
-        lst = await pipeline.get_list(application, list_slug) if list_slug else None
+    async def go(application: bootstrap.App) -> list[dict[str, str]]:
+        lst = await bootstrap.get_list(application, list_slug) if list_slug else None
         return await readers_io.export_rows(application, lst.id if lst else None)
 
     rows = _with_app(go)
@@ -532,9 +534,9 @@ def preview_cmd(
     Example: digest preview demo --as ann@example.com --out preview.html --png previews/
     """
 
-    async def go(application: pipeline.App) -> tuple[pipeline.Draft, Any]:
-        lst = await pipeline.get_list(application, list_slug)
-        return await pipeline.preview(application, lst, datetime.now(UTC), as_email)
+    async def go(application: bootstrap.App) -> tuple[compose.Draft, Any]:
+        lst = await bootstrap.get_list(application, list_slug)
+        return await compose.preview(application, lst, datetime.now(UTC), as_email)
 
     d, rendered = _with_app(go)
     if d.empty:
@@ -574,10 +576,10 @@ def send_test(
     Example: digest send-test demo --to you@example.com
     """
 
-    async def go(application: pipeline.App) -> tuple[int, pipeline.DeliverStats]:
-        lst = await pipeline.get_list(application, list_slug)
-        delivery_id = await pipeline.queue_test(application, lst, to, datetime.now(UTC))
-        return delivery_id, await _deliver_with_progress(application, pipeline.utcnow)
+    async def go(application: bootstrap.App) -> tuple[int, delivery.DeliverStats]:
+        lst = await bootstrap.get_list(application, list_slug)
+        delivery_id = await compose.queue_test(application, lst, to, datetime.now(UTC))
+        return delivery_id, await _deliver_with_progress(application, bootstrap.utcnow)
 
     delivery_id, stats = _with_app(go)
     out.print(f"test delivery {delivery_id} to {to}", highlight=False)
@@ -593,10 +595,10 @@ def send_cmd(list_slug: Annotated[str, typer.Argument(metavar="LIST")]) -> None:
     Example: digest send demo
     """
 
-    async def go(application: pipeline.App) -> tuple[pipeline.ComposeReport, pipeline.DeliverStats]:
-        lst = await pipeline.get_list(application, list_slug)
-        report = await pipeline.compose(application, lst, datetime.now(UTC), manual=True)
-        return report, await _deliver_with_progress(application, pipeline.utcnow)
+    async def go(application: bootstrap.App) -> tuple[compose.ComposeReport, delivery.DeliverStats]:
+        lst = await bootstrap.get_list(application, list_slug)
+        report = await compose.compose(application, lst, datetime.now(UTC), manual=True)
+        return report, await _deliver_with_progress(application, bootstrap.utcnow)
 
     report, stats = _with_app(go)
     out.print(f"composed {report.deliveries} digest(s) in {len(report.editions)} edition(s)", highlight=False)
@@ -614,8 +616,8 @@ def tick_cmd(
     """
     at = _parse_now(now)
 
-    async def go(application: pipeline.App) -> tuple[list[pipeline.ComposeReport], pipeline.DeliverStats]:
-        reports = await pipeline.compose_due(application, at)
+    async def go(application: bootstrap.App) -> tuple[list[compose.ComposeReport], delivery.DeliverStats]:
+        reports = await compose.compose_due(application, at)
         return reports, await _deliver_with_progress(application, _shifted_clock(at))
 
     reports, stats = _with_app(go)
@@ -640,8 +642,8 @@ def worker_cmd(
     if not once:
         _setup_logging()
 
-    async def go(application: pipeline.App) -> pipeline.DeliverStats:
-        return await _deliver_with_progress(application, pipeline.utcnow, once=once)
+    async def go(application: bootstrap.App) -> delivery.DeliverStats:
+        return await _deliver_with_progress(application, bootstrap.utcnow, once=once)
 
     _say_stats(_with_app(go))
 
@@ -659,7 +661,7 @@ def editions_pause(
 
     Example: digest editions pause 12 --reason "wrong article"
     """
-    _with_app(lambda a: pipeline.pause_edition(a, edition_id, reason))
+    _with_app(lambda a: editions.pause_edition(a, edition_id, reason))
     out.print(f"edition {edition_id} paused", highlight=False)
 
 
@@ -669,7 +671,7 @@ def editions_resume(edition_id: Annotated[int, typer.Argument(metavar="ID")]) ->
 
     Example: digest editions resume 12
     """
-    _with_app(lambda a: pipeline.resume_edition(a, edition_id, datetime.now(UTC)))
+    _with_app(lambda a: editions.resume_edition(a, edition_id, datetime.now(UTC)))
     out.print(
         f"edition {edition_id} resumed; `digest worker` (or `digest run`) sends the rest", highlight=False
     )
@@ -681,7 +683,7 @@ def editions_cancel(edition_id: Annotated[int, typer.Argument(metavar="ID")]) ->
 
     Example: digest editions cancel 12
     """
-    n = _with_app(lambda a: pipeline.cancel_edition(a, edition_id, datetime.now(UTC)))
+    n = _with_app(lambda a: editions.cancel_edition(a, edition_id, datetime.now(UTC)))
     out.print(f"edition {edition_id} cancelled: {n} unsent message(s) will not go out", highlight=False)
 
 
@@ -701,7 +703,7 @@ def editions_resend(
     """
     if not only_unsent:
         _fail(UsageError("say --only-unsent: digest never resends messages that were delivered"))
-    n = _with_app(lambda a: pipeline.resend_edition(a, edition_id, include_unknown, datetime.now(UTC)))
+    n = _with_app(lambda a: editions.resend_edition(a, edition_id, include_unknown, datetime.now(UTC)))
     out.print(f"edition {edition_id}: {n} message(s) queued again", highlight=False)
 
 
@@ -729,8 +731,8 @@ def status_cmd(
     Example: digest status demo --json
     """
 
-    async def go(application: pipeline.App) -> dict[str, Any]:
-        lst = await pipeline.get_list(application, list_slug) if list_slug else None
+    async def go(application: bootstrap.App) -> dict[str, Any]:
+        lst = await bootstrap.get_list(application, list_slug) if list_slug else None
         now = datetime.now(UTC)
         async with application.db.read() as s:
             depth, oldest = await reports_store.queue_summary(s, now)
@@ -900,7 +902,7 @@ def bounces_process(
         _fail(UsageError(f"{path}: no such file or folder"))
     from digest import bounces
 
-    async def go(application: pipeline.App) -> bounces.ProcessReport:
+    async def go(application: bootstrap.App) -> bounces.ProcessReport:
         now = datetime.now(UTC)
         result = await bounces.process_path(application, path, now)
         await bounces.trim_raw_bounces(application, now)
@@ -1015,7 +1017,7 @@ def sources_list(as_json: JsonOption = False) -> None:
     Example: digest sources list --json
     """
 
-    async def go(application: pipeline.App) -> list[dict[str, Any]]:
+    async def go(application: bootstrap.App) -> list[dict[str, Any]]:
         names = {c.name for c in application.cfg.sources}
         async with application.db.read() as s:
             return [
@@ -1029,7 +1031,7 @@ def sources_list(as_json: JsonOption = False) -> None:
                     "last_error": src.last_error,
                     "last_error_at": src.last_error_at,
                 }
-                for src in await sources.all_sources(s)
+                for src in await sources_store.all_sources(s)
                 if src.name in names
             ]
 
@@ -1072,7 +1074,7 @@ def sources_check(name: Annotated[str, typer.Argument(metavar="NAME")], as_json:
         _fail(UsageError(f"source {name!r} is of kind api: articles are posted to it, not fetched"))
     location = src.location
     if src.kind == "directory" or not src.url:
-        location = str(pipeline.resolve_path(cfg, location))
+        location = str(bootstrap.resolve_path(cfg, location))
     result = _run(lambda: ingest.fetch_source(src.name, src.kind, location, now=datetime.now(UTC)))
     if as_json:
         _print_json(
@@ -1101,7 +1103,7 @@ lists_app = typer.Typer(
 app.add_typer(lists_app, name="lists")
 
 
-async def _list_summary(application: pipeline.App, lst: Any) -> dict[str, Any]:
+async def _list_summary(application: bootstrap.App, lst: Any) -> dict[str, Any]:
     async with application.db.read() as s:
         counts = await reports_store.list_reader_counts(s, lst.id)
         last = await reports_store.last_edition_of(s, lst.id)
@@ -1142,9 +1144,9 @@ def lists_list(as_json: JsonOption = False) -> None:
     Example: digest lists list
     """
 
-    async def go(application: pipeline.App) -> list[dict[str, Any]]:
+    async def go(application: bootstrap.App) -> list[dict[str, Any]]:
         async with application.db.read() as s:
-            lists = list(await sources.active_lists(s))
+            lists = list(await sources_store.active_lists(s))
         return [await _list_summary(application, lst) for lst in lists]
 
     rows = _with_app(go)
@@ -1173,8 +1175,8 @@ def lists_show(slug: Annotated[str, typer.Argument(metavar="SLUG")], as_json: Js
     Example: digest lists show demo --json
     """
 
-    async def go(application: pipeline.App) -> dict[str, Any]:
-        lst = await pipeline.get_list(application, slug)
+    async def go(application: bootstrap.App) -> dict[str, Any]:
+        lst = await bootstrap.get_list(application, slug)
         return await _list_summary(application, lst)
 
     r = _with_app(go)
@@ -1224,8 +1226,8 @@ def editions_list(
     Example: digest editions list --list demo --limit 50
     """
 
-    async def go(application: pipeline.App) -> list[Any]:
-        lst = await pipeline.get_list(application, list_slug) if list_slug else None
+    async def go(application: bootstrap.App) -> list[Any]:
+        lst = await bootstrap.get_list(application, list_slug) if list_slug else None
         async with application.db.read() as s:
             return await reports_store.edition_counts(s, lst.id if lst else None, limit=limit)
 
@@ -1273,13 +1275,13 @@ def editions_show(
     Example: digest editions show 12 --recipients
     """
 
-    async def go(application: pipeline.App) -> dict[str, Any]:
+    async def go(application: bootstrap.App) -> dict[str, Any]:
         async with application.db.read() as s:
             e = await reports_store.edition_by_id(s, edition_id)
             if e is None:
                 raise UsageError(f"no edition {edition_id} (see `digest editions list`)")
             lst = await reports_store.list_by_id(s, e.list_id)
-            articles = await compose.articles_by_ids(s, list(e.article_ids))
+            articles = await compose_store.articles_by_ids(s, list(e.article_ids))
             counts = await retention_store.edition_status_counts(s, edition_id)
             first, last, sent = await reports_store.edition_send_span(s, edition_id)
             errors = await reports_store.edition_reply_groups(s, edition_id)
@@ -1414,7 +1416,7 @@ def alerts_test() -> None:
     """
     from digest import alerts
 
-    async def go(application: pipeline.App) -> bool:
+    async def go(application: bootstrap.App) -> bool:
         notifier = alerts.Notifier(application)
         if not notifier.enabled:
             raise UsageError("set [alerts] email and/or webhook first")

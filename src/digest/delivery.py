@@ -33,15 +33,16 @@ from typing import Any, Protocol
 from sqlalchemy.exc import DBAPIError
 
 from digest import inbound, messages, store, tokens
+from digest.bootstrap import App, Clock, utcnow
 from digest.config import Config, RelayConfig
 from digest.dkim_sign import DkimKey, load_key
 from digest.models import DeliveryKind, DeliveryStatus, SubscriberStatus, SubscriptionStatus
 from digest.smtp import SendOutcome, SmtpConnection
-from digest.store import ledger, readers
+from digest.store import ledger
+from digest.store import readers as readers_store
 
 log = logging.getLogger("digest.delivery")
 
-Clock = Callable[[], datetime]
 TEST_TOKEN = "test"  # noqa: S105 (a marker, not a secret): test sends link to an inert page
 THROTTLE_CODES = {421, 450, 451, 452, 454}
 GROUP_WAIT = 0.02  # seconds an outcome may wait for others to share its transaction (limit: 50 ms)
@@ -422,7 +423,7 @@ class OutcomeWriter:
         if c.subscriber is not None and status in (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN):
             reply = o.result.reply if o.result else None
             code = o.result.code if o.result else None
-            await readers.add_event(
+            await readers_store.add_event(
                 s,
                 "bounced" if klass else f"delivery_{status}",
                 o.now,
@@ -492,11 +493,9 @@ async def _sleep_until(seconds: float, *events: asyncio.Event | None) -> None:
             e.clear()
 
 
-async def deliver(
-    app_db: store.Database,
-    cfg: Config,
-    keys: Sequence[str],
-    clock: Clock,
+async def deliver_due(
+    app: App,
+    clock: Clock = utcnow,
     *,
     senders: Sequence[Sender] | None = None,
     once: bool = True,
@@ -506,6 +505,7 @@ async def deliver(
     wake: asyncio.Event | None = None,
 ) -> DeliverStats:
     """Send what is due until nothing is claimable (`once`) or until `stop` is set."""
+    app_db, cfg, keys = app.db, app.cfg, app.keys
     owner = worker_id()
     conns = list(senders) if senders is not None else make_senders(cfg)
     stats = DeliverStats()

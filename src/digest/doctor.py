@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 
-from digest import delivery, messages, pipeline, rendering
+from digest import bootstrap, delivery, messages, rendering
 from digest.config import Config, RelayConfig
 from digest.dkim_sign import load_key, public_record
 from digest.errors import DigestError
-from digest.store import migrate, reports
+from digest.store import migrate
+from digest.store import reports as reports_store
 
 Level = Literal["ok", "warn", "fail"]
 PROBE_TIMEOUT = 15.0
@@ -109,10 +110,10 @@ async def probe(relay: RelayConfig) -> Finding:
 
 
 async def _database(cfg: Config) -> list[Finding]:
-    database = pipeline.open_database(cfg)
+    database = bootstrap.open_database(cfg)
     try:
         async with database.read() as s:
-            await reports.ping(s)
+            await reports_store.ping(s)
         try:
             await migrate.check_schema(database)
         except DigestError as exc:
@@ -132,7 +133,7 @@ async def _database(cfg: Config) -> list[Finding]:
 
 
 def _templates(cfg: Config) -> list[Finding]:
-    directory = pipeline.templates_dir(cfg)
+    directory = bootstrap.templates_dir(cfg)
     try:
         rendering.Templates(directory)
     except DigestError as exc:

@@ -34,9 +34,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from digest import pipeline
+from digest import bootstrap
 from digest.retention import INBOUND_EVENTS
-from digest.store import reports
+from digest.store import reports as reports_store
 from digest.store import sources as sources_store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -62,16 +62,16 @@ class Snapshot:
         return max((self.now - self.oldest_due).total_seconds(), 0.0) if self.oldest_due else 0.0
 
 
-async def snapshot(app: pipeline.App, now: datetime) -> Snapshot:
+async def snapshot(app: bootstrap.App, now: datetime) -> Snapshot:
     async with app.db.read() as s:
-        depth, oldest = await reports.queue_summary(s, now)
+        depth, oldest = await reports_store.queue_summary(s, now)
         return Snapshot(
             now=now,
-            readers=await reports.subscriber_status_counts(s),
-            subscriptions=await reports.list_reader_counts(s, None),
-            deliveries=await reports.delivery_counts(s),
-            sent_last_minute=await reports.sent_since(s, now - timedelta(minutes=1)),
-            replies=await reports.smtp_reply_counts(s, now - timedelta(hours=1)),
+            readers=await reports_store.subscriber_status_counts(s),
+            subscriptions=await reports_store.list_reader_counts(s, None),
+            deliveries=await reports_store.delivery_counts(s),
+            sent_last_minute=await reports_store.sent_since(s, now - timedelta(minutes=1)),
+            replies=await reports_store.smtp_reply_counts(s, now - timedelta(hours=1)),
             queue_depth=depth,
             oldest_due=oldest,
             sources=[
@@ -79,7 +79,7 @@ async def snapshot(app: pipeline.App, now: datetime) -> Snapshot:
                 for src in await sources_store.all_sources(s)
                 if src.name in {c.name for c in app.cfg.sources}
             ],
-            bounces=await reports.inbound_class_counts(s, INBOUND_EVENTS, now - timedelta(days=1)),
+            bounces=await reports_store.inbound_class_counts(s, INBOUND_EVENTS, now - timedelta(days=1)),
         )
 
 
@@ -170,7 +170,7 @@ class _Fixed(Collector):
         return self.metrics
 
 
-async def render_metrics(app: pipeline.App, now: datetime | None = None) -> bytes:
+async def render_metrics(app: bootstrap.App, now: datetime | None = None) -> bytes:
     """The Prometheus text exposition of the database's current state."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Fixed(families(await snapshot(app, now or datetime.now(UTC)))))

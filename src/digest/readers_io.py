@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO
 
-from digest import pipeline
+from digest import bootstrap, readers
 from digest.errors import DigestError
 from digest.models import MailingList
 from digest.schedule import WEEKDAYS
-from digest.store import readers
+from digest.store import readers as readers_store
 
 EXPORT_COLUMNS = [
     "email",
@@ -46,8 +46,8 @@ _ALIASES = {
 class Row:
     line: int
     address: str
-    prefs: pipeline.ReaderPrefs
-    consent: pipeline.Consent
+    prefs: readers.ReaderPrefs
+    consent: readers.Consent
 
 
 @dataclass
@@ -83,7 +83,7 @@ def read_rows(handle: IO[str]) -> Iterator[Row | tuple[int, str]]:
         }
         try:
             hour = row.get("send_hour", "").strip()
-            prefs = pipeline.ReaderPrefs(
+            prefs = readers.ReaderPrefs(
                 name=" ".join(row.get("name", "").split())[:200],
                 cadence=row.get("cadence", "").strip().lower() or "default",
                 weekday=_weekday(row.get("weekday", "")),
@@ -93,7 +93,7 @@ def read_rows(handle: IO[str]) -> Iterator[Row | tuple[int, str]]:
         except ValueError as exc:
             yield line, str(exc)
             continue
-        consent = pipeline.Consent(
+        consent = readers.Consent(
             ip=row.get("signup_ip") or None,
             source=row.get("signup_source") or row.get("source") or "import",
             text_version=row.get("consent_text_version") or None,
@@ -102,7 +102,7 @@ def read_rows(handle: IO[str]) -> Iterator[Row | tuple[int, str]]:
 
 
 async def import_csv(
-    app: pipeline.App,
+    app: bootstrap.App,
     lst: MailingList,
     handle: IO[str],
     *,
@@ -126,7 +126,7 @@ async def import_csv(
                         continue
                     try:
                         async with s.begin_nested():
-                            result = await pipeline.add_subscription(
+                            result = await readers.add_subscription(
                                 s,
                                 lst,
                                 item.address,
@@ -155,9 +155,9 @@ class _DryRun(Exception):
     """Rolls back a dry run's transaction."""
 
 
-async def export_rows(app: pipeline.App, list_id: int | None) -> list[dict[str, str]]:
+async def export_rows(app: bootstrap.App, list_id: int | None) -> list[dict[str, str]]:
     async with app.db.read() as s:
-        rows = await readers.readers(s, list_id)
+        rows = await readers_store.readers(s, list_id)
     out = []
     for reader, sub, lst in rows:
         out.append(

@@ -21,9 +21,9 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import pipeline
+from digest import bootstrap, readers
 from digest.errors import UsageError
-from digest.store import readers
+from digest.store import readers as readers_store
 from digest.store import retention as retention_store
 
 log = logging.getLogger("digest.retention")
@@ -51,7 +51,7 @@ class PruneReport:
         }
 
 
-async def prune(app: pipeline.App, now: datetime, *, batch_size: int | None = None) -> PruneReport:
+async def prune(app: bootstrap.App, now: datetime, *, batch_size: int | None = None) -> PruneReport:
     """Apply `[retention]` once, batch by batch; safe to run while everything else runs."""
     r = app.cfg.retention
     size = batch_size or r.batch_size
@@ -92,7 +92,7 @@ async def prune(app: pipeline.App, now: datetime, *, batch_size: int | None = No
     return report
 
 
-async def _batch(app: pipeline.App, step: Callable[[AsyncSession], Awaitable[int]]) -> int:
+async def _batch(app: bootstrap.App, step: Callable[[AsyncSession], Awaitable[int]]) -> int:
     async with app.db.write() as s:
         n = await step(s)
     await asyncio.sleep(0)  # let senders and web requests take the lock between batches
@@ -106,18 +106,18 @@ class Erasure:
     deliveries: int
 
 
-async def erase_reader(app: pipeline.App, address: str, now: datetime) -> Erasure:
+async def erase_reader(app: bootstrap.App, address: str, now: datetime) -> Erasure:
     """Erase a reader's personal data on request, keeping only the hash that suppresses the address."""
-    _, key = pipeline.normalize_address(address)
+    _, key = readers.normalize_address(address)
     async with app.db.write() as s:
-        reader = await readers.subscriber_by_email(s, key)
+        reader = await readers_store.subscriber_by_email(s, key)
         if reader is None:
             if await retention_store.erased_reader(s, key):
                 raise UsageError(f"{address} was already erased")
             raise UsageError(f"no reader {address}")
-        subs = await readers.subscriptions_of(s, reader.id)
+        subs = await readers_store.subscriptions_of(s, reader.id)
         scrubbed = await retention_store.erase_subscriber(s, reader, now)
-        await readers.add_event(s, "erased", now, subscriber_id=reader.id, method="operator")
+        await readers_store.add_event(s, "erased", now, subscriber_id=reader.id, method="operator")
         marker = retention_store.erased_email(key)
     log.info("reader %s erased on request", reader.id)
     return Erasure(marker, len(subs), scrubbed)

@@ -7,43 +7,25 @@ each job once; a process that does not get the lock skips that run.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import text
 
-from digest import alerts, bounces, pipeline, retention, signup
+from digest import alerts, bootstrap, bounces, compose, retention, signup, sources, store
 
 log = logging.getLogger("digest.scheduler")
 
 
-def _lock_key(name: str) -> int:
-    return zlib.crc32(f"digest-job:{name}".encode())
-
-
-async def run_exclusive(app: pipeline.App, name: str, job: Callable[[], Awaitable[object]]) -> bool:
+async def run_exclusive(app: bootstrap.App, name: str, job: Callable[[], Awaitable[object]]) -> bool:
     """Run `job` unless another scheduler process is running the same job right now."""
-    if app.db.is_sqlite:
-        await job()
-        return True
-    async with app.db.writer.connect() as conn:
-        got = (
-            await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(name)})
-        ).scalar_one()
-        await conn.commit()
-        if not got:
-            return False
-        try:
+    async with store.exclusive(app.db, f"digest-job:{name}") as got:
+        if got:
             await job()
-        finally:
-            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
-            await conn.commit()
-    return True
+        return got
 
 
-def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
+def build_scheduler(app: bootstrap.App) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone=UTC)
     now = datetime.now(UTC)
 
@@ -75,14 +57,14 @@ def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
             continue
 
         async def ingest_one(name: str = src.name) -> None:
-            for report in await pipeline.ingest_sources(app, datetime.now(UTC), only=name, due_only=True):
+            for report in await sources.ingest_sources(app, datetime.now(UTC), only=name, due_only=True):
                 if report.new:
                     log.info("source %s: %d new", report.source, report.new)
 
         every(f"ingest:{src.name}", ingest_one, src.interval, first=now)
 
-    async def compose() -> None:
-        for report in await pipeline.compose_due(app, datetime.now(UTC)):
+    async def compose_for_due_readers() -> None:
+        for report in await compose.compose_due(app, datetime.now(UTC)):
             if report.deliveries or report.skipped:
                 log.info(
                     "list %s: %d composed, %d skipped", report.list_slug, report.deliveries, report.skipped
@@ -105,5 +87,5 @@ def build_scheduler(app: pipeline.App) -> AsyncIOScheduler:
             await alerts.check_and_notify(notifier, datetime.now(UTC))
 
         every("alerts", check_alerts, timedelta(minutes=1), first=now + timedelta(seconds=30))
-    every("compose", compose, app.cfg.scheduler.tick, first=now)
+    every("compose", compose_for_due_readers, app.cfg.scheduler.tick, first=now)
     return scheduler

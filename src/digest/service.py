@@ -10,14 +10,14 @@ from typing import Any
 
 import uvicorn
 
-from digest import alerts, bounces, capture, pipeline, signup
+from digest import alerts, bootstrap, bounces, capture, delivery, limits
 from digest.scheduler import build_scheduler
 
 log = logging.getLogger("digest")
 
 
 async def run_all(
-    app: pipeline.App, *, web: bool, scheduler: bool, worker: bool, inbox: bool | None = None
+    app: bootstrap.App, *, web: bool, scheduler: bool, worker: bool, inbox: bool | None = None
 ) -> None:
     """Run the chosen parts until SIGINT or SIGTERM, then stop cleanly.
 
@@ -37,7 +37,7 @@ async def run_all(
     cfg = app.cfg
     controller: Any = None
     if (worker or web) and cfg.capture.enabled and not cfg.relays:
-        directory = pipeline.resolve_path(cfg, cfg.capture.directory)
+        directory = bootstrap.resolve_path(cfg, cfg.capture.directory)
         if capture.is_listening(cfg.capture.host, cfg.capture.port):
             log.info("a capture server already listens on %s:%d", cfg.capture.host, cfg.capture.port)
         else:
@@ -67,7 +67,7 @@ async def run_all(
     if worker or web:
         # `digest web` alone still delivers confirmation mail; the full worker sends everything.
         tasks.append(
-            asyncio.create_task(pipeline.deliver(app, pipeline.utcnow, once=False, stop=stop, wake=wake))
+            asyncio.create_task(delivery.deliver_due(app, bootstrap.utcnow, once=False, stop=stop, wake=wake))
         )
     server = None
     if web:
@@ -77,7 +77,7 @@ async def run_all(
             uvicorn.Config(
                 create_app(
                     app,
-                    rate_limits=signup.RateLimits(cfg.web.signup_per_minute, cfg.web.signup_per_hour),
+                    rate_limits=limits.RateLimits(cfg.web.signup_per_minute, cfg.web.signup_per_hour),
                     confirmations_per_hour=cfg.web.confirmations_per_hour,
                     wake=wake,
                 ),
@@ -105,11 +105,11 @@ async def run_all(
         controller.stop()
 
 
-async def _trim_raw_bounces_daily(app: pipeline.App, stop: asyncio.Event) -> None:
+async def _trim_raw_bounces_daily(app: bootstrap.App, stop: asyncio.Event) -> None:
     """Raw bounce messages are kept 30 days: trim once at start, then once a day."""
     while not stop.is_set():
         try:
-            await bounces.trim_raw_bounces(app, pipeline.utcnow())
+            await bounces.trim_raw_bounces(app, bootstrap.utcnow())
         except Exception:  # housekeeping must never stop the inbox
             log.exception("trimming raw bounce messages failed")
         with contextlib.suppress(TimeoutError):

@@ -43,12 +43,26 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digest import csrf, extract, observability, pipeline, readers_io, signup
+from digest import (
+    bootstrap,
+    csrf,
+    delivery,
+    extract,
+    limits,
+    observability,
+    preferences,
+    readers,
+    readers_io,
+    signup,
+    signup_form,
+)
 from digest.errors import DigestError
 from digest.models import SubscriptionStatus
 from digest.rendering import TOKEN_PLACEHOLDER
-from digest.store import migrate, reports, sources
+from digest.store import migrate
 from digest.store import readers as readers_store
+from digest.store import reports as reports_store
+from digest.store import sources as sources_store
 
 log = logging.getLogger("digest")
 
@@ -58,7 +72,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _CONFIRM_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,2000}")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _ZONES = sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))
-_INERT = frozenset({pipeline.TEST_TOKEN, "archive", "preview", TOKEN_PLACEHOLDER})
+_INERT = frozenset({delivery.TEST_TOKEN, "archive", "preview", TOKEN_PLACEHOLDER})
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -208,7 +222,7 @@ class SubscriberIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: str = Field(max_length=320)
     name: str = Field(default="", max_length=1000)
-    lists: list[str] = Field(min_length=1, max_length=signup.MAX_LISTS)
+    lists: list[str] = Field(min_length=1, max_length=signup_form.MAX_LISTS)
     cadence: Literal["default", "daily", "weekly"] = "default"
     weekday: int | None = Field(default=None, ge=0, le=6)
     send_hour: int | None = Field(default=None, ge=0, le=23)
@@ -233,7 +247,7 @@ class ArticleBatch(BaseModel):
     articles: list[ArticleIn] = Field(min_length=1, max_length=200)
 
 
-def api_article(item: ArticleIn, now: datetime) -> sources.NewArticle:
+def api_article(item: ArticleIn, now: datetime) -> sources_store.NewArticle:
     """Normalize a pushed article exactly as ingest normalizes a feed item."""
     if item.url and not extract.canonical_url(item.url):
         raise ApiError(422, "invalid", "url must be an absolute http(s) URL")
@@ -242,16 +256,16 @@ def api_article(item: ArticleIn, now: datetime) -> sources.NewArticle:
     if content and not re.search(r"<(?:p|ul|ol|h[2-4]|blockquote|pre|figure)\b", content):
         content = f"<p>{content}</p>"
     text = extract.html_to_text(content) if content else ""
-    title = extract.clean_line(signup.clean_text(item.title, 2000)) or extract.clean_line(text, 80)
+    title = extract.clean_line(signup_form.clean_text(item.title, 2000)) or extract.clean_line(text, 80)
     if not title:
         raise ApiError(422, "invalid", "an article needs a title or content")
     published = item.published_at or now
     published = published if published.tzinfo else published.replace(tzinfo=UTC)
     fingerprint = extract.fingerprint(title, text)
-    summary_source = signup.clean_text(item.summary, 5000) if item.summary else text
-    author = extract.clean_line(signup.clean_text(item.author, 500), 200) if item.author else None
-    return sources.NewArticle(
-        guid=extract.clean_line(signup.clean_text(item.guid or "", 1000), 1000)
+    summary_source = signup_form.clean_text(item.summary, 5000) if item.summary else text
+    author = extract.clean_line(signup_form.clean_text(item.author, 500), 200) if item.author else None
+    return sources_store.NewArticle(
+        guid=extract.clean_line(signup_form.clean_text(item.guid or "", 1000), 1000)
         or url
         or f"fingerprint:{fingerprint}",
         url=url,
@@ -266,11 +280,11 @@ def api_article(item: ArticleIn, now: datetime) -> sources.NewArticle:
 
 
 def create_app(
-    app: pipeline.App,
+    app: bootstrap.App,
     *,
-    rate_limits: signup.RateLimits | None = None,
+    rate_limits: limits.RateLimits | None = None,
     min_fill: timedelta = timedelta(seconds=2),
-    clock: Callable[[], datetime] = pipeline.utcnow,
+    clock: Callable[[], datetime] = bootstrap.utcnow,
     confirmations_per_hour: int | None = 1000,
     purge_every: timedelta | None = timedelta(hours=1),
     wake: asyncio.Event | None = None,
@@ -283,10 +297,10 @@ def create_app(
     base_url = app.base_url
     base_origin = "/".join(base_url.split("/")[:3])
     guard = csrf.FormGuard(app.keys)
-    limiter = signup.RateLimiter(rate_limits or signup.RateLimits())
-    trust = signup.ProxyTrust(app.cfg.web.trusted_proxies)
+    limiter = limits.RateLimiter(rate_limits or limits.RateLimits())
+    trust = limits.ProxyTrust(app.cfg.web.trusted_proxies)
     secure_cookie = base_url.startswith("https://")
-    templates_dir = pipeline.templates_dir(app.cfg) / "web"
+    templates_dir = bootstrap.templates_dir(app.cfg) / "web"
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         autoescape=jinja2.select_autoescape(["html"]),
@@ -380,12 +394,12 @@ def create_app(
         return trust.client_ip(request.client.host if request.client else None, forwarded)
 
     def user_agent(request: Request) -> str | None:
-        return signup.clean_text(request.headers.get("user-agent", ""), signup.TEXT_MAX) or None
+        return signup_form.clean_text(request.headers.get("user-agent", ""), signup_form.TEXT_MAX) or None
 
     def web_url(value: object) -> str | None:
         if not isinstance(value, str):
             return None
-        text = signup.clean_text(value, signup.TEXT_MAX)
+        text = signup_form.clean_text(value, signup_form.TEXT_MAX)
         return text if re.match(r"https?://[^\s/]+", text) else None
 
     def too_many(request: Request, wait: float) -> Response:
@@ -411,7 +425,7 @@ def create_app(
         )
 
     def inert(request: Request, token: str) -> HTMLResponse | None:
-        if token == pipeline.TEST_TOKEN:
+        if token == delivery.TEST_TOKEN:
             return message(request, "This was a test", "This link came from a test send, so it does nothing.")
         if token in _INERT:
             return message(
@@ -491,7 +505,7 @@ def create_app(
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         async with app.db.read() as s:
-            await reports.ping(s)
+            await reports_store.ping(s)
         return {"status": "ok"}
 
     @api.get("/readyz", include_in_schema=False)
@@ -499,7 +513,7 @@ def create_app(
         """Ready to serve: the database answers and its schema is the one this code needs."""
         try:
             async with app.db.read() as s:
-                await reports.ping(s)
+                await reports_store.ping(s)
             await migrate.check_schema(app.db)
         except DigestError as exc:
             return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
@@ -518,7 +532,7 @@ def create_app(
 
     async def signup_lists(slug: str | None) -> list[dict[str, Any]]:
         async with app.db.read() as s:
-            lists = await sources.active_lists(s)
+            lists = await sources_store.active_lists(s)
         return [
             {
                 "slug": lst.slug,
@@ -587,7 +601,7 @@ def create_app(
         response.background = task
         return response
 
-    def signup_task(item: signup.Signup, method: str) -> BackgroundTask:
+    def signup_task(item: signup_form.Signup, method: str) -> BackgroundTask:
         now = clock()
         return in_background(
             lambda: signup.request_confirmation(
@@ -642,7 +656,7 @@ def create_app(
         if not isinstance(body, dict):
             return error_json(422, "invalid", "The body must be a JSON object.")
         version = body.get("consent_text_version")
-        consent = pipeline.Consent(
+        consent = readers.Consent(
             ip=client_ip(request),
             user_agent=user_agent(request),
             source=web_url(body.get("source"))
@@ -650,14 +664,14 @@ def create_app(
             or web_url(request.headers.get("referer"))
             or "api",
             referer=web_url(request.headers.get("referer")),
-            text_version=signup.clean_text(version, 64)
+            text_version=signup_form.clean_text(version, 64)
             if isinstance(version, str) and version
             else consent_version,
         )
         known = [lst["slug"] for lst in await signup_lists(None)] + await private_slugs()
         try:
-            item = signup.parse_signup(body, known, consent)
-        except signup.SignupInvalid as exc:
+            item = signup_form.parse_signup(body, known, consent)
+        except signup_form.SignupInvalid as exc:
             return error_json(422, "invalid", "Some fields need fixing.", fields=exc.fields)
         response = JSONResponse({"status": "accepted", "message": accepted_text}, status_code=202)
         if not body.get("website"):
@@ -666,7 +680,7 @@ def create_app(
 
     async def private_slugs() -> list[str]:
         async with app.db.read() as s:
-            return [lst.slug for lst in await sources.active_lists(s) if not lst.public]
+            return [lst.slug for lst in await sources_store.active_lists(s) if not lst.public]
 
     async def subscribe_form(request: Request) -> Response:
         if (limited := rate_limited(request)) is not None:
@@ -680,7 +694,9 @@ def create_app(
         if not lists:
             lists, single = await signup_lists(None), None
         values: dict[str, Any] = {
-            k: signup.clean_text(v, 320) for k, v in form.multi_items() if isinstance(v, str) and k != "list"
+            k: signup_form.clean_text(v, 320)
+            for k, v in form.multi_items()
+            if isinstance(v, str) and k != "list"
         }
         values["list"] = [v for v in form.getlist("list") if isinstance(v, str)]
         ref = web_url(form.get("ref"))
@@ -697,7 +713,7 @@ def create_app(
         fields: dict[str, object] = {k: form.get(k) for k in form if k != "list"}
         fields["list"] = values["list"]
         referer = request.headers.get("referer", "")
-        consent = pipeline.Consent(
+        consent = readers.Consent(
             ip=client_ip(request),
             user_agent=user_agent(request),
             source=web_url(referer) if referer.startswith(base_url + "/") else f"{base_url}/subscribe",
@@ -706,8 +722,8 @@ def create_app(
         )
         known = [lst["slug"] for lst in lists]
         try:
-            item = signup.parse_signup(fields, known, consent)
-        except signup.SignupInvalid as exc:
+            item = signup_form.parse_signup(fields, known, consent)
+        except signup_form.SignupInvalid as exc:
             return signup_page(request, lists, single, values=values, errors=exc.fields, status=422, ref=ref)
         bot = bool(form.get("website")) or guard.too_fast(form.get(csrf.STAMP_FIELD), clock(), min_fill)
         return accepted_page(request, item.address, None if bot else signup_task(item, "web"))
@@ -743,7 +759,7 @@ def create_app(
                 sub = await readers_store.subscription_by_id(s, sub_id)
                 if sub is None or int(sub.signup_at.timestamp()) != stamp:
                     continue
-                lst = await reports.list_by_id(s, sub.list_id)
+                lst = await reports_store.list_by_id(s, sub.list_id)
                 if lst is None:
                     continue
                 if sub.status == SubscriptionStatus.PENDING:
@@ -849,7 +865,7 @@ def create_app(
             return unknown(request)
         async with app.db.read() as s:
             sub = await readers_store.subscription_by_token(s, token)
-            lst = await reports.list_by_id(s, sub.list_id) if sub else None
+            lst = await reports_store.list_by_id(s, sub.list_id) if sub else None
         if sub is None or lst is None:
             return unknown(request)
         if sub.status == SubscriptionStatus.UNSUBSCRIBED:
@@ -885,7 +901,7 @@ def create_app(
             one_click = form is not None and form.get("List-Unsubscribe") == "One-Click"
         else:
             one_click = b"List-Unsubscribe=One-Click" in body
-        name = await signup.unsubscribe_token(app, token, "one-click" if one_click else "link", clock())
+        name = await preferences.unsubscribe_token(app, token, "one-click" if one_click else "link", clock())
         if name is None:
             return unknown(request)
         return unsubscribed_page(request, token, name)
@@ -901,11 +917,11 @@ def create_app(
         errors: dict[str, str] | None = None,
         values: dict[str, Any] | None = None,
     ) -> HTMLResponse:
-        reader = await signup.reader_for_token(app, token)
+        reader = await preferences.reader_for_token(app, token)
         if reader is None:
             return unknown(request)
         async with app.db.read() as s:
-            active = await sources.active_lists(s)
+            active = await sources_store.active_lists(s)
         mine = set(reader.subscribed) | set(reader.pending)
         lists = [
             {
@@ -946,7 +962,7 @@ def create_app(
         )
 
     @readable("/p/{token}")
-    async def preferences(request: Request, token: str) -> HTMLResponse:
+    async def preferences_show(request: Request, token: str) -> HTMLResponse:
         """Lists, cadence, weekday, send hour, time zone and name; or leave everything."""
         if (shown := inert(request, token)) is not None:
             return shown
@@ -961,7 +977,7 @@ def create_app(
         if not _TOKEN.fullmatch(token):
             return unknown(request)
         form = await read_form(request)
-        reader = await signup.reader_for_token(app, token)
+        reader = await preferences.reader_for_token(app, token)
         if reader is None:
             return unknown(request)
         if form is None or not guard.valid(request.cookies.get(csrf.COOKIE), form.get(csrf.FIELD)):
@@ -974,19 +990,19 @@ def create_app(
         fields["list"] = [v for v in form.getlist("list") if isinstance(v, str)]
         fields["email"], fields["consent"] = reader.email, True
         async with app.db.read() as s:
-            known = [lst.slug for lst in await sources.active_lists(s)]
-        values = {k: signup.clean_text(v, 320) if isinstance(v, str) else v for k, v in fields.items()}
+            known = [lst.slug for lst in await sources_store.active_lists(s)]
+        values = {k: signup_form.clean_text(v, 320) if isinstance(v, str) else v for k, v in fields.items()}
         try:
-            item = signup.parse_signup(fields, known, pipeline.Consent(), require_list=False)
-        except signup.SignupInvalid as exc:
+            item = signup_form.parse_signup(fields, known, readers.Consent(), require_list=False)
+        except signup_form.SignupInvalid as exc:
             return await preferences_page(request, token, status=422, errors=exc.fields, values=values)
-        consent = pipeline.Consent(
+        consent = readers.Consent(
             ip=client_ip(request),
             user_agent=user_agent(request),
             source=f"{base_url}/p",
             text_version=consent_version,
         )
-        outcome = await signup.change_preferences(
+        outcome = await preferences.change_preferences(
             app, token, item.lists, item.prefs, clock(), consent=consent, hourly_budget=confirmations_per_hour
         )
         if outcome is None:
@@ -1014,7 +1030,7 @@ def create_app(
                 form_action=f"{base_url}/p/{token}/leave",
                 button="Leave every list",
             )
-        left = await signup.leave_everything(app, token, clock())
+        left = await preferences.leave_everything(app, token, clock())
         if left is None:
             return unknown(request)
         return message(
@@ -1029,7 +1045,7 @@ def create_app(
     @api.get("/articles/{article_id}", response_class=HTMLResponse, tags=["pages"])
     async def article(request: Request, article_id: int) -> HTMLResponse:
         async with app.db.read() as s:
-            found = await reports.article_by_id(s, article_id) if 0 < article_id < 2**62 else None
+            found = await reports_store.article_by_id(s, article_id) if 0 < article_id < 2**62 else None
         if found is None:
             return message(request, "No such article", status=404)
         content = Markup(extract.sanitize_html(found.content))  # noqa: S704 (sanitized by nh3 just above)
@@ -1043,8 +1059,8 @@ def create_app(
     @api.get("/archive/{slug}", response_class=HTMLResponse, tags=["pages"])
     async def archive(request: Request, slug: str) -> HTMLResponse:
         async with app.db.read() as s:
-            lst = await sources.list_by_slug(s, slug)
-            editions = await reports.public_editions(s, lst.id) if lst and lst.public else []
+            lst = await sources_store.list_by_slug(s, slug)
+            editions = await reports_store.public_editions(s, lst.id) if lst and lst.public else []
         if lst is None or not lst.public:
             return message(request, "No such list", status=404)
         return page(request, "archive.html", list=lst, editions=editions, title=lst.name)
@@ -1052,12 +1068,12 @@ def create_app(
     @api.get("/archive/{slug}/{edition_id}", response_class=HTMLResponse, tags=["pages"])
     async def edition(request: Request, slug: str, edition_id: int) -> Response:
         async with app.db.read() as s:
-            lst = await sources.list_by_slug(s, slug)
-            found = await reports.edition_by_id(s, edition_id) if 0 < edition_id < 2**62 else None
+            lst = await sources_store.list_by_slug(s, slug)
+            found = await reports_store.edition_by_id(s, edition_id) if 0 < edition_id < 2**62 else None
         if lst is None or found is None or found.list_id != lst.id:
             return message(request, "No such digest", status=404)
         if found.kind == "test":
-            token = pipeline.TEST_TOKEN
+            token = delivery.TEST_TOKEN
         elif lst.public:
             token = "archive"  # noqa: S105 (a marker, not a secret)
         else:
@@ -1108,7 +1124,7 @@ def create_app(
         if slug is None:
             return None
         async with app.db.read() as s:
-            lst = await sources.list_by_slug(s, slug)
+            lst = await sources_store.list_by_slug(s, slug)
         if lst is None:
             raise ApiError(404, "not_found", f"no list {slug!r}")
         return lst.id
@@ -1177,18 +1193,18 @@ def create_app(
         known = [lst.slug for lst in await _active(app)]
         fields: dict[str, object] = body.model_dump()
         fields["list"], fields["consent"] = fields.pop("lists"), True
-        consent = pipeline.Consent(ip=client_ip(request), user_agent=user_agent(request), source="api")
+        consent = readers.Consent(ip=client_ip(request), user_agent=user_agent(request), source="api")
         try:
-            item = signup.parse_signup(fields, known, consent)
-        except signup.SignupInvalid as exc:
+            item = signup_form.parse_signup(fields, known, consent)
+        except signup_form.SignupInvalid as exc:
             raise ApiError(422, "invalid", "Some fields need fixing.", fields=exc.fields) from None
         now = clock()
         if body.confirmed:
             async with app.db.write() as s:
                 for slug in item.lists:
-                    lst = await sources.list_by_slug(s, slug)
+                    lst = await sources_store.list_by_slug(s, slug)
                     assert lst is not None
-                    await pipeline.add_subscription(
+                    await readers.add_subscription(
                         s,
                         lst,
                         item.address,
@@ -1227,7 +1243,7 @@ def create_app(
             left = []
             for sub, lst in await readers_store.subscriptions_of(s, reader.id):
                 wanted = list_id is None or lst.id == list_id
-                if wanted and await pipeline.unsubscribe(s, sub, "operator", clock()):
+                if wanted and await readers.unsubscribe(s, sub, "operator", clock()):
                     left.append(lst.slug)
         return {"email": reader.email, "unsubscribed": left}
 
@@ -1237,7 +1253,7 @@ def create_app(
         if name not in {src.name for src in app.cfg.sources}:
             raise ApiError(404, "not_found", f"no source {name!r}")
         async with app.db.read() as s:
-            source = await sources.source_by_name(s, name)
+            source = await sources_store.source_by_name(s, name)
         if source is None:
             raise ApiError(404, "not_found", f"no source {name!r}")
         if source.kind != "api":
@@ -1245,21 +1261,21 @@ def create_app(
         now = clock()
         items = [api_article(a, now) for a in (body.articles if isinstance(body, ArticleBatch) else [body])]
         async with app.db.write() as s:
-            stored = await sources.store_articles(s, source.id, items, now)
+            stored = await sources_store.store_articles(s, source.id, items, now)
         return {"received": len(items), "stored": stored}
 
     api.add_middleware(_Guard, base_origin=base_origin)
     return api
 
 
-async def _active(app: pipeline.App) -> list[Any]:
+async def _active(app: bootstrap.App) -> list[Any]:
     async with app.db.read() as s:
-        return list(await sources.active_lists(s))
+        return list(await sources_store.active_lists(s))
 
 
 def _address_key(address: str) -> tuple[str, str]:
     try:
-        return pipeline.normalize_address(address)
+        return readers.normalize_address(address)
     except DigestError:
         raise ApiError(404, "not_found", "no such subscriber") from None
 
@@ -1275,16 +1291,16 @@ def _join(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-async def admin_view(app: pipeline.App, now: datetime, hours: int = 24) -> dict[str, Any]:
+async def admin_view(app: bootstrap.App, now: datetime, hours: int = 24) -> dict[str, Any]:
     """What the admin page shows, read in one transaction."""
     async with app.db.read() as s:
-        lists = list(await sources.active_lists(s))
-        readers = await reports.list_reader_counts(s, None)
-        editions = await reports.edition_counts(s, None, limit=15)
-        sent_times = await reports.sent_times_since(s, now - timedelta(hours=hours))
-        events = await reports.recent_reader_events(s, ["bounced", "complained", "unsubscribed"], 20)
-        depth, oldest = await reports.queue_summary(s, now)
-        sent_last_minute = await reports.sent_since(s, now - timedelta(minutes=1))
+        lists = list(await sources_store.active_lists(s))
+        readers = await reports_store.list_reader_counts(s, None)
+        editions = await reports_store.edition_counts(s, None, limit=15)
+        sent_times = await reports_store.sent_times_since(s, now - timedelta(hours=hours))
+        events = await reports_store.recent_reader_events(s, ["bounced", "complained", "unsubscribed"], 20)
+        depth, oldest = await reports_store.queue_summary(s, now)
+        sent_last_minute = await reports_store.sent_since(s, now - timedelta(minutes=1))
     per_list: dict[str, dict[str, int]] = {lst.slug: {} for lst in lists}
     for slug, status, _, n in readers:
         if slug in per_list:

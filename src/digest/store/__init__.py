@@ -10,6 +10,7 @@ its row locks and advisory locks give the same guarantees between machines.
 from __future__ import annotations
 
 import secrets
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -98,6 +99,26 @@ class Database:
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
+
+
+@asynccontextmanager
+async def exclusive(db: Database, name: str) -> AsyncIterator[bool]:
+    """Whether this process holds the lock called `name` for the duration of the block: a
+    PostgreSQL session advisory lock, so several processes run a job once; SQLite is one machine
+    whose write lock already serialises, so the answer there is always yes."""
+    if db.is_sqlite:
+        yield True
+        return
+    key = zlib.crc32(name.encode())
+    async with db.writer.connect() as conn:
+        got = bool((await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar_one())
+        await conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                await conn.commit()
 
 
 async def db_now(session: AsyncSession, wanted: datetime) -> datetime:

@@ -342,6 +342,13 @@ async def add_edition(session: AsyncSession, edition: Edition) -> Edition:
     return edition
 
 
+async def set_edition_body(
+    session: AsyncSession, edition: Edition, subject: str, html: str, text: str
+) -> None:
+    """An edition's rendered mail: rendered after the row exists, so its web link can name its id."""
+    edition.subject, edition.html, edition.text = subject, html, text
+
+
 async def finish_done_editions(session: AsyncSession) -> None:
     """An edition with nothing outstanding is done."""
     outstanding = (

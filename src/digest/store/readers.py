@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -216,3 +216,65 @@ async def delete_readers_without_history(session: AsyncSession) -> int:
 async def delete_subscriber(session: AsyncSession, subscriber_id: int) -> None:
     """Erase a reader on an operator's request: subscriptions and events go with the row."""
     await session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
+
+
+async def start_subscription(
+    session: AsyncSession,
+    subscriber_id: int,
+    list_id: int,
+    sub: Subscription | None,
+    token: str,
+    values: Mapping[str, Any],
+) -> Subscription:
+    """A new subscription (with `token`), or an ended one started afresh (keeping its token and
+    watermark), with the given column values."""
+    if sub is None:
+        sub = Subscription(subscriber_id=subscriber_id, list_id=list_id, token=token, watermark=0)
+        session.add(sub)
+    for column, value in values.items():
+        setattr(sub, column, value)
+    await session.flush()
+    return sub
+
+
+async def confirm_subscription(
+    session: AsyncSession,
+    sub: Subscription,
+    now: datetime,
+    next_due: datetime,
+    *,
+    link: tuple[str | None, str | None] | None = None,
+) -> None:
+    """Mark a pending subscription confirmed; `link` is the (ip, user agent) that followed the
+    confirmation link, kept as proof of consent."""
+    sub.status, sub.confirmed_at, sub.next_due_at = SubscriptionStatus.CONFIRMED, now, next_due
+    if link is not None:
+        sub.confirm_ip, sub.confirm_user_agent = link
+
+
+async def end_subscription(session: AsyncSession, sub: Subscription, method: str, now: datetime) -> None:
+    """The reader left the list: no next slot until they come back."""
+    sub.status, sub.unsubscribed_at, sub.unsubscribe_method, sub.next_due_at = (
+        SubscriptionStatus.UNSUBSCRIBED,
+        now,
+        method,
+        None,
+    )
+
+
+async def set_subscription_schedule(
+    session: AsyncSession,
+    sub: Subscription,
+    cadence: str,
+    weekday: int | None,
+    send_hour: int | None,
+    timezone: str | None,
+    next_due: datetime,
+) -> None:
+    """A reader's own cadence and local send time, and the next slot it gives."""
+    sub.cadence, sub.weekday, sub.send_hour, sub.timezone = cadence, weekday, send_hour, timezone
+    sub.next_due_at = next_due
+
+
+async def rename_subscriber(session: AsyncSession, reader: Subscriber, name: str, now: datetime) -> None:
+    reader.name, reader.updated_at = name, now

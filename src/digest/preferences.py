@@ -1,0 +1,174 @@
+"""The reader's own page, reached by their subscription token: preferences, leaving one list or all."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from digest import bootstrap, readers, schedule
+from digest.models import MailingList, SubscriptionStatus
+from digest.signup import request_confirmation
+from digest.signup_form import Signup
+from digest.store import readers as readers_store
+from digest.store import reports as reports_store
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Everything the preferences page shows, found from one subscription's token."""
+
+    token: str
+    email: str
+    name: str
+    prefs: readers.ReaderPrefs
+    subscribed: tuple[str, ...]  # confirmed list slugs
+    pending: tuple[str, ...]
+
+
+async def reader_for_token(app: bootstrap.App, token: str) -> Reader | None:
+    async with app.db.read() as s:
+        sub = await readers_store.subscription_by_token(s, token)
+        reader = await readers_store.subscriber_by_id(s, sub.subscriber_id) if sub else None
+        if sub is None or reader is None:
+            return None
+        subs = await readers_store.subscriptions_of(s, reader.id)
+    prefs = readers.ReaderPrefs(
+        name=reader.name,
+        cadence=sub.cadence,
+        weekday=sub.weekday,
+        send_hour=sub.send_hour,
+        timezone=sub.timezone,
+    )
+    return Reader(
+        token=token,
+        email=reader.email,
+        name=reader.name,
+        prefs=prefs,
+        subscribed=tuple(lst.slug for x, lst in subs if x.status == SubscriptionStatus.CONFIRMED),
+        pending=tuple(lst.slug for x, lst in subs if x.status == SubscriptionStatus.PENDING),
+    )
+
+
+@dataclass
+class PrefsOutcome:
+    changed: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    confirmation_for: list[str] = field(default_factory=list)
+
+
+class _LastDigest(readers.Scheduled, Protocol):
+    @property
+    def last_digest_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True)
+class _Proposed:
+    """A subscription's schedule as the form would change it, before it is stored."""
+
+    cadence: str
+    weekday: int | None
+    send_hour: int | None
+    timezone: str | None
+    last_digest_at: datetime | None
+
+
+def _same_day_floor(sub: _LastDigest, lst: MailingList, now: datetime) -> datetime:
+    """Slots are looked for after this: never a second digest on the local day of the last one."""
+    _, tz = readers.reader_schedule(sub, lst)
+    zone = ZoneInfo(tz)
+    today = now.astimezone(zone).date()
+    if sub.last_digest_at is not None and sub.last_digest_at.astimezone(zone).date() >= today:
+        midnight = schedule.resolve_local(
+            datetime.combine(today + timedelta(days=1), datetime.min.time()), zone
+        )
+        return max(now, midnight - timedelta(microseconds=1))
+    return now
+
+
+async def change_preferences(
+    app: bootstrap.App,
+    token: str,
+    wanted: Sequence[str],
+    prefs: readers.ReaderPrefs,
+    now: datetime,
+    *,
+    consent: readers.Consent,
+    hourly_budget: int | None = None,
+) -> PrefsOutcome | None:
+    """Apply the preferences form: new schedule and name, lists left, lists joined (double opt-in)."""
+    prefs = readers.validate_prefs(prefs)
+    outcome = PrefsOutcome()
+    async with app.db.write() as s:
+        base = await readers_store.subscription_by_token_for_update(s, token)
+        reader = await readers_store.subscriber_by_id(s, base.subscriber_id) if base else None
+        if base is None or reader is None:
+            return None
+        if prefs.name != reader.name:
+            await readers_store.add_event(
+                s, "preferences_changed", now, subscriber_id=reader.id, name=[reader.name, prefs.name]
+            )
+            await readers_store.rename_subscriber(s, reader, prefs.name, now)
+        current = await readers_store.subscriptions_of(s, reader.id)
+        have = {lst.slug for sub, lst in current if sub.status == SubscriptionStatus.CONFIRMED}
+        for sub, lst in current:
+            if sub.status != SubscriptionStatus.CONFIRMED:
+                continue
+            if lst.slug not in wanted:
+                await readers.unsubscribe(s, sub, "preferences", now)
+                outcome.left.append(lst.slug)
+                continue
+            before = (sub.cadence, sub.weekday, sub.send_hour, sub.timezone)
+            after = (prefs.cadence, prefs.weekday, prefs.send_hour, prefs.timezone)
+            if before == after:
+                continue
+            floor = _same_day_floor(_Proposed(*after, last_digest_at=sub.last_digest_at), lst, now)
+            next_due = readers.next_slot(prefs, lst, floor)
+            await readers_store.set_subscription_schedule(s, sub, *after, next_due)
+            await readers_store.add_event(
+                s,
+                "preferences_changed",
+                now,
+                subscriber_id=reader.id,
+                subscription_id=sub.id,
+                cadence=sub.cadence,
+                weekday=sub.weekday,
+                send_hour=sub.send_hour,
+                timezone=sub.timezone,
+                next_due_at=next_due.isoformat(),
+            )
+            outcome.changed.append(lst.slug)
+        address = reader.email
+    joining = tuple(slug for slug in wanted if slug not in have)
+    if joining:
+        signup = Signup(address, joining, replace(prefs, name=""), consent)
+        done = await request_confirmation(app, signup, now, method="preferences", hourly_budget=hourly_budget)
+        outcome.confirmation_for = done.mailed
+    return outcome
+
+
+async def unsubscribe_token(app: bootstrap.App, token: str, method: str, now: datetime) -> str | None:
+    """Leave the token's list; the list's name, or None for an unknown token. Idempotent."""
+    async with app.db.write() as s:
+        sub = await readers_store.subscription_by_token_for_update(s, token)
+        lst = await reports_store.list_by_id(s, sub.list_id) if sub else None
+        if sub is None or lst is None:
+            return None
+        await readers.unsubscribe(s, sub, method, now)
+        return lst.name
+
+
+async def leave_everything(app: bootstrap.App, token: str, now: datetime) -> list[str] | None:
+    """Unsubscribe the token's reader from every list; None for an unknown token."""
+    async with app.db.write() as s:
+        base = await readers_store.subscription_by_token_for_update(s, token)
+        if base is None:
+            return None
+        left = []
+        for sub, lst in await readers_store.subscriptions_of(s, base.subscriber_id):
+            if sub.status != SubscriptionStatus.UNSUBSCRIBED:
+                await readers.unsubscribe(s, sub, "link", now)
+                left.append(lst.name)
+        return left
