@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "digest"
-PURE = ["schedule", "selection", "rendering", "messages", "tokens", "extract", "inbound"]
+PURE = ["schedule", "selection", "rendering", "views", "palette", "display_text", "email_samples", "messages", "tokens", "extract", "inbound"]
 EDGES = ["store/__init__", "ingest", "smtp", "capture"]
 LEAVES = ["models", "config", "errors"]
 IO_LIBRARIES = {

@@ -42,25 +42,20 @@ from hypothesis import strategies as st
 from conftest import free_port
 from digest import ingest, messages
 from digest.delivery import TEST_TOKEN, sender_id
+from digest.palette import LIGHT_PALETTE, contrast_ratio
 from digest.rendering import (
     HTML_BUDGET,
-    LIGHT_PALETTE,
     MAX_TOKEN_LENGTH,
     SUMMARY_MAX,
     TITLE_MAX,
     TOKEN_PLACEHOLDER,
-    ArticleView,
-    Branding,
-    ConfirmView,
-    EditionView,
-    Rendered,
     Templates,
-    contrast_ratio,
     default_templates_dir,
     render_confirmation,
     render_edition,
 )
 from digest.tokens import new_subscription_token
+from digest.views import ArticleView, Branding, ConfirmView, EditionView, Rendered
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "email"
@@ -660,10 +655,10 @@ def test_branding_colours_keep_contrast(templates: Templates, accent: str) -> No
 @settings(max_examples=60, deadline=None)
 @given(st.from_regex(r"#[0-9a-f]{6}", fullmatch=True))
 def test_any_accent_gives_readable_button_text(accent: str) -> None:
-    from digest.rendering import _link_colour, _readable_on
+    from digest.palette import link_colour, readable_on
 
-    assert contrast_ratio(_readable_on(accent), accent) >= 4.5
-    assert contrast_ratio(_link_colour(accent), LIGHT_PALETTE.card) >= 4.5
+    assert contrast_ratio(readable_on(accent), accent) >= 4.5
+    assert contrast_ratio(link_colour(accent), LIGHT_PALETTE.card) >= 4.5
 
 
 # Whole messages (items 1-10, 19, 66)

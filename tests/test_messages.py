@@ -18,17 +18,9 @@ from hypothesis import strategies as st
 
 from digest import messages
 from digest.delivery import sender_id as _sender_id
-from digest.rendering import (
-    TOKEN_PLACEHOLDER,
-    ArticleView,
-    Branding,
-    EditionView,
-    Rendered,
-    Templates,
-    default_templates_dir,
-    render_edition,
-)
+from digest.rendering import TOKEN_PLACEHOLDER, Templates, default_templates_dir, render_edition
 from digest.tokens import new_subscription_token
+from digest.views import ArticleView, Branding, EditionView, Rendered
 
 DOMAIN = "news.example.com"
 BASE_URL = f"https://{DOMAIN}"

@@ -16,22 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest.errors import TemplateError
+from digest.palette import DARK_PALETTE, LIGHT_PALETTE, Palette, contrast_ratio
 from digest.rendering import (
-    DARK_PALETTE,
-    LIGHT_PALETTE,
     TOKEN_PLACEHOLDER,
-    ArticleView,
-    Branding,
-    ConfirmView,
-    EditionView,
-    Palette,
-    Rendered,
     Templates,
-    contrast_ratio,
     default_templates_dir,
     render_confirmation,
     render_edition,
 )
+from digest.views import ArticleView, Branding, ConfirmView, EditionView, Rendered
 
 GOLDEN = Path(__file__).parent / "golden" / "render"
 BASE_URL = "https://news.example.com"

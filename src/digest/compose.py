@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import messages, rendering, schedule, selection
+from digest import messages, rendering, schedule, selection, views
 from digest.bootstrap import App
 from digest.errors import UsageError
 from digest.models import (
@@ -46,12 +46,12 @@ def edition_view(
     more: int,
     now: datetime,
     web_url: str,
-) -> rendering.EditionView:
+) -> views.EditionView:
     b = app.cfg.branding
     contact = (
         lst.reply_to or app.cfg.sender.reply_to or messages.address_of(lst.from_addr or app.cfg.sender.from_)
     )
-    return rendering.EditionView(
+    return views.EditionView(
         list_slug=lst.slug,
         list_name=lst.name,
         list_description=lst.description,
@@ -59,7 +59,7 @@ def edition_view(
         direction="rtl" if lst.language.split("-")[0] in {"ar", "he", "fa", "ur", "yi", "ps"} else "ltr",
         edition_date=now.astimezone(ZoneInfo(lst.timezone)).date(),
         articles=[
-            rendering.ArticleView(
+            views.ArticleView(
                 title=c.article.title,
                 url=_article_url(app, c.article.id, c.article.url),
                 source=c.source_name,
@@ -75,7 +75,7 @@ def edition_view(
         base_url=app.base_url,
         postal_address=app.cfg.sender.postal_address,
         contact=contact,
-        branding=rendering.Branding(accent=b.accent, logo_url=b.logo_url, footer_text=b.footer_text),
+        branding=views.Branding(accent=b.accent, logo_url=b.logo_url, footer_text=b.footer_text),
     )
 
 
@@ -103,7 +103,7 @@ async def draft(
     return Draft(lst, after_seq, upto_seq, chosen.chosen, chosen.more)
 
 
-def render_draft(app: App, d: Draft, now: datetime, web_url: str) -> rendering.Rendered:
+def render_draft(app: App, d: Draft, now: datetime, web_url: str) -> views.Rendered:
     return rendering.render_edition(app.templates, edition_view(app, d.lst, d.picked, d.more, now, web_url))
 
 
@@ -248,7 +248,7 @@ async def compose_due(app: App, now: datetime) -> list[ComposeReport]:
 
 async def preview(
     app: App, lst: MailingList, now: datetime, address: str | None = None
-) -> tuple[Draft, rendering.Rendered]:
+) -> tuple[Draft, views.Rendered]:
     """Exactly the digest a reader (or a new reader) would get next; changes nothing."""
     watermark = 0
     if address:
@@ -258,7 +258,7 @@ async def preview(
         upto = await compose_store.list_max_seq(s, lst.id)
         d = await draft(app, s, lst, watermark, upto, now)
     if d.empty:
-        return d, rendering.Rendered("", "", "")
+        return d, views.Rendered("", "", "")
     return d, render_draft(app, d, now, f"{app.base_url}/archive/{lst.slug}")
 
 

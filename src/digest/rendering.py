@@ -18,160 +18,81 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import cssutils
 import jinja2
 from premailer import Premailer
 
+from digest.display_text import (
+    breakable,
+    clean,
+    clean_lines,
+    is_https,
+    is_web_url,
+    join_names,
+    long_date,
+    one_line,
+    preheader,
+    short_date,
+    shorten,
+)
+from digest.email_samples import sample_confirmation, sample_edition, sample_editions
 from digest.errors import TemplateError
+from digest.palette import DARK_PALETTE, LIGHT_PALETTE, link_colour, readable_on
+from digest.views import ArticleView, ConfirmView, EditionView, Rendered
 
 log = logging.getLogger("digest.rendering")
 
+
 # Not a secret: a marker the sender replaces with each reader's token after rendering.
 TOKEN_PLACEHOLDER = "__DIGEST_TOKEN__"  # noqa: S105
+
 
 # Without this cssutils rewrites #ffffff as #fff while inlining, and some clients
 # (Lotus Notes, Gmail in places) mishandle 3-digit colours (STANDARDS item 46-47).
 cssutils.ser.prefs.minimizeColorHash = False
 
+
 _TEMPLATE_FILES = ("subject.txt", "body.txt", "body.html")
+
+
 _REQUIRED_EMAILS = ("digest", "confirm")
-_MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-)  # fmt: skip
-_HEX_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
-# lxml (inside premailer) refuses C0 controls, and they have no business in mail text anyway.
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_REPLY_PREFIX = re.compile(r"^(?:(?:re|fwd?|aw|tr)\s*:\s*)+", re.IGNORECASE)
-_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
-_PREHEADER_MIN, _PREHEADER_MAX = 40, 130
-# Feed text must not reorder the rest of the digest: embeddings and overrides (U+202A-U+202E)
-# and isolates (U+2066-U+2069) left open by a hostile title would flip every line after it in the
-# text part. Right-to-left scripts need none of them. Lone surrogates (undecodable bytes smuggled
-# through surrogateescape or JSON escapes) and noncharacters cannot be encoded as UTF-8 at all.
-_BIDI_CONTROLS = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
-_UNENCODABLE = re.compile(r"[\ud800-\udfff\ufffe\uffff]")
+
 
 # Gmail clips a message whose HTML passes about 102 KB (STANDARDS item 48).
 HTML_BUDGET = 90_000
+
+
 # The longest per-reader token the budget leaves room for, in each placeholder it replaces.
 MAX_TOKEN_LENGTH = 256
+
+
 # Headlines and summaries are shown whole up to these lengths, then cut at a word.
 TITLE_MAX = 200
+
+
 SUMMARY_MAX = 600
+
+
 # Shorter summaries tried, in order, when an edition is over the budget.
 _SUMMARY_STEPS = (SUMMARY_MAX, 240, 120)
+
+
 # An image URL longer than this is not a real image address; the card goes without it.
 _IMAGE_URL_MAX = 2048
+
+
 # Article thumbnails (16:9), and the narrower size phones get through the @media rule.
 THUMB_WIDTH, THUMB_HEIGHT, THUMB_PHONE_WIDTH = 120, 68, 88
+
+
 # SpamAssassin's HTML_IMAGE_RATIO_* rules fire below 0.008 characters of text per pixel of
 # declared image area; stories beyond this ratio (with room to spare) go without their thumbnail.
 _MIN_TEXT_PER_PIXEL = 0.012
-
-
-@dataclass(frozen=True)
-class Branding:
-    accent: str = "#1a56db"
-    logo_url: str | None = None
-    footer_text: str = ""
-    # Email clients lay out before images load and Outlook ignores CSS sizes, so the
-    # logo's box has to be declared up front.
-    logo_width: int = 160
-    logo_height: int = 40
-
-    def __post_init__(self) -> None:
-        if not _HEX_COLOUR.fullmatch(self.accent):
-            raise ValueError(f"branding accent {self.accent!r} is not a 6-digit hex colour such as #1a56db")
-        if self.logo_width <= 0 or self.logo_height <= 0:
-            raise ValueError(f"branding logo size {self.logo_width}x{self.logo_height} must be positive")
-
-
-@dataclass(frozen=True)
-class ArticleView:
-    title: str
-    url: str
-    source: str
-    published_at: datetime
-    summary: str
-    image_url: str | None
-
-    def __post_init__(self) -> None:
-        if not _is_web_url(self.url):
-            raise ValueError(f"article {self.title!r} has no absolute http(s) URL: {self.url!r}")
-        if self.published_at.utcoffset() is None:
-            raise ValueError(f"article {self.title!r} has a naive published_at")
-
-
-@dataclass(frozen=True)
-class EditionView:
-    list_slug: str
-    list_name: str
-    list_description: str
-    language: str
-    direction: str
-    edition_date: date
-    articles: Sequence[ArticleView]
-    more_count: int
-    archive_url: str
-    web_url: str
-    base_url: str
-    postal_address: str
-    contact: str
-    branding: Branding
-
-    def __post_init__(self) -> None:
-        if self.direction not in ("ltr", "rtl"):
-            raise ValueError(f"list {self.list_slug!r}: direction {self.direction!r} is not 'ltr' or 'rtl'")
-        if not _LANGUAGE_TAG.fullmatch(self.language):
-            raise ValueError(f"list {self.list_slug!r}: language {self.language!r} is not a BCP 47 tag")
-        if self.more_count < 0:
-            raise ValueError(f"list {self.list_slug!r}: more_count {self.more_count} is negative")
-
-
-@dataclass(frozen=True)
-class ConfirmView:
-    list_names: Sequence[str]
-    confirm_url: str
-    base_url: str
-    postal_address: str
-    sender_name: str
-
-
-@dataclass(frozen=True)
-class Rendered:
-    subject: str
-    html: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Palette:
-    """Colours the templates paint with; kept here so their contrast is unit-tested."""
-
-    page: str
-    card: str
-    text: str
-    muted: str
-    rule: str
-    link: str
-
-
-# Every text colour reaches 4.5:1 on both page and card (WCAG 2.1 SC 1.4.3).
-LIGHT_PALETTE = Palette(
-    page="#f3f4f6", card="#ffffff", text="#111827", muted="#4b5563", rule="#e5e7eb", link="#1a56db"
-)
-DARK_PALETTE = Palette(
-    page="#111111", card="#1f2937", text="#f9fafb", muted="#d1d5db", rule="#374151", link="#93c5fd"
-)
 
 
 class Templates:
@@ -204,8 +125,8 @@ class Templates:
             lstrip_blocks=True,
         )
         for env in (self._html_env, self._text_env):
-            env.filters["long_date"] = _long_date
-            env.filters["short_date"] = _short_date
+            env.filters["long_date"] = long_date
+            env.filters["short_date"] = short_date
         self._html_env.filters["breakable"] = breakable
         names = sorted({*_REQUIRED_EMAILS, *(p.name for p in emails.iterdir() if p.is_dir())})
         self._compiled = {
@@ -215,9 +136,9 @@ class Templates:
         # A template that compiles can still fail when rendered (an unknown variable, a bad
         # filter argument): render samples that take every branch, so it fails now, naming the
         # file and line, rather than at the first send.
-        for view in _sample_editions():
+        for view in sample_editions():
             _render_parts(self, "digest", _edition_context(view, view.articles, view.more_count))
-        _render_parts(self, "confirm", _confirm_context(_sample_confirmation()))
+        _render_parts(self, "confirm", _confirm_context(sample_confirmation()))
 
     def _compile(self, name: str, filename: str) -> jinja2.Template:
         path = self.directory / "email" / name / filename
@@ -251,7 +172,7 @@ class Templates:
         if self._growth is None:
             sizes = []
             for count in (0, 4):
-                view = _sample_edition(count)
+                view = sample_edition(count)
                 raw = _render_parts(self, "digest", _edition_context(view, view.articles, 0)).html
                 inlined = _inline_css(raw, base_url=view.base_url)
                 sizes.append(len(inlined.encode()) - len(raw.encode()))
@@ -331,7 +252,7 @@ def _fit_edition(templates: Templates, view: EditionView, articles: Sequence[Art
 
     shortened: Sequence[ArticleView] = articles
     for limit in _SUMMARY_STEPS:
-        shortened = [dataclasses.replace(a, summary=_shorten(a.summary, limit)) for a in articles]
+        shortened = [dataclasses.replace(a, summary=shorten(a.summary, limit)) for a in articles]
         parts, fits = attempt(shortened)
         if fits:
             return parts
@@ -377,14 +298,14 @@ def _budget_size(html: str) -> int:
 
 def _edition_context(view: EditionView, articles: Sequence[ArticleView], more_count: int) -> dict[str, Any]:
     base_url = view.base_url.rstrip("/")
-    list_name = _clean(view.list_name)
+    list_name = clean(view.list_name)
     branding = view.branding
-    contact = _clean(view.contact)
-    logo_url = branding.logo_url if branding.logo_url and _is_https(branding.logo_url) else None
+    contact = clean(view.contact)
+    logo_url = branding.logo_url if branding.logo_url and is_https(branding.logo_url) else None
     return {
         "list_slug": view.list_slug,
         "list_name": list_name,
-        "list_description": _clean(view.list_description),
+        "list_description": clean(view.list_description),
         "language": view.language,
         "direction": view.direction,
         "start": "right" if view.direction == "rtl" else "left",
@@ -398,106 +319,50 @@ def _edition_context(view: EditionView, articles: Sequence[ArticleView], more_co
         "base_url": base_url,
         "unsubscribe_url": f"{base_url}/u/{TOKEN_PLACEHOLDER}",
         "preferences_url": f"{base_url}/p/{TOKEN_PLACEHOLDER}",
-        "postal_address": _clean_lines(view.postal_address),
+        "postal_address": clean_lines(view.postal_address),
         "contact": contact,
         # Linked only when it is a web address: a mailto: href would be the only link
         # without an https twin in the text part (STANDARDS item 62).
-        "contact_url": contact if _is_web_url(contact) else None,
-        "footer_text": _clean(branding.footer_text),
+        "contact_url": contact if is_web_url(contact) else None,
+        "footer_text": clean(branding.footer_text),
         "logo": {"url": logo_url, "width": branding.logo_width, "height": branding.logo_height}
         if logo_url
         else None,
         "thumb": {"width": THUMB_WIDTH, "height": THUMB_HEIGHT, "phone_width": THUMB_PHONE_WIDTH},
         "accent": branding.accent,
-        "accent_text": _readable_on(branding.accent),
-        "light": dataclasses.replace(LIGHT_PALETTE, link=_link_colour(branding.accent)),
+        "accent_text": readable_on(branding.accent),
+        "light": dataclasses.replace(LIGHT_PALETTE, link=link_colour(branding.accent)),
         "dark": DARK_PALETTE,
-        "preheader": _preheader(
-            [a.title for a in articles], f"New in {list_name} for {_long_date(view.edition_date)}"
+        "preheader": preheader(
+            [a.title for a in articles], f"New in {list_name} for {long_date(view.edition_date)}"
         ),
     }
 
 
 def _confirm_context(view: ConfirmView) -> dict[str, Any]:
-    names = [_clean(n) for n in view.list_names]
-    lists = _join_names(names)
+    names = [clean(n) for n in view.list_names]
+    lists = join_names(names)
     return {
         "list_names": names,
         "lists": lists,
         "confirm_url": view.confirm_url,
         "base_url": view.base_url.rstrip("/"),
-        "postal_address": _clean_lines(view.postal_address),
-        "sender_name": _clean(view.sender_name),
+        "postal_address": clean_lines(view.postal_address),
+        "sender_name": clean(view.sender_name),
         "accent": LIGHT_PALETTE.link,
-        "accent_text": _readable_on(LIGHT_PALETTE.link),
+        "accent_text": readable_on(LIGHT_PALETTE.link),
         "light": LIGHT_PALETTE,
         "dark": DARK_PALETTE,
-        "preheader": _preheader(
+        "preheader": preheader(
             [f"Confirm your subscription to {lists}. The link expires in 48 hours."],
             "If you did not ask for this, ignore this email.",
         ),
     }
 
 
-_SAMPLE_BASE = "https://news.example.com"
-
-
-def _sample_edition(count: int, *, full: bool = True) -> EditionView:
-    """A made-up edition for checking templates at start and measuring premailer's growth."""
-    return EditionView(
-        list_slug="sample",
-        list_name="Sample Weekly",
-        list_description="A sample list used to check the templates" if full else "",
-        language="en",
-        direction="ltr",
-        edition_date=date(2026, 1, 5),
-        articles=[
-            ArticleView(
-                title=f"Sample headline number {n} about the harbour",
-                url=f"{_SAMPLE_BASE}/articles/{n}",
-                source="Sample Gazette",
-                published_at=datetime(2026, 1, 5, 6, 0, tzinfo=UTC),
-                summary="A sample summary of a story, one sentence long." if full or n % 2 else "",
-                image_url=f"{_SAMPLE_BASE}/static/sample-{n}.jpg" if full or n % 2 else None,
-            )
-            for n in range(count)
-        ],
-        more_count=3 if full else 0,
-        archive_url=f"{_SAMPLE_BASE}/archive/sample",
-        web_url=f"{_SAMPLE_BASE}/editions/1",
-        base_url=_SAMPLE_BASE,
-        postal_address="Sample Street 1\n1000 Sample Town",
-        contact=f"{_SAMPLE_BASE}/contact" if full else "editor@news.example.com",
-        branding=Branding(
-            logo_url=f"{_SAMPLE_BASE}/static/logo.png" if full else None,
-            footer_text="Sample footer text." if full else "",
-        ),
-    )
-
-
-def _sample_editions() -> list[EditionView]:
-    return [_sample_edition(2), _sample_edition(2, full=False), _sample_edition(0, full=False)]
-
-
-def _sample_confirmation() -> ConfirmView:
-    return ConfirmView(
-        list_names=["Sample Weekly", "Sample Daily", "Sample Sport"],
-        confirm_url=f"{_SAMPLE_BASE}/confirm/sample",
-        base_url=_SAMPLE_BASE,
-        postal_address="Sample Street 1\n1000 Sample Town",
-        sender_name="Sample News",
-    )
-
-
-def contrast_ratio(foreground: str, background: str) -> float:
-    """WCAG 2.1 contrast ratio of two #rrggbb colours, from 1.0 to 21.0."""
-    lighter, darker = sorted((_luminance(foreground), _luminance(background)), reverse=True)
-    return (lighter + 0.05) / (darker + 0.05)
-
-
 def _render_parts(templates: Templates, name: str, context: dict[str, Any]) -> _Parts:
     # The HTML <title> and the text part show the subject, so it is settled first.
-    subject = _one_line(templates._render(name, "subject.txt", context))
+    subject = one_line(templates._render(name, "subject.txt", context))
     context = {**context, "subject": subject}
     text = templates._render(name, "body.txt", context).replace("\r", "")
     html = templates._render(name, "body.html", context)
@@ -534,133 +399,16 @@ def _template_line(exc: BaseException, path: str) -> int | None:
     return line
 
 
-def _one_line(subject: str) -> str:
-    # A header must never receive CR or LF (header injection, STANDARDS item 9), and
-    # "Re:"/"Fwd:" prefixes are deceptive in bulk mail (item 26).
-    flat = " ".join(_CONTROL_CHARS.sub("", subject).split())
-    return _REPLY_PREFIX.sub("", flat).strip()
-
-
-def _clean(value: str) -> str:
-    value = _UNENCODABLE.sub("\ufffd", _BIDI_CONTROLS.sub("", _CONTROL_CHARS.sub("", value)))
-    return " ".join(value.split())
-
-
-def _clean_lines(value: str) -> str:
-    lines = (_clean(line) for line in value.splitlines())
-    return "\n".join(line for line in lines if line)
-
-
 def _clean_article(article: ArticleView) -> ArticleView:
     # Plain http images are blocked or flagged as mixed content by several clients,
     # and the layout must not depend on them.
     image = article.image_url
-    if not image or not _is_https(image) or len(image) > _IMAGE_URL_MAX:
+    if not image or not is_https(image) or len(image) > _IMAGE_URL_MAX:
         image = None
     return dataclasses.replace(
         article,
-        title=_shorten(_clean(article.title), TITLE_MAX),
-        source=_shorten(_clean(article.source), 100),
-        summary=_shorten(_clean(article.summary), SUMMARY_MAX),
+        title=shorten(clean(article.title), TITLE_MAX),
+        source=shorten(clean(article.source), 100),
+        summary=shorten(clean(article.summary), SUMMARY_MAX),
         image_url=image,
     )
-
-
-def _shorten(text: str, limit: int) -> str:
-    """At most `limit` characters, cut at a word when there is one in the last fifth."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    space = cut.rfind(" ")
-    if space >= limit * 4 // 5:
-        cut = cut[:space]
-    return cut.rstrip(" ;,.:-") + "…"
-
-
-def _preheader(phrases: Iterable[str], fallback: str) -> str:
-    """40-130 characters for the inbox preview (STANDARDS item 49)."""
-    kept: list[str] = []
-    for phrase in filter(None, phrases):
-        # Whole headlines read better in a preview than one cut mid-word.
-        if kept and len("; ".join([*kept, phrase])) > _PREHEADER_MAX:
-            break
-        kept.append(phrase)
-    text = "; ".join(kept)
-    if len(text) < _PREHEADER_MIN:
-        text = f"{text.rstrip('.')}. {fallback}" if text else fallback
-    if len(text) <= _PREHEADER_MAX:
-        return text
-    cut = text[: _PREHEADER_MAX - 1]
-    if " " in cut[_PREHEADER_MIN:]:
-        cut = cut[: cut.rindex(" ")]
-    return cut.rstrip(" ;,.") + "…"
-
-
-def _join_names(names: Sequence[str]) -> str:
-    if len(names) <= 2:
-        return " and ".join(names)
-    return f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-def _long_date(value: date) -> str:
-    # Not strftime: month names from it depend on the process locale.
-    return f"{value.day} {_MONTHS[value.month - 1]} {value.year}"
-
-
-def _short_date(value: date) -> str:
-    return f"{value.day} {_MONTHS[value.month - 1][:3]} {value.year}"
-
-
-def _is_web_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-def _is_https(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme == "https" and bool(parts.netloc)
-
-
-def _luminance(colour: str) -> float:
-    if not _HEX_COLOUR.fullmatch(colour):
-        raise ValueError(f"{colour!r} is not a #rrggbb colour")
-
-    def channel(hex_pair: str) -> float:
-        c = int(hex_pair, 16) / 255
-        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
-
-    r, g, b = (channel(colour[i : i + 2]) for i in (1, 3, 5))
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
-def _readable_on(background: str) -> str:
-    """Button text colour: white or the near-black body text, else pure black, reaching 4.5:1.
-
-    White or black always reaches at least 4.58:1 on any colour (the square root of 21).
-    """
-    light, dark = LIGHT_PALETTE.card, LIGHT_PALETTE.text
-    best = light if contrast_ratio(light, background) >= contrast_ratio(dark, background) else dark
-    if contrast_ratio(best, background) >= 4.5:
-        return best
-    return light if contrast_ratio(light, background) >= contrast_ratio("#000000", background) else "#000000"
-
-
-_LONG_WORD = re.compile(r"[^\s\u200b]{25,}")
-
-
-def breakable(text: str) -> str:
-    """Text with a zero-width space every 20 characters of any run longer than 24.
-
-    A table cell is never narrower than its longest word, so one 200-character "word" in a
-    feed title would widen the whole digest past a phone's screen; CSS to prevent that
-    (overflow-wrap: anywhere) is missing from most email clients.
-    """
-    return _LONG_WORD.sub(lambda m: "\u200b".join(m[0][i : i + 20] for i in range(0, len(m[0]), 20)), text)
-
-
-def _link_colour(accent: str) -> str:
-    # An operator's pale accent would make links unreadable; fall back to body text.
-    worst_background = min(
-        (LIGHT_PALETTE.card, LIGHT_PALETTE.page), key=lambda bg: contrast_ratio(accent, bg)
-    )
-    return accent if contrast_ratio(accent, worst_background) >= 4.5 else LIGHT_PALETTE.text

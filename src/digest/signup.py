@@ -24,7 +24,7 @@ from typing import Any
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy.exc import IntegrityError
 
-from digest import bootstrap, messages, readers, rendering
+from digest import bootstrap, messages, readers, rendering, views
 from digest.models import DeliveryKind, DeliveryStatus, MailingList, Subscription, SubscriptionStatus
 from digest.signup_form import MAX_LISTS, TEXT_MAX, Signup, clean_text
 from digest.store import compose as compose_store
@@ -211,7 +211,7 @@ async def _queue_confirmation(
     token = confirm_token(app.keys, [sub for sub, _ in subs], now)
     rendered = rendering.render_confirmation(
         app.templates,
-        rendering.ConfirmView(
+        views.ConfirmView(
             list_names=[lst.name for _, lst in subs],
             confirm_url=f"{app.base_url}/confirm/{token}",
             base_url=app.base_url,
