@@ -1,25 +1,46 @@
 """digest: self-hosted email digests of what is new, per reader, delivered correctly.
 
-The map, in the direction of the imports (see tests/test_architecture.py):
+The map, in the direction of the imports. `tests/test_architecture.py` holds the same arrows as a
+table, one row per module, so a new sideways import fails the suite.
 
-    cli ─► service (web + scheduler + worker + inbox in one process), web, scheduler
-    cli · web · scheduler · service ─► pipeline, delivery, signup, bounces, db, config
-    pipeline · delivery · signup · bounces ─► the pure core and the edges
-    everything ─► models · config · errors                                      (leaves)
+    __main__ ─► cli ─► service ─► web, scheduler
+    fronts (cli, web, scheduler, service) ─► domain operations ─► edges, pure core ─► leaves
+
+Leaves (import nothing above them):
+    errors      the exception tree
+    models      tables and status enums
+    config      the TOML config and DIGEST_* overrides, read once into frozen values
 
 Pure core (no session, socket, environment or clock; `now` is a parameter):
-    schedule    due times from cron expressions over local calendar dates
+    schedule    due times from cron expressions over local calendar dates; schedules described
     selection   which new articles a digest holds
+    views       what templates are given and give back
     rendering   Jinja2 templates → subject, HTML (premailer, once per edition) and text
+      palette, display_text, email_samples   colours, text as readers see it, template samples
     messages    message bytes: shared headers once per edition, per-reader assembly
     tokens      subscription tokens and VERP return paths
     extract     canonical URLs, fingerprints, sanitizing, boilerplate trimming, summaries
     inbound     DSN / ARF / mailto parsing and bounce classification, soft-bounce scoring
 
-Where the core meets the edges:
-    pipeline    ingest, compose (set-based, exactly once), preview, test sends, editions
+Edges (never import the domain or the fronts):
+    store/      engines and transactions; every query, named, in one room per domain:
+                migrate, sources, compose, readers, ledger, inbound, reports, retention
+    ingest      fetch and parse directory and feed sources
+    smtp        aiosmtplib connections that send exactly the given bytes
+    capture     the embedded SMTP server that stores mail as .eml files
+    dkim_sign   DKIM keys and signing of the final bytes
+    previews    PNG previews of rendered mail through a headless browser
+
+Domain operations (each about one thing; lower ones never import higher ones):
+    bootstrap   the App: config, database, templates and keys, opened once per process
+    readers     addresses, preferences, consent, subscribe and unsubscribe (also by mail)
+    signup_form what a signup form says, cleaned and checked
+    signup      double opt-in: confirmation mail, confirm tokens, stale signups
+    preferences the reader's own page: preferences, leaving one list or all
+    sources     ingest every configured source, one broken source never stopping the rest
+    compose     the one place a draft becomes an edition (digests and test sends)
+    editions    pause, resume, cancel and resend
     delivery    the worker: leases, group-committed outcomes, failover, rate, circuit breaker
-    signup      readers' operations: signup, confirm, preferences, unsubscribe, limits, purge
     bounces     applying bounces and complaints: suppression, scores, the inbox, reports
     readers_io  subscriber CSV import and export
     retention   prune (batched, per [retention]) and erasure on request
@@ -27,11 +48,9 @@ Where the core meets the edges:
     doctor      configuration, database, relay, DKIM and DNS alignment checks
     observability  Prometheus metrics from the database, JSON logs
 
-Edges:
-    db          engines, transactions, migrations and every query, named
-    ingest      fetch and parse directory and feed sources
-    smtp        aiosmtplib connections that send exactly the given bytes
-    capture     the embedded SMTP server that stores mail as .eml files
-    web         FastAPI pages and the operator API (csrf: signed form tokens)
+Fronts:
+    cli         the Typer root app and its sub-apps
+    web         the FastAPI app: reader pages, archive, operator API, admin (+ limits, csrf)
     scheduler   APScheduler wiring only
+    service     `digest run`: web, scheduler, worker and inbox in one process
 """
