@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "digest"
 PURE = ["schedule", "selection", "rendering", "messages", "tokens", "extract", "inbound"]
 EDGES = ["store/__init__", "ingest", "smtp", "capture"]
-LEAVES = ["models", "config", "errors"]
+LEAVES = ["models", "config", "errors", "alerting"]
 IO_LIBRARIES = {
     "sqlalchemy",
     "aiosmtplib",

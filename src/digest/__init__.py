@@ -5,7 +5,7 @@ The map, in the direction of the imports (see tests/test_architecture.py):
     cli ─► service (web + scheduler + worker + inbox in one process), web, scheduler
     cli · web · scheduler · service ─► pipeline, delivery, signup, bounces, db, config
     pipeline · delivery · signup · bounces ─► the pure core and the edges
-    everything ─► models · config · errors                                      (leaves)
+    everything ─► models · config · errors · alerting                           (leaves)
 
 Pure core (no session, socket, environment or clock; `now` is a parameter):
     schedule    due times from cron expressions over local calendar dates
@@ -24,6 +24,7 @@ Where the core meets the edges:
     readers_io  subscriber CSV import and export
     retention   prune (batched, per [retention]) and erasure on request
     alerts      operator alerts by email and webhook, one per kind per window
+    alerting    raise_alert: how detectors hand an alert to whatever sends them (a leaf)
     doctor      configuration, database, relay, DKIM and DNS alignment checks
     observability  Prometheus metrics from the database, JSON logs
 

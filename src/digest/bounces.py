@@ -31,7 +31,8 @@ Decisions, one line each:
 - Complaint rate (STANDARDS item 23): per edition (complaints / its delivered messages) and per
   sending day (complaints about the digests sent that UTC day / digests delivered that day). At the
   warning threshold a WARNING is logged; at the pause threshold the edition (per edition) or every
-  edition still sending (per day) is paused and an `ALERT` is logged at CRITICAL.
+  edition still sending (per day) is paused and an `ALERT` is logged at CRITICAL. Each also raises
+  an operator alert (alerting.py), as does a policy rejection.
 - A DSN for a delivery whose outcome the worker has not committed yet (`sending`) is `in_flight`:
   the listener waits up to 10 s, then answers 451 so the MTA retries; a mailbox run counts it and
   can simply be run again.
@@ -67,6 +68,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from digest import inbound, pipeline, signup
+from digest.alerting import Alert, raise_alert
 from digest.config import Config
 from digest.errors import UsageError
 from digest.models import (
@@ -297,14 +299,14 @@ async def _bounce(
         kind = "policy_rejection" if klass is inbound.BounceClass.POLICY else "bounced"
         await readers.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
         if klass is inbound.BounceClass.POLICY:
-            log.warning(
-                "policy rejection reported for delivery %s (edition %s, list %s): %s; "
-                "the reader stays subscribed; check authentication and reputation",
-                d.id,
-                d.edition_id,
-                c.mailing_list.slug if c.mailing_list else "-",
-                detail["diagnostic"] or verdict.reason,
+            what = (
+                f"policy rejection reported for delivery {d.id} (edition {d.edition_id}, "
+                f"list {c.mailing_list.slug if c.mailing_list else '-'}): "
+                f"{detail['diagnostic'] or verdict.reason}; "
+                "the reader stays subscribed; check authentication and reputation"
             )
+            log.warning("%s", what)
+            raise_alert(Alert("relay_policy", "a receiver reports a policy rejection", what, now))
         suppressed = False
         if scored and reader is not None:
             suppressed = await _score(s, reader.id, reader.status, history, klass, detail, now, policy)
@@ -412,11 +414,11 @@ async def _complaint_rates(
                 reason = f"complaint rate {rate:.3%} reached {policy.complaint_pause:.3%}"
                 await ledger.pause_edition(s, d.edition_id, reason, now)
                 paused.append(d.edition_id)
-                log.critical("ALERT: complaint rate too high, edition paused: %s", what)
+                _complaint_alert("complaint rate too high, edition paused", what, now)
             else:
-                log.critical("ALERT: complaint rate too high (edition no longer sending): %s", what)
+                _complaint_alert("complaint rate too high (edition no longer sending)", what, now)
         elif action == "warn":
-            log.warning("complaint rate above %.3f%%: %s", policy.complaint_warn * 100, what)
+            _complaint_warning(f"complaint rate above {policy.complaint_warn * 100:.3f}%: {what}", now)
     day = (d.sent_at if d is not None and d.sent_at is not None else now).astimezone(UTC)
     start = day.replace(hour=0, minute=0, second=0, microsecond=0)
     complaints, delivered = await inbound_store.sent_day_complaint_counts(s, start, start + timedelta(days=1))
@@ -431,10 +433,20 @@ async def _complaint_rates(
                 if edition_id not in paused:
                     paused.append(edition_id)
             done = f"paused editions {', '.join(map(str, editions))}" if editions else "no edition is sending"
-            log.critical("ALERT: daily complaint rate too high (%s): %s", done, what)
+            _complaint_alert(f"daily complaint rate too high ({done})", what, now)
         elif action == "warn":
-            log.warning("daily complaint rate above %.3f%%: %s", policy.complaint_warn * 100, what)
+            _complaint_warning(f"daily complaint rate above {policy.complaint_warn * 100:.3f}%: {what}", now)
     return paused
+
+
+def _complaint_alert(title: str, what: str, now: datetime) -> None:
+    log.critical("ALERT: %s: %s", title, what)
+    raise_alert(Alert("complaint_rate", title, f"{title}: {what}", now))
+
+
+def _complaint_warning(message: str, now: datetime) -> None:
+    log.warning("%s", message)
+    raise_alert(Alert("complaint_warning", "complaint rate above the warning threshold", message, now))
 
 
 # ---------------------------------------------------------------- mailboxes

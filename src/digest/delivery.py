@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import DBAPIError
 
 from digest import inbound, messages, store, tokens
+from digest.alerting import Alert, raise_alert
 from digest.config import Config, RelayConfig
 from digest.dkim_sign import DkimKey, load_key
 from digest.models import DeliveryKind, DeliveryStatus, SubscriberStatus, SubscriptionStatus
@@ -173,13 +174,8 @@ class FailoverSender:
             await conn.close()
 
 
-def capture_relay(cfg: Config) -> RelayConfig:
-    c = cfg.capture
-    return RelayConfig(host=c.host, port=c.port, security="none", concurrency=2)
-
-
 def make_senders(cfg: Config) -> list[Sender]:
-    relays = cfg.relays or [capture_relay(cfg)]
+    relays = cfg.mail_relays
     buckets = [TokenBucket(r.rate) for r in relays]
     down: dict[int, float] = {}
     domains = {d.lower(): TokenBucket(rate) for d, rate in cfg.delivery.domain_rates.items() if rate > 0}
@@ -476,6 +472,15 @@ class Breaker:
         return None
 
 
+def paused_alert(edition_id: int, reason: str, outcome: SendOutcome, now: datetime) -> Alert:
+    """The alert for an edition the breaker paused; its title names a 5.7.x reply, since that
+    points at the relay's own authentication or reputation rather than at the readers."""
+    what = f"pausing edition {edition_id}"
+    status = enhanced_status(outcome)
+    title = f"a relay answers {status}: {what}" if status and status.startswith("5.7.") else what
+    return Alert("edition_paused", title, f"{what}: {reason}", now)
+
+
 # ---------------------------------------------------------------- the worker
 
 
@@ -597,10 +602,11 @@ async def deliver(
         if on_outcome:
             on_outcome(status)
         trip = breaker.observe(c.edition.id if c.edition else None, result)
-        if trip and c.edition is not None:
+        if trip and c.edition is not None and result is not None:
             paused.add(c.edition.id)
             stats.paused.append(f"edition {c.edition.id}: {trip}")
             log.error("pausing edition %s: %s", c.edition.id, trip)
+            raise_alert(paused_alert(c.edition.id, trip, result, clock()))
             async with app_db.write() as s:
                 await ledger.pause_edition(s, c.edition.id, trip, clock())
 

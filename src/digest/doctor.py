@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 
-from digest import delivery, messages, pipeline, rendering
+from digest import messages, pipeline, rendering
 from digest.config import Config, RelayConfig
 from digest.dkim_sign import load_key, public_record
 from digest.errors import DigestError
@@ -301,7 +301,7 @@ async def run_checks(cfg: Config) -> list[Finding]:
             )
         )
         found.append(
-            await probe(delivery.capture_relay(cfg))
+            await probe(cfg.capture.relay)
             if _capture_up(cfg)
             else Finding("ok", "smtp", "the capture server starts with `digest run`")
         )
