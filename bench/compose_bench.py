@@ -31,7 +31,7 @@ from sqlalchemy import func, insert, select, text
 
 from digest import pipeline, store
 from digest.config import load_config
-from digest.models import Delivery, Subscriber, Subscription
+from digest.models import Delivery, NewArticle, Subscriber, Subscription
 from digest.store import migrate, sources
 
 PG_ADMIN_URL = os.environ.get("DIGEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -57,14 +57,14 @@ def write_config(directory: Path, url: str) -> Path:
 async def populate(app: pipeline.App, readers: int, groups: int) -> None:
     """`groups` + 10 articles; readers spread over `groups` watermarks (0, 1, …), all due now."""
     items = [
-        sources.NewArticle(
+        NewArticle(
             guid=f"bench-{n}",
             url=f"https://news.example.com/{n}",
             title=f"Benchmark story number {n}",
             author=None,
             published_at=NOW - timedelta(hours=n),
             summary=f"Story {n}: something happened that matters to readers.",
-            content=f"<p>Story {n}: something happened that matters to readers.</p>",
+            content_html=f"<p>Story {n}: something happened that matters to readers.</p>",
             image_url=None,
             fingerprint=hashlib.sha256(f"bench-{n}".encode()).hexdigest(),
         )

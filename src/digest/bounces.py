@@ -72,6 +72,7 @@ from digest.alerting import Alert, raise_alert
 from digest.config import Config
 from digest.errors import UsageError
 from digest.models import (
+    INBOUND_EVENTS,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
@@ -87,7 +88,6 @@ log = logging.getLogger("digest.bounces")
 RAW_LIMIT = 64 * 1024
 IN_FLIGHT_TRIES, IN_FLIGHT_WAIT = 40, 0.25  # wait up to 10 s for a worker to record "sent"
 MAX_MESSAGE = 10 * 1024 * 1024  # the inbox refuses bigger messages (a DSN quotes at most one digest)
-INBOUND_EVENTS = ("bounced", "policy_rejection", "delivery_delayed", "complained")
 # Outcomes of one message, in the order reports show them.
 OUTCOMES = (
     "hard",

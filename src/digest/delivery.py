@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import random
-import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,6 @@ Clock = Callable[[], datetime]
 TEST_TOKEN = "test"  # noqa: S105 (a marker, not a secret): test sends link to an inert page
 THROTTLE_CODES = {421, 450, 451, 452, 454}
 GROUP_WAIT = 0.02  # seconds an outcome may wait for others to share its transaction (limit: 50 ms)
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 class Sender(Protocol):
@@ -273,11 +271,6 @@ def skip_reason(c: ledger.Claimed) -> str | None:
 # ---------------------------------------------------------------- outcomes
 
 
-def enhanced_status(outcome: SendOutcome) -> str | None:
-    m = _ENHANCED.search(outcome.reply)
-    return ".".join(m.groups()) if m else None
-
-
 @dataclass
 class Outcome:
     claimed: ledger.Claimed
@@ -300,7 +293,7 @@ def settle(cfg: Config, o: Outcome) -> tuple[str, dict[str, Any], inbound.Bounce
     if status == DeliveryStatus.SENT:
         values["sent_at"] = o.now
     elif status == DeliveryStatus.FAILED:
-        klass = inbound.classify(enhanced_status(r), r.code, r.reply)
+        klass = inbound.classify(inbound.enhanced_status(r.reply), r.code, r.reply)
         if klass == inbound.BounceClass.POLICY and d.attempts == 0:
             # A policy rejection is retried once: if it was the relay's problem, it was for everyone
             # and the breaker has paused the edition by then.
@@ -457,13 +450,13 @@ class Breaker:
         if outcome.verdict == "sent":
             self.streak.pop(edition_id, None)
             return None
-        klass = inbound.classify(enhanced_status(outcome), outcome.code, outcome.reply)
+        klass = inbound.classify(inbound.enhanced_status(outcome.reply), outcome.code, outcome.reply)
         if outcome.verdict != "failed" and klass != inbound.BounceClass.POLICY:
             return None
         if klass != inbound.BounceClass.POLICY:
             self.streak.pop(edition_id, None)
             return None
-        key = f"{outcome.code} {enhanced_status(outcome) or ''}".strip()
+        key = f"{outcome.code} {inbound.enhanced_status(outcome.reply) or ''}".strip()
         last, n = self.streak.get(edition_id, ("", 0))
         n = n + 1 if last == key else 1
         self.streak[edition_id] = (key, n)
@@ -476,7 +469,7 @@ def paused_alert(edition_id: int, reason: str, outcome: SendOutcome, now: dateti
     """The alert for an edition the breaker paused; its title names a 5.7.x reply, since that
     points at the relay's own authentication or reputation rather than at the readers."""
     what = f"pausing edition {edition_id}"
-    status = enhanced_status(outcome)
+    status = inbound.enhanced_status(outcome.reply)
     title = f"a relay answers {status}: {what}" if status and status.startswith("5.7.") else what
     return Alert("edition_paused", title, f"{what}: {reason}", now)
 

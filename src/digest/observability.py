@@ -35,7 +35,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from digest import pipeline
-from digest.retention import INBOUND_EVENTS
+from digest.models import INBOUND_EVENTS
 from digest.store import reports
 from digest.store import sources as sources_store
 
