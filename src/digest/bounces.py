@@ -456,12 +456,7 @@ def _messages_in(path: Path) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of every message in a Maildir, an mbox file, a .eml file or a folder of them."""
     if path.is_dir():
         if (path / "cur").is_dir() or (path / "new").is_dir():
-            # A Maildir: read new/ and cur/ (tmp/ holds mail still being written); nothing is moved.
-            for sub in ("new", "cur"):
-                if (path / sub).is_dir():
-                    for item in sorted((path / sub).iterdir()):
-                        if item.is_file() and not item.name.startswith("."):
-                            yield f"{sub}/{item.name}", item.read_bytes()
+            yield from _maildir(path)
             return
         for item in sorted(path.glob("*.eml")):
             if item.is_file():
@@ -478,6 +473,18 @@ def _messages_in(path: Path) -> Iterator[tuple[str, bytes]]:
             box.close()
         return
     yield path.name, path.read_bytes()
+
+
+def _maildir(path: Path) -> Iterator[tuple[str, bytes]]:
+    """A Maildir's messages by key: new/ and cur/, never tmp/ (mail still being written). Reading
+    with get_bytes moves nothing to cur/ and sets no flag, so the MTA's view is left as it was."""
+    missing = [sub for sub in ("new", "cur") if not (path / sub).is_dir()]
+    if missing:  # mailbox.Maildir lists both
+        raise UsageError(f"{path}: not a complete Maildir, {' and '.join(missing)}/ is missing")
+    box = mailbox.Maildir(str(path), factory=None, create=False)
+    for key in sorted(box.keys()):
+        if not key.startswith("."):  # dot files are not mail, by Maildir convention
+            yield key, box.get_bytes(key)
 
 
 async def process_path(
