@@ -31,7 +31,7 @@ from sqlalchemy import func, insert, select, text
 
 from digest import bootstrap, compose, store
 from digest.config import load_config
-from digest.models import Delivery, Subscriber, Subscription
+from digest.models import Delivery, NewArticle, Subscriber, Subscription
 from digest.store import migrate
 from digest.store import sources as sources_store
 
@@ -58,14 +58,14 @@ def write_config(directory: Path, url: str) -> Path:
 async def populate(app: bootstrap.App, readers: int, groups: int) -> None:
     """`groups` + 10 articles; readers spread over `groups` watermarks (0, 1, …), all due now."""
     items = [
-        sources_store.NewArticle(
+        NewArticle(
             guid=f"bench-{n}",
             url=f"https://news.example.com/{n}",
             title=f"Benchmark story number {n}",
             author=None,
             published_at=NOW - timedelta(hours=n),
             summary=f"Story {n}: something happened that matters to readers.",
-            content=f"<p>Story {n}: something happened that matters to readers.</p>",
+            content_html=f"<p>Story {n}: something happened that matters to readers.</p>",
             image_url=None,
             fingerprint=hashlib.sha256(f"bench-{n}".encode()).hexdigest(),
         )

@@ -1,5 +1,8 @@
 """Alerts: a relay rejecting every message with 5.7.1 pauses three editions, and the operator hears
-once per window, by email (a real aiosmtpd server) and by webhook (a real HTTP server on loopback)."""
+once per window, by email (a real aiosmtpd server) and by webhook (a real HTTP server on loopback).
+
+Detectors raise their alerts explicitly: the tests silence the detectors' loggers, so an alert that
+still depended on a log line's wording would not arrive."""
 
 from __future__ import annotations
 
@@ -14,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SmtpSink, write_config
-from digest import alerts, bootstrap, compose, delivery, readers, sources, store
+from digest import alerting, alerts, bootstrap, bounces, compose, delivery, readers, sources, store
 from digest.config import load_config
 from digest.store import migrate
 from digest.store import sources as sources_store
+from digest.tokens import verp_address
+from test_bounces import DOMAIN, FIXTURES, KEY, NOW, open_project, seed
 
 OPS = "ops@example.com"
 
@@ -51,8 +56,15 @@ LISTS = "".join(
 )
 
 
+def silence(monkeypatch: pytest.MonkeyPatch, logger: str) -> None:
+    monkeypatch.setattr(logging.getLogger(logger), "disabled", True)
+
+
 async def test_an_alert_storm_sends_one_alert_per_window(
-    tmp_path: Path, smtp_sink: SmtpSink, webhook: tuple[str, list[dict[str, str]]]
+    tmp_path: Path,
+    smtp_sink: SmtpSink,
+    webhook: tuple[str, list[dict[str, str]]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, hooks = webhook
     path = write_config(
@@ -78,19 +90,23 @@ async def test_an_alert_storm_sends_one_alert_per_window(
         )
         clock = [now]
         notifier = alerts.Notifier(app, clock=lambda: clock[0])
+        silence(monkeypatch, "digest.delivery")  # the breaker's "pausing edition" line
         async with alerts.watching(notifier):
             stats = await delivery.deliver_due(app, bootstrap.utcnow, once=True)
         assert len(stats.paused) == 3  # three editions, each tripped its breaker
         assert len(smtp_sink.to(OPS)) == 1 and len(hooks) == 1
         assert hooks[0]["kind"] == "edition_paused" and "5.7.1" in hooks[0]["title"]
 
-        log = logging.getLogger("digest.delivery")
+        def paused(edition: int) -> alerting.Alert:
+            detail = f"pausing edition {edition}: 10 readers in a row rejected with 550 5.7.1"
+            return alerting.Alert("edition_paused", f"pausing edition {edition}", detail, clock[0])
+
         async with alerts.watching(notifier):
-            log.error("pausing edition 98: 10 readers in a row rejected with 550 5.7.1")  # same window
+            alerting.raise_alert(paused(98))  # same window
         assert len(hooks) == 1
         clock[0] = now + timedelta(hours=1, seconds=1)
         async with alerts.watching(notifier):
-            log.error("pausing edition 99: 10 readers in a row rejected with 550 5.7.1")  # next window
+            alerting.raise_alert(paused(99))  # next window
         assert len(hooks) == 2 and len(smtp_sink.to(OPS)) == 2
         assert "edition 99" in hooks[1]["detail"]
     finally:
@@ -128,21 +144,40 @@ async def test_checks_find_failing_sources_an_old_queue_and_policy_rejections(
         await app.db.close()
 
 
-def test_log_records_map_to_alert_kinds() -> None:
-    def record(msg: str, level: int = logging.ERROR, name: str = "digest.bounces") -> logging.LogRecord:
-        return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+async def test_bounce_detectors_raise_policy_and_complaint_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = await open_project(tmp_path, f"sqlite:///{tmp_path}/digest.db")
+    raised: list[alerting.Alert] = []
+    silence(monkeypatch, "digest.bounces")
+    try:
+        await seed(app, {1007: "reader@yahoo.com"})
+        edition = await seed(
+            app, {4000 + i: f"r{i}@example.com" for i in range(400)}, edition_status="sending"
+        )
+        arf = (FIXTURES / "arf-complaint-yahoo.eml").read_bytes()
 
-    assert (
-        alerts.from_record(record("ALERT: complaint rate too high, edition paused: x")).kind
-        == "complaint_rate"
-    )  # type: ignore[union-attr]
-    assert (
-        alerts.from_record(record("daily complaint rate above 0.1%: x", logging.WARNING)).kind
-        == "complaint_warning"
-    )  # type: ignore[union-attr]
-    assert (
-        alerts.from_record(record("policy rejection reported for delivery 3", logging.WARNING)).kind
-        == "relay_policy"
-    )  # type: ignore[union-attr]
-    assert alerts.from_record(record("pausing edition 4: x", name="digest.alerts")) is None
-    assert alerts.from_record(record("source seeds: 3 new", logging.INFO)) is None
+        def complaint(delivery_id: int) -> bytes:
+            verp = verp_address(delivery_id, KEY, DOMAIN).split("@")[0]
+            return arf.replace(b"bounces+1011.556a6f6b42@", verp.encode() + b"@").replace(
+                b"Message-ID: <", f"Message-ID: <c{delivery_id}.".encode()
+            )
+
+        with alerting.installed(raised.append):
+            await bounces.handle_message(app, (FIXTURES / "yahoo-5.7.9-policy.eml").read_bytes(), None, NOW)
+            await bounces.handle_message(app, complaint(4001), None, NOW)  # 1 in 400: a warning
+            strict = bounces.BouncePolicy(complaint_pause=0.002)
+            await bounces.handle_message(app, complaint(4002), None, NOW, policy=strict)  # 2 in 400
+        assert [a.kind for a in raised] == [
+            "relay_policy",
+            "complaint_warning",  # the edition's rate
+            "complaint_warning",  # the sending day's rate
+            "complaint_rate",
+            "complaint_rate",
+        ]
+        assert "delivery 1007" in raised[0].detail
+        assert raised[3].title == "complaint rate too high, edition paused"
+        assert f"edition {edition}" in raised[3].detail and raised[3].at == NOW
+        assert raised[4].title.startswith("daily complaint rate too high")
+    finally:
+        await app.db.close()

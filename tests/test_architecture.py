@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "digest"
 
-LEAVES = {"errors", "models", "config"}
+LEAVES = {"errors", "models", "config", "alerting"}
 PURE = {
     "schedule",
     "selection",
@@ -37,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "models": set(),
     "config": {"errors", "schedule"},
+    "alerting": set(),
     # the pure core: no I/O, no clock
     "schedule": set(),
     "selection": set(),
@@ -51,7 +52,7 @@ ALLOWED: dict[str, set[str]] = {
     "inbound": {"tokens"},
     # edges: the database, feeds, SMTP, the capture server, DKIM keys, the browser
     "store": {"errors", "models"},
-    "ingest": {"errors", "extract"},
+    "ingest": {"errors", "extract", "models"},
     "smtp": {"config"},
     "capture": set(),
     "dkim_sign": {"errors"},
@@ -61,7 +62,17 @@ ALLOWED: dict[str, set[str]] = {
     "readers": {"bootstrap", "errors", "models", "schedule", "store", "tokens"},
     "signup_form": {"errors", "readers", "schedule"},
     "limits": {"signup_form"},
-    "signup": {"bootstrap", "messages", "models", "readers", "rendering", "signup_form", "store", "views"},
+    "signup": {
+        "alerting",
+        "bootstrap",
+        "messages",
+        "models",
+        "readers",
+        "rendering",
+        "signup_form",
+        "store",
+        "views",
+    },
     "preferences": {"bootstrap", "models", "readers", "schedule", "signup", "signup_form", "store"},
     "sources": {"bootstrap", "errors", "ingest", "store"},
     "compose": {
@@ -78,6 +89,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "editions": {"bootstrap", "errors", "models", "store"},
     "delivery": {
+        "alerting",
         "bootstrap",
         "config",
         "dkim_sign",
@@ -88,11 +100,11 @@ ALLOWED: dict[str, set[str]] = {
         "store",
         "tokens",
     },
-    "bounces": {"bootstrap", "config", "errors", "inbound", "models", "readers", "store"},
+    "bounces": {"alerting", "bootstrap", "config", "errors", "inbound", "models", "readers", "store"},
     "readers_io": {"bootstrap", "errors", "models", "readers", "schedule", "store"},
-    "retention": {"bootstrap", "errors", "readers", "store"},
-    "alerts": {"bootstrap", "delivery", "messages", "smtp", "store"},
-    "observability": {"bootstrap", "retention", "store"},
+    "retention": {"bootstrap", "errors", "models", "readers", "store"},
+    "alerts": {"alerting", "bootstrap", "config", "messages", "smtp", "store"},
+    "observability": {"bootstrap", "models", "store"},
     "doctor": {
         "bootstrap",
         "capture",

@@ -342,6 +342,28 @@ async def test_maildir_and_mbox_of_mixed_bounces_give_a_correct_report(
     assert (await bounces.report(lite, NOW + timedelta(minutes=1))).total == 0
 
 
+async def test_a_maildir_is_read_from_new_and_cur_and_left_as_it_was(
+    lite: bootstrap.App, tmp_path: Path
+) -> None:
+    await seed(lite, READERS)
+    root = tmp_path / "Maildir"
+    mailbox.Maildir(str(root), create=True).close()
+    files = {
+        "new/1700000001.a.host": "postfix-5.1.1.eml",
+        "cur/1700000002.b.host:2,S": "out-of-office.eml",
+        "tmp/1700000003.c.host": "mailbox-full-5.2.2.eml",  # still being written: not read
+        "new/.1700000004.d.host": "gmail-5.1.1-multiline.eml",  # a dot file: not mail
+    }
+    for name, fixture in files.items():
+        (root / name).write_bytes((FIXTURES / fixture).read_bytes())
+    result = await bounces.process_path(lite, root, NOW)
+    assert dict(result.counts) == {"hard": 1, "auto_reply": 1}
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == sorted(files)
+    shutil.rmtree(root / "cur")
+    with pytest.raises(UsageError, match="cur/ is missing"):
+        await bounces.process_path(lite, root, NOW)
+
+
 async def test_forged_and_unknown_verp_addresses_change_nothing_and_are_counted(
     lite: bootstrap.App, tmp_path: Path
 ) -> None:

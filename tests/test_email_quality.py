@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from conftest import free_port
 from digest import ingest, messages
 from digest.delivery import TEST_TOKEN, sender_id
+from digest.models import NewArticle
 from digest.palette import LIGHT_PALETTE, contrast_ratio
 from digest.rendering import (
     HTML_BUDGET,
@@ -132,7 +133,7 @@ def edition(**changes: object) -> EditionView:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def views_from(parsed: list[ingest.ParsedArticle], source: str) -> list[ArticleView]:
+def views_from(parsed: list[NewArticle], source: str) -> list[ArticleView]:
     """ArticleViews exactly as compose.edition_view makes them from stored articles."""
     return [
         ArticleView(

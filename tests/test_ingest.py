@@ -1,4 +1,4 @@
-"""Feeds and article directories parsed into ParsedArticles; HTTP limits against a real local server."""
+"""Feeds and article directories parsed into NewArticles; HTTP limits against a real local server."""
 
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ def rendered() -> dict[str, Rendered]:
 
 
 def list_headers(view: EditionView, edition_id: int = 17) -> dict[str, str]:
-    """List-Id and Feedback-ID exactly as pipeline._Assembler builds them."""
+    """List-Id and Feedback-ID exactly as delivery.Assembler builds them."""
     return {
         "list_id": f"{view.list_name} <{view.list_slug}.{DOMAIN}>",
         "feedback_id": f"{edition_id}:{view.list_slug}:digest:{_sender_id(DOMAIN)}",

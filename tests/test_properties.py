@@ -58,6 +58,7 @@ from digest.models import (
     Edition,
     ListSource,
     MailingList,
+    NewArticle,
     Subscriber,
     Subscription,
 )
@@ -545,14 +546,14 @@ class RealStore:
 
     async def ingest(self, source: str, items: list[tuple[str, datetime]], now: datetime) -> None:
         rows = [
-            sources_store.NewArticle(
+            NewArticle(
                 guid=f"{source}:{title}",
                 url=f"https://news.example.com/{hashlib.sha256(title.encode()).hexdigest()[:10]}",
                 title=title,
                 author=None,
                 published_at=published,
                 summary=f"{title}: something happened.",
-                content=f"<p>{title}</p>",
+                content_html=f"<p>{title}</p>",
                 image_url=None,
                 fingerprint=hashlib.sha256(title.encode()).hexdigest(),
             )

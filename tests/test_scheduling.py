@@ -24,7 +24,7 @@ from sqlalchemy import select
 from conftest import SmtpSink, free_port, write_config
 from digest import bootstrap, compose, delivery, preferences, readers, scheduler, store
 from digest.config import load_config
-from digest.models import Delivery, Edition, Event, Subscription
+from digest.models import Delivery, Edition, Event, NewArticle, Subscription
 from digest.store import migrate
 from digest.store import readers as readers_store
 from digest.store import sources as sources_store
@@ -67,14 +67,14 @@ async def story(
 ) -> None:
     """One article, as a fetcher would hand it to the store."""
     slug = hashlib.sha256(title.encode()).hexdigest()[:12]
-    item = sources_store.NewArticle(
+    item = NewArticle(
         guid=f"{source}:{slug}",
         url=f"https://news.example.com/{slug}",
         title=title,
         author=None,
         published_at=published or now,
         summary=f"{title}. Something happened.",
-        content=f"<p>{title}</p>",
+        content_html=f"<p>{title}</p>",
         image_url=None,
         fingerprint=slug,
     )

@@ -10,6 +10,7 @@ Leaves (import nothing above them):
     errors      the exception tree
     models      tables and status enums
     config      the TOML config and DIGEST_* overrides, read once into frozen values
+    alerting    where detectors hand an alert to the process's notifier (`raise_alert`)
 
 Pure core (no session, socket, environment or clock; `now` is a parameter):
     schedule    due times from cron expressions over local calendar dates; schedules described

@@ -1,9 +1,10 @@
 """Alerts: tell the operator about trouble before readers notice, by email and/or a webhook.
 
 Two sources of alerts:
-- `AlertHandler`, a logging handler, turns what the engine already logs into alerts: the circuit
-  breaker's "pausing edition" (a relay answering 5.7.x to everyone), the complaint-rate "ALERT:"
-  records and warnings, and policy rejections reported by the bounce inbox.
+- Detectors raise them where they find the trouble (`alerting.raise_alert`): the circuit breaker
+  pausing an edition (a relay answering 5.7.x to everyone), complaint rates at the warning or pause
+  threshold, and policy rejections reported by the bounce inbox. `watching` sends the alerts raised
+  in this process while it runs.
 - `check`, run every minute by the scheduler, looks at the database for a source failing longer
   than `[alerts] source_failing_after`, a due delivery waiting longer than `[alerts] queue_age`,
   and 5.7.x replies from a relay.
@@ -18,60 +19,22 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 import httpx
 
-from digest import bootstrap, delivery, messages
+from digest import alerting, bootstrap, messages
+from digest.alerting import Alert as Alert  # re-exported: `digest alerts test` builds one
 from digest.smtp import SmtpConnection
 from digest.store import reports as reports_store
 from digest.store import retention as retention_store
 from digest.store import sources as sources_store
 
 log = logging.getLogger("digest.alerts")
-
-_POLICY = re.compile(r"\b5\.7\.\d{1,3}\b")
-
-
-@dataclass(frozen=True)
-class Alert:
-    kind: str  # edition_paused, relay_policy, complaint_rate, complaint_warning, source_failing, queue_age
-    title: str
-    detail: str
-    at: datetime
-    subject: str = ""  # what the alert is about when one kind has several (a source's name)
-
-    @property
-    def key(self) -> str:
-        return f"alert:{self.kind}:{self.subject}" if self.subject else f"alert:{self.kind}"
-
-
-def from_record(record: logging.LogRecord) -> Alert | None:
-    """The alert a log record stands for, if any."""
-    if record.name.startswith("digest.alerts"):
-        return None
-    message = record.getMessage()
-    at = datetime.fromtimestamp(record.created, UTC)
-    if message.startswith("pausing edition"):
-        policy = _POLICY.search(message)
-        title = (
-            f"a relay answers {policy.group(0)}: {message.split(':')[0]}" if policy else message.split(":")[0]
-        )
-        return Alert("edition_paused", title, message, at)
-    if message.startswith("ALERT:"):
-        body = message.removeprefix("ALERT:").strip()
-        kind = "complaint_rate" if "complaint" in body else "operator"
-        return Alert(kind, body.split(":")[0], body, at)
-    if record.levelno >= logging.WARNING and "complaint rate above" in message:
-        return Alert("complaint_warning", "complaint rate above the warning threshold", message, at)
-    if record.levelno >= logging.WARNING and message.startswith("policy rejection reported"):
-        return Alert("relay_policy", "a receiver reports a policy rejection", message, at)
-    return None
 
 
 class Notifier:
@@ -140,7 +103,7 @@ class Notifier:
             f"{alert.detail}\n\nkind: {alert.kind}\nat: {alert.at:%Y-%m-%d %H:%M:%S} UTC\n"
             f"service: {self.app.base_url}\n\nAt most one alert of this kind is sent every {self.cfg.window}."
         )
-        relay = (cfg.relays or [delivery.capture_relay(cfg)])[0]
+        relay = cfg.mail_relays[0]
         conn = SmtpConnection(relay)
         try:
             outcome = await conn.send(messages.address_of(cfg.sender.from_), self.cfg.email, msg.as_bytes())
@@ -151,32 +114,18 @@ class Notifier:
         return outcome.verdict == "sent"
 
 
-class AlertHandler(logging.Handler):
-    """Hands log records that stand for alerts to the event loop that sends them."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Alert]) -> None:
-        super().__init__(level=logging.WARNING)
-        self.loop, self.queue = loop, queue
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            alert = from_record(record)
-        except Exception:  # a broken record must not break logging
-            return
-        if alert is not None:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, alert)
-
-
 @contextlib.asynccontextmanager
 async def watching(notifier: Notifier) -> AsyncIterator[asyncio.Queue[Alert]]:
-    """While inside, alert-worthy log records of this process become alerts."""
+    """While inside, the alerts raised in this process are sent by `notifier`."""
     if not notifier.enabled:
         yield asyncio.Queue()
         return
     queue: asyncio.Queue[Alert] = asyncio.Queue()
-    handler = AlertHandler(asyncio.get_running_loop(), queue)
-    logger = logging.getLogger("digest")
-    logger.addHandler(handler)
+    loop = asyncio.get_running_loop()
+
+    def sink(alert: Alert) -> None:
+        # Thread-safe hand-off: whoever raises never waits for the sending.
+        loop.call_soon_threadsafe(queue.put_nowait, alert)
 
     async def send_all() -> None:
         while True:
@@ -190,9 +139,9 @@ async def watching(notifier: Notifier) -> AsyncIterator[asyncio.Queue[Alert]]:
 
     task = asyncio.create_task(send_all())
     try:
-        yield queue
+        with alerting.installed(sink):
+            yield queue
     finally:
-        logger.removeHandler(handler)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(queue.join(), timeout=15)
         task.cancel()

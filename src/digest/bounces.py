@@ -31,7 +31,8 @@ Decisions, one line each:
 - Complaint rate (STANDARDS item 23): per edition (complaints / its delivered messages) and per
   sending day (complaints about the digests sent that UTC day / digests delivered that day). At the
   warning threshold a WARNING is logged; at the pause threshold the edition (per edition) or every
-  edition still sending (per day) is paused and an `ALERT` is logged at CRITICAL.
+  edition still sending (per day) is paused and an `ALERT` is logged at CRITICAL. Each also raises
+  an operator alert (alerting.py), as does a policy rejection.
 - A DSN for a delivery whose outcome the worker has not committed yet (`sending`) is `in_flight`:
   the listener waits up to 10 s, then answers 451 so the MTA retries; a mailbox run counts it and
   can simply be run again.
@@ -67,9 +68,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from digest import bootstrap, inbound, readers
+from digest.alerting import Alert, raise_alert
 from digest.config import Config
 from digest.errors import UsageError
 from digest.models import (
+    INBOUND_EVENTS,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
@@ -87,7 +90,6 @@ log = logging.getLogger("digest.bounces")
 RAW_LIMIT = 64 * 1024
 IN_FLIGHT_TRIES, IN_FLIGHT_WAIT = 40, 0.25  # wait up to 10 s for a worker to record "sent"
 MAX_MESSAGE = 10 * 1024 * 1024  # the inbox refuses bigger messages (a DSN quotes at most one digest)
-INBOUND_EVENTS = ("bounced", "policy_rejection", "delivery_delayed", "complained")
 # Outcomes of one message, in the order reports show them.
 OUTCOMES = (
     "hard",
@@ -299,14 +301,14 @@ async def _bounce(
         kind = "policy_rejection" if klass is inbound.BounceClass.POLICY else "bounced"
         await readers_store.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
         if klass is inbound.BounceClass.POLICY:
-            log.warning(
-                "policy rejection reported for delivery %s (edition %s, list %s): %s; "
-                "the reader stays subscribed; check authentication and reputation",
-                d.id,
-                d.edition_id,
-                c.mailing_list.slug if c.mailing_list else "-",
-                detail["diagnostic"] or verdict.reason,
+            what = (
+                f"policy rejection reported for delivery {d.id} (edition {d.edition_id}, "
+                f"list {c.mailing_list.slug if c.mailing_list else '-'}): "
+                f"{detail['diagnostic'] or verdict.reason}; "
+                "the reader stays subscribed; check authentication and reputation"
             )
+            log.warning("%s", what)
+            raise_alert(Alert("relay_policy", "a receiver reports a policy rejection", what, now))
         suppressed = False
         if scored and reader is not None:
             suppressed = await _score(s, reader.id, reader.status, history, klass, detail, now, policy)
@@ -414,11 +416,11 @@ async def _complaint_rates(
                 reason = f"complaint rate {rate:.3%} reached {policy.complaint_pause:.3%}"
                 await ledger.pause_edition(s, d.edition_id, reason, now)
                 paused.append(d.edition_id)
-                log.critical("ALERT: complaint rate too high, edition paused: %s", what)
+                _complaint_alert("complaint rate too high, edition paused", what, now)
             else:
-                log.critical("ALERT: complaint rate too high (edition no longer sending): %s", what)
+                _complaint_alert("complaint rate too high (edition no longer sending)", what, now)
         elif action == "warn":
-            log.warning("complaint rate above %.3f%%: %s", policy.complaint_warn * 100, what)
+            _complaint_warning(f"complaint rate above {policy.complaint_warn * 100:.3f}%: {what}", now)
     day = (d.sent_at if d is not None and d.sent_at is not None else now).astimezone(UTC)
     start = day.replace(hour=0, minute=0, second=0, microsecond=0)
     complaints, delivered = await inbound_store.sent_day_complaint_counts(s, start, start + timedelta(days=1))
@@ -433,10 +435,20 @@ async def _complaint_rates(
                 if edition_id not in paused:
                     paused.append(edition_id)
             done = f"paused editions {', '.join(map(str, editions))}" if editions else "no edition is sending"
-            log.critical("ALERT: daily complaint rate too high (%s): %s", done, what)
+            _complaint_alert(f"daily complaint rate too high ({done})", what, now)
         elif action == "warn":
-            log.warning("daily complaint rate above %.3f%%: %s", policy.complaint_warn * 100, what)
+            _complaint_warning(f"daily complaint rate above {policy.complaint_warn * 100:.3f}%: {what}", now)
     return paused
+
+
+def _complaint_alert(title: str, what: str, now: datetime) -> None:
+    log.critical("ALERT: %s: %s", title, what)
+    raise_alert(Alert("complaint_rate", title, f"{title}: {what}", now))
+
+
+def _complaint_warning(message: str, now: datetime) -> None:
+    log.warning("%s", message)
+    raise_alert(Alert("complaint_warning", "complaint rate above the warning threshold", message, now))
 
 
 # ---------------------------------------------------------------- mailboxes
@@ -446,12 +458,7 @@ def _messages_in(path: Path) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of every message in a Maildir, an mbox file, a .eml file or a folder of them."""
     if path.is_dir():
         if (path / "cur").is_dir() or (path / "new").is_dir():
-            # A Maildir: read new/ and cur/ (tmp/ holds mail still being written); nothing is moved.
-            for sub in ("new", "cur"):
-                if (path / sub).is_dir():
-                    for item in sorted((path / sub).iterdir()):
-                        if item.is_file() and not item.name.startswith("."):
-                            yield f"{sub}/{item.name}", item.read_bytes()
+            yield from _maildir(path)
             return
         for item in sorted(path.glob("*.eml")):
             if item.is_file():
@@ -468,6 +475,18 @@ def _messages_in(path: Path) -> Iterator[tuple[str, bytes]]:
             box.close()
         return
     yield path.name, path.read_bytes()
+
+
+def _maildir(path: Path) -> Iterator[tuple[str, bytes]]:
+    """A Maildir's messages by key: new/ and cur/, never tmp/ (mail still being written). Reading
+    with get_bytes moves nothing to cur/ and sets no flag, so the MTA's view is left as it was."""
+    missing = [sub for sub in ("new", "cur") if not (path / sub).is_dir()]
+    if missing:  # mailbox.Maildir lists both
+        raise UsageError(f"{path}: not a complete Maildir, {' and '.join(missing)}/ is missing")
+    box = mailbox.Maildir(str(path), factory=None, create=False)
+    for key in sorted(box.keys()):
+        if not key.startswith("."):  # dot files are not mail, by Maildir convention
+            yield key, box.get_bytes(key)
 
 
 async def process_path(

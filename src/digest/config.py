@@ -123,6 +123,11 @@ class CaptureConfig(_Section):
     port: int = Field(default=2525, ge=0, le=65535)
     directory: str = "captured-mail"
 
+    @property
+    def relay(self) -> RelayConfig:
+        """The capture server as a relay: plaintext on this machine, two connections are plenty."""
+        return RelayConfig(host=self.host, port=self.port, security="none", concurrency=2)
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
@@ -346,6 +351,11 @@ class Config(_Section):
         if "host" in self.smtp.model_fields_set:
             return [self.smtp]
         return []
+
+    @property
+    def mail_relays(self) -> list[RelayConfig]:
+        """Where mail goes, in failover order: the configured relays, else the capture server."""
+        return self.relays or [self.capture.relay]
 
     @property
     def base_dir(self) -> Path:

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import random
-import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import DBAPIError
 
 from digest import inbound, messages, store, tokens
+from digest.alerting import Alert, raise_alert
 from digest.bootstrap import App, Clock, utcnow
 from digest.config import Config, RelayConfig
 from digest.dkim_sign import DkimKey, load_key
@@ -46,7 +46,6 @@ log = logging.getLogger("digest.delivery")
 TEST_TOKEN = "test"  # noqa: S105 (a marker, not a secret): test sends link to an inert page
 THROTTLE_CODES = {421, 450, 451, 452, 454}
 GROUP_WAIT = 0.02  # seconds an outcome may wait for others to share its transaction (limit: 50 ms)
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 class Sender(Protocol):
@@ -174,13 +173,8 @@ class FailoverSender:
             await conn.close()
 
 
-def capture_relay(cfg: Config) -> RelayConfig:
-    c = cfg.capture
-    return RelayConfig(host=c.host, port=c.port, security="none", concurrency=2)
-
-
 def make_senders(cfg: Config) -> list[Sender]:
-    relays = cfg.relays or [capture_relay(cfg)]
+    relays = cfg.mail_relays
     buckets = [TokenBucket(r.rate) for r in relays]
     down: dict[int, float] = {}
     domains = {d.lower(): TokenBucket(rate) for d, rate in cfg.delivery.domain_rates.items() if rate > 0}
@@ -278,11 +272,6 @@ def skip_reason(c: ledger.Claimed) -> str | None:
 # ---------------------------------------------------------------- outcomes
 
 
-def enhanced_status(outcome: SendOutcome) -> str | None:
-    m = _ENHANCED.search(outcome.reply)
-    return ".".join(m.groups()) if m else None
-
-
 @dataclass
 class Outcome:
     claimed: ledger.Claimed
@@ -305,7 +294,7 @@ def settle(cfg: Config, o: Outcome) -> tuple[str, dict[str, Any], inbound.Bounce
     if status == DeliveryStatus.SENT:
         values["sent_at"] = o.now
     elif status == DeliveryStatus.FAILED:
-        klass = inbound.classify(enhanced_status(r), r.code, r.reply)
+        klass = inbound.classify(inbound.enhanced_status(r.reply), r.code, r.reply)
         if klass == inbound.BounceClass.POLICY and d.attempts == 0:
             # A policy rejection is retried once: if it was the relay's problem, it was for everyone
             # and the breaker has paused the edition by then.
@@ -462,19 +451,28 @@ class Breaker:
         if outcome.verdict == "sent":
             self.streak.pop(edition_id, None)
             return None
-        klass = inbound.classify(enhanced_status(outcome), outcome.code, outcome.reply)
+        klass = inbound.classify(inbound.enhanced_status(outcome.reply), outcome.code, outcome.reply)
         if outcome.verdict != "failed" and klass != inbound.BounceClass.POLICY:
             return None
         if klass != inbound.BounceClass.POLICY:
             self.streak.pop(edition_id, None)
             return None
-        key = f"{outcome.code} {enhanced_status(outcome) or ''}".strip()
+        key = f"{outcome.code} {inbound.enhanced_status(outcome.reply) or ''}".strip()
         last, n = self.streak.get(edition_id, ("", 0))
         n = n + 1 if last == key else 1
         self.streak[edition_id] = (key, n)
         if n == self.threshold:
             return f"{n} readers in a row rejected with {key} by {outcome.relay}: {outcome.reply[:200]}"
         return None
+
+
+def paused_alert(edition_id: int, reason: str, outcome: SendOutcome, now: datetime) -> Alert:
+    """The alert for an edition the breaker paused; its title names a 5.7.x reply, since that
+    points at the relay's own authentication or reputation rather than at the readers."""
+    what = f"pausing edition {edition_id}"
+    status = inbound.enhanced_status(outcome.reply)
+    title = f"a relay answers {status}: {what}" if status and status.startswith("5.7.") else what
+    return Alert("edition_paused", title, f"{what}: {reason}", now)
 
 
 # ---------------------------------------------------------------- the worker
@@ -597,10 +595,11 @@ async def deliver_due(
         if on_outcome:
             on_outcome(status)
         trip = breaker.observe(c.edition.id if c.edition else None, result)
-        if trip and c.edition is not None:
+        if trip and c.edition is not None and result is not None:
             paused.add(c.edition.id)
             stats.paused.append(f"edition {c.edition.id}: {trip}")
             log.error("pausing edition %s: %s", c.edition.id, trip)
+            raise_alert(paused_alert(c.edition.id, trip, result, clock()))
             async with app_db.write() as s:
                 await ledger.pause_edition(s, c.edition.id, trip, clock())
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 
-from digest import bootstrap, delivery, messages, rendering
+from digest import bootstrap, messages, rendering
 from digest.config import Config, RelayConfig
 from digest.dkim_sign import load_key, public_record
 from digest.errors import DigestError
@@ -302,7 +302,7 @@ async def run_checks(cfg: Config) -> list[Finding]:
             )
         )
         found.append(
-            await probe(delivery.capture_relay(cfg))
+            await probe(cfg.capture.relay)
             if _capture_up(cfg)
             else Finding("ok", "smtp", "the capture server starts with `digest run`")
         )

@@ -69,6 +69,7 @@ __all__ = [
     "classify",
     "complaint_action",
     "complaint_rate",
+    "enhanced_status",
     "verp_target",
 ]
 
@@ -94,6 +95,15 @@ _BASIC = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;\s*)?([2-5]\d\d)(?=[\s-]|$)")
 def _enhanced(text: str | None) -> tuple[int, int, int] | None:
     m = _ENHANCED.search(text or "")
     return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def enhanced_status(text: str | None) -> str | None:
+    """The first enhanced status code in a DSN field or an SMTP reply, as `5.7.1`; None if none.
+
+    The one reading of these codes: the delivery worker classifies SMTP replies with it too.
+    """
+    code = _enhanced(text)
+    return ".".join(map(str, code)) if code else None
 
 
 def _basic(text: str) -> int | None:
@@ -357,8 +367,7 @@ def _fallback(msg: Message, delivery_id: int) -> InboundVerdict | None:
     if not temporary and not permanent:
         return None
     line = _diagnostic_line(_text(msg))
-    code = _enhanced(line)
-    status = ".".join(map(str, code)) if code else None
+    status = enhanced_status(line)
     failed = BounceClass.UNKNOWN if not line else classify(None, None, line)
     reports = [
         RecipientReport(a.decode("ascii", "replace"), "failed", status, line, failed)

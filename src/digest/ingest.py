@@ -1,4 +1,4 @@
-"""Fetching and parsing sources: the I/O edge that turns feeds and article files into ParsedArticles.
+"""Fetching and parsing sources: the I/O edge that turns feeds and article files into NewArticles.
 
 Feeds come over HTTP (with a timeout, a size cap, a redirect cap and conditional GET), from
 file:// URLs or plain paths; directories hold .txt, .md and .html articles. Parsing is lenient
@@ -43,6 +43,7 @@ from digest.extract import (
     text_to_html,
     trim_boilerplate_html,
 )
+from digest.models import NewArticle
 
 USER_AGENT = "digest/0.1 (+self-hosted newsletter digest)"
 _ACCEPT = (
@@ -50,19 +51,6 @@ _ACCEPT = (
     "application/xml;q=0.8, text/xml;q=0.8, */*;q=0.1"
 )
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-@dataclass(frozen=True)
-class ParsedArticle:
-    guid: str
-    url: str | None
-    title: str
-    author: str | None
-    published_at: datetime
-    summary: str
-    content_html: str
-    image_url: str | None
-    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -74,7 +62,7 @@ class FetchLimits:
 
 @dataclass(frozen=True)
 class FetchResult:
-    articles: list[ParsedArticle]
+    articles: list[NewArticle]
     etag: str | None
     last_modified: str | None
     not_modified: bool
@@ -294,7 +282,7 @@ def _refuse_entities(name: str, data: bytes) -> None:
 
 def parse_feed(
     name: str, data: bytes, *, now: datetime, base_url: str | None = None
-) -> tuple[list[ParsedArticle], list[str]]:
+) -> tuple[list[NewArticle], list[str]]:
     """Articles and warnings from RSS, Atom or JSON Feed bytes; SourceError when it is none of them."""
     warnings: list[str] = []
     data, repaired = _to_utf8(data)
@@ -445,8 +433,8 @@ def parse_date(value: str | None) -> datetime | None:
 
 def _build_articles(
     name: str, items: Iterable[_Item], now: datetime, warnings: list[str], *, warn_undated: bool = True
-) -> list[ParsedArticle]:
-    articles: list[ParsedArticle] = []
+) -> list[NewArticle]:
+    articles: list[NewArticle] = []
     seen: set[str] = set()
     for item in items:
         article = _build_article(item, now)
@@ -470,7 +458,7 @@ def _build_articles(
 _BLOCK_START = re.compile(r"<(?:p|ul|ol|h[2-4]|blockquote|pre|figure)\b")
 
 
-def _build_article(item: _Item, now: datetime) -> ParsedArticle:
+def _build_article(item: _Item, now: datetime) -> NewArticle:
     url = canonical_url(item.link, item.base) if item.link else None
     base = absolute_url(item.link, item.base) or absolute_url(item.base)
     content = sanitize_html(trim_boilerplate_html(item.content_html), base_url=base)
@@ -481,7 +469,7 @@ def _build_article(item: _Item, now: datetime) -> ParsedArticle:
     digest_value = fingerprint(title, text)
     published = item.published if item.published is not None and item.published <= now else now
     author = clean_line(item.author, 200) if item.author else None
-    return ParsedArticle(
+    return NewArticle(
         guid=clean_line(item.guid or "", 1000) or url or f"fingerprint:{digest_value}",
         url=url,
         title=title,
@@ -506,7 +494,7 @@ def _first_image(content_html: str) -> str | None:
 
 def read_directory(
     name: str, directory: Path, now: datetime, limits: FetchLimits = FetchLimits()
-) -> tuple[list[ParsedArticle], list[str]]:
+) -> tuple[list[NewArticle], list[str]]:
     """Articles from the .txt, .md and .html files of one directory, in file-name order."""
     if not directory.is_dir():
         raise SourceError(f"source {name!r}: directory {directory} does not exist")

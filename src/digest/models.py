@@ -7,6 +7,7 @@ are the enums below, so SQLite and PostgreSQL share one schema without native en
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -130,6 +131,22 @@ class Article(Base):
     image_url: Mapped[str | None] = mapped_column(Text)
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
+
+
+@dataclass(frozen=True)
+class NewArticle:
+    """An article as ingest or the API hands it over, normalized (canonical URL, sanitized HTML,
+    fingerprint) and not stored yet; the store upserts it into Article."""
+
+    guid: str
+    url: str | None
+    title: str
+    author: str | None
+    published_at: datetime
+    summary: str
+    content_html: str
+    image_url: str | None
+    fingerprint: str
 
 
 class ArticleSource(Base):
@@ -280,6 +297,11 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(30))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime]
+
+
+# Events about mail that came back (bounces at SMTP time or by DSN, policy rejections, delays,
+# complaints): what bounce reports and metrics count, and whose raw message retention trims.
+INBOUND_EVENTS = ("bounced", "policy_rejection", "delivery_delayed", "complained")
 
 
 class Setting(Base):

@@ -35,7 +35,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from digest import bootstrap
-from digest.retention import INBOUND_EVENTS
+from digest.models import INBOUND_EVENTS
 from digest.store import reports as reports_store
 from digest.store import sources as sources_store
 

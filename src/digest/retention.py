@@ -23,12 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from digest import bootstrap, readers
 from digest.errors import UsageError
+from digest.models import INBOUND_EVENTS
 from digest.store import readers as readers_store
 from digest.store import retention as retention_store
 
 log = logging.getLogger("digest.retention")
 
-INBOUND_EVENTS = ("bounced", "policy_rejection", "delivery_delayed", "complained")
 KEPT_EVENTS = ("suppressed", "unsuppressed", "erased")
 PRUNED_BODY = "<p>This digest is past its retention period; its text is no longer kept.</p>"
 

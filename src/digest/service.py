@@ -21,8 +21,8 @@ async def run_all(
 ) -> None:
     """Run the chosen parts until SIGINT or SIGTERM, then stop cleanly.
 
-    While they run, alert-worthy log records of this process (an edition paused, a complaint
-    rate too high) are sent to `[alerts]`; the scheduler also checks sources and the queue.
+    While they run, the alerts raised in this process (an edition paused, a complaint rate too
+    high) are sent to `[alerts]`; the scheduler also checks sources and the queue.
 
     The bounce inbox runs when `[bounce] listen` is set: by default only in the all-in-one process
     (`digest run`), so `digest web` and `digest worker` beside `digest inbound` never compete for

@@ -25,6 +25,7 @@ from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy.exc import IntegrityError
 
 from digest import bootstrap, messages, readers, rendering, views
+from digest.alerting import Alert, raise_alert
 from digest.models import DeliveryKind, DeliveryStatus, MailingList, Subscription, SubscriptionStatus
 from digest.signup_form import MAX_LISTS, TEXT_MAX, Signup, clean_text
 from digest.store import compose as compose_store
@@ -173,13 +174,12 @@ async def _request_confirmation(
         if hourly_budget is not None:
             sent = await readers_store.transactional_count_since(s, now - timedelta(hours=1))
             if sent >= hourly_budget:
-                log.error(
-                    "ALERT: %d confirmation emails in the last hour reached the budget of %d; "
-                    "the signup of %s waits (possible list bombing)",
-                    sent,
-                    hourly_budget,
-                    reader.email,
+                what = (
+                    f"{sent} confirmation emails in the last hour reached the budget of {hourly_budget}; "
+                    f"the signup of {reader.email} waits (possible list bombing)"
                 )
+                log.error("ALERT: %s", what)
+                raise_alert(Alert("operator", what, what, now))
                 return result
         result.delivery_id = await _queue_confirmation(app, s, reader.email, to_confirm, now)
         for sub, lst in to_confirm:

@@ -77,20 +77,7 @@ async def ingest_one(
             await sources_store.record_fetch(s, source_id, now, error=str(exc))
         log.warning("ingest failed: %s", exc)
         return IngestReport(name, 0, 0, error=str(exc))
-    items = [
-        sources_store.NewArticle(
-            guid=a.guid,
-            url=a.url,
-            title=a.title,
-            author=a.author,
-            published_at=a.published_at,
-            summary=a.summary,
-            content=a.content_html,
-            image_url=a.image_url,
-            fingerprint=a.fingerprint,
-        )
-        for a in result.articles
-    ]
+    items = result.articles
     async with app.db.write() as s:
         new = await sources_store.store_articles(s, source_id, items, now) if items else 0
         await sources_store.record_fetch(

@@ -57,7 +57,7 @@ from digest import (
     signup_form,
 )
 from digest.errors import DigestError
-from digest.models import SubscriptionStatus
+from digest.models import NewArticle, SubscriptionStatus
 from digest.rendering import TOKEN_PLACEHOLDER
 from digest.store import migrate
 from digest.store import readers as readers_store
@@ -247,7 +247,7 @@ class ArticleBatch(BaseModel):
     articles: list[ArticleIn] = Field(min_length=1, max_length=200)
 
 
-def api_article(item: ArticleIn, now: datetime) -> sources_store.NewArticle:
+def api_article(item: ArticleIn, now: datetime) -> NewArticle:
     """Normalize a pushed article exactly as ingest normalizes a feed item."""
     if item.url and not extract.canonical_url(item.url):
         raise ApiError(422, "invalid", "url must be an absolute http(s) URL")
@@ -264,7 +264,7 @@ def api_article(item: ArticleIn, now: datetime) -> sources_store.NewArticle:
     fingerprint = extract.fingerprint(title, text)
     summary_source = signup_form.clean_text(item.summary, 5000) if item.summary else text
     author = extract.clean_line(signup_form.clean_text(item.author, 500), 200) if item.author else None
-    return sources_store.NewArticle(
+    return NewArticle(
         guid=extract.clean_line(signup_form.clean_text(item.guid or "", 1000), 1000)
         or url
         or f"fingerprint:{fingerprint}",
@@ -273,7 +273,7 @@ def api_article(item: ArticleIn, now: datetime) -> sources_store.NewArticle:
         author=author or None,
         published_at=min(published.astimezone(UTC), now),
         summary=extract.summarize(summary_source),
-        content=content,
+        content_html=content,
         image_url=extract.absolute_url(item.image_url) if item.image_url else None,
         fingerprint=fingerprint,
     )

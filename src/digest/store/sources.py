@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +21,7 @@ from digest.models import (
     ArticleSource,
     ListSource,
     MailingList,
+    NewArticle,
     Source,
 )
 from digest.store import is_postgres
@@ -108,19 +108,6 @@ async def list_source_names(session: AsyncSession, list_id: int) -> list[str]:
     return list((await session.execute(stmt)).scalars().all())
 
 
-@dataclass(frozen=True)
-class NewArticle:
-    guid: str
-    url: str | None
-    title: str
-    author: str | None
-    published_at: datetime
-    summary: str
-    content: str
-    image_url: str | None
-    fingerprint: str
-
-
 async def lock_seq(session: AsyncSession) -> int:
     """Serialize seq assignment so seq values become visible in commit order; returns the last seq.
 
@@ -161,7 +148,7 @@ async def store_articles(
                 author=item.author,
                 published_at=item.published_at,
                 summary=item.summary,
-                content=item.content,
+                content=item.content_html,
                 image_url=item.image_url,
                 fingerprint=item.fingerprint,
                 created_at=now,
