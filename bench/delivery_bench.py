@@ -173,9 +173,9 @@ async def populate(config: Path, readers: int) -> tuple[bytes, float]:
         assert report.deliveries == readers, report
         async with app.db.read() as s:
             claimed = await ledger.load_claimed(s, [1])
-        from digest.delivery import Assembler, dkim_key
+        from digest.assembly import Assembler, dkim_key
 
-        _, raw = Assembler(cfg, app.keys, dkim_key(cfg)).message(claimed[0], cfg.web.base_url, now)
+        _, _, raw = Assembler(cfg, app.keys, dkim_key(cfg)).message(claimed[0], cfg.web.base_url, now)
         return raw, composed
     finally:
         await app.db.close()

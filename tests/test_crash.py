@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from conftest import SmtpSink, write_config
-from digest import bootstrap, sources, store
+from digest import bootstrap, compose, sources, store
 from digest.config import load_config
 from digest.models import Delivery, Subscriber, Subscription
 from digest.store import migrate
@@ -187,7 +187,7 @@ def test_three_workers_on_one_postgres_deliver_each_message_exactly_once(
     config = setup(tmp_path, postgres_url, smtp_sink.port, readers)
     cfg = load_config(config, environ={})
 
-    async def compose() -> int:
+    async def compose_for_everyone() -> int:
         app = await bootstrap.open_app(cfg)
         try:
             lst = await bootstrap.get_list(app, "demo")
@@ -195,7 +195,7 @@ def test_three_workers_on_one_postgres_deliver_each_message_exactly_once(
         finally:
             await app.db.close()
 
-    assert asyncio.run(compose()) == readers
+    assert asyncio.run(compose_for_everyone()) == readers
     started = time.monotonic()
     workers = [
         subprocess.Popen(

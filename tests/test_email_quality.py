@@ -1,7 +1,7 @@
 """Email quality (issue 7): full messages that render well everywhere and stay out of spam folders.
 
 Every message here is built with `messages.prepare`/`messages.assemble` exactly as
-`delivery.Assembler` builds it, from editions rendered by the shipped templates:
+`assembly.Assembler` builds it, from editions rendered by the shipped templates:
 
 - SpamAssassin, local rules only (STANDARDS item 63), on the seed-article digest, a digest at the
   `max_articles` ceiling with long titles and summaries, one with accents, CJK, emoji and
@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 
 from conftest import free_port
 from digest import ingest, messages
-from digest.delivery import TEST_TOKEN, sender_id
+from digest.assembly import sender_id
 from digest.models import NewArticle
 from digest.palette import LIGHT_PALETTE, contrast_ratio
 from digest.rendering import (
@@ -55,7 +55,7 @@ from digest.rendering import (
     render_confirmation,
     render_edition,
 )
-from digest.tokens import new_subscription_token
+from digest.tokens import TEST_TOKEN, new_subscription_token
 from digest.views import ArticleView, Branding, ConfirmView, EditionView, Rendered
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,7 +287,7 @@ def rendered(templates: Templates) -> dict[str, Rendered]:
     return out
 
 
-# Messages, built like delivery.Assembler
+# Messages, built like assembly.Assembler
 
 
 def digest_message(view: EditionView, r: Rendered, token: str, edition_id: int = 17) -> bytes:

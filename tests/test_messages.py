@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest import messages
-from digest.delivery import sender_id as _sender_id
+from digest.assembly import sender_id as _sender_id
 from digest.rendering import TOKEN_PLACEHOLDER, Templates, default_templates_dir, render_edition
 from digest.tokens import new_subscription_token
 from digest.views import ArticleView, Branding, EditionView, Rendered
@@ -163,7 +163,7 @@ def rendered() -> dict[str, Rendered]:
 
 
 def list_headers(view: EditionView, edition_id: int = 17) -> dict[str, str]:
-    """List-Id and Feedback-ID exactly as delivery.Assembler builds them."""
+    """List-Id and Feedback-ID exactly as assembly.Assembler builds them."""
     return {
         "list_id": f"{view.list_name} <{view.list_slug}.{DOMAIN}>",
         "feedback_id": f"{edition_id}:{view.list_slug}:digest:{_sender_id(DOMAIN)}",

@@ -315,7 +315,7 @@ def next_slot(sub: MSub, spec: ListSpec, after: datetime) -> datetime:
 
 @dataclass
 class ModelStore:
-    """The store as dictionaries; compose and deliver follow compose.compose and delivery.settle.
+    """The store as dictionaries; compose and deliver follow compose.compose and outcomes.settle.
 
     Like compose_store.insert_digest_deliveries, a digest's dedupe key is (reader, list, from_seq, to_seq)."""
 

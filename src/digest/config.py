@@ -112,6 +112,9 @@ class DeliveryConfig(_Section):
     lifetime: Duration = timedelta(hours=48)
     batch_size: int = Field(default=100, ge=1, le=10_000)
     retry_base: Duration = timedelta(minutes=5)  # first retry after a 4xx; doubles each time
+    # How long a stopping worker (SIGTERM) waits for the messages in flight before leaving them to
+    # their lease.
+    stop_timeout: Duration = timedelta(seconds=10)
     # Static caps in messages per second per recipient domain, for direct-to-MX setups,
     # e.g. domain_rates = { "gmail.com" = 5, "yahoo.com" = 2 }; a relay does this itself otherwise.
     domain_rates: dict[str, float] = Field(default_factory=dict)
@@ -148,6 +151,9 @@ class WebConfig(_Section):
     signup_per_minute: int = Field(default=5, ge=0)  # per client IP; 0 turns the limit off
     signup_per_hour: int = Field(default=20, ge=0)
     confirmations_per_hour: int = Field(default=1000, ge=1)  # global budget, with an alert
+    # What the delivery loop inside `digest web` sends: "transactional" (confirmation and welcome
+    # mail, so signups never wait for a worker) or "all" (when no separate worker runs).
+    deliver: Literal["transactional", "all"] = "transactional"
 
     @field_validator("base_url")
     @classmethod

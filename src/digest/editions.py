@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest.bootstrap import App
+from digest.bootstrap import App, utcnow
 from digest.errors import UsageError
 from digest.models import (
     Edition,
@@ -29,7 +29,7 @@ async def pause_edition(app: App, edition_id: int, reason: str) -> None:
         e = await _edition(s, edition_id)
         if e.status in (EditionStatus.DONE, EditionStatus.CANCELLED):
             raise UsageError(f"edition {edition_id} is {e.status}: nothing to pause")
-        await ledger.set_edition_status(s, edition_id, EditionStatus.PAUSED, reason)
+        await ledger.set_edition_status(s, edition_id, EditionStatus.PAUSED, reason, utcnow())
 
 
 async def resume_edition(app: App, edition_id: int, now: datetime) -> None:
@@ -37,7 +37,7 @@ async def resume_edition(app: App, edition_id: int, now: datetime) -> None:
         e = await _edition(s, edition_id)
         if e.status != EditionStatus.PAUSED:
             raise UsageError(f"edition {edition_id} is {e.status}, not paused")
-        await ledger.set_edition_status(s, edition_id, EditionStatus.SENDING, None)
+        await ledger.set_edition_status(s, edition_id, EditionStatus.SENDING, None, now)
 
 
 async def cancel_edition(app: App, edition_id: int, now: datetime) -> int:

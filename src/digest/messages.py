@@ -19,6 +19,8 @@ from datetime import datetime
 from email.headerregistry import Address
 from email.utils import format_datetime, make_msgid, parseaddr
 
+import idna
+
 from digest.rendering import TOKEN_PLACEHOLDER
 
 POLICY = email.policy.SMTP.clone(cte_type="7bit")
@@ -116,6 +118,20 @@ def format_address(addr_spec: str, display_name: str = "") -> str:
     if _PLAIN_ADDRESS.fullmatch(addr) and _PLAIN_NAME.fullmatch(name):
         return f"{name} <{addr}>" if name else addr
     return str(Address(display_name=name, addr_spec=addr))
+
+
+def wire_address(addr_spec: str) -> str:
+    """The address as it goes on the wire: an internationalized domain in its ASCII (A-label)
+    form, which every relay accepts; a non-ASCII local part is left as it is and needs a relay
+    that offers SMTPUTF8 (RFC 6531). An address whose domain IDNA refuses is returned unchanged,
+    for the relay to refuse with a reason of its own."""
+    local, at, domain = addr_spec.rpartition("@")
+    if not at or domain.isascii():
+        return addr_spec
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return addr_spec
 
 
 def address_of(value: str) -> str:

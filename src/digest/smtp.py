@@ -85,9 +85,19 @@ class SmtpConnection:
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             await self.close()
             return SendOutcome("deferred", None, f"cannot connect to {self.name}: {exc}", self.name)
+        utf8 = not rcpt.isascii()
+        if utf8 and not smtp.supports_extension("smtputf8"):
+            # Nothing was sent: the address itself is what this relay cannot take.
+            return SendOutcome(
+                "failed",
+                None,
+                f"{self.name} does not offer SMTPUTF8, which the non-ASCII address {rcpt} needs",
+                self.name,
+            )
+        encoding = "utf-8" if utf8 else "ascii"
         try:
-            await smtp.mail(env_from)
-            code, message = await self._rcpt(smtp, rcpt)
+            await smtp.mail(env_from, options=["SMTPUTF8"] if utf8 else None, encoding=encoding)
+            code, message = await self._rcpt(smtp, rcpt, encoding)
             if code >= 300:
                 await self._reset(smtp)
                 return SendOutcome("deferred" if code < 500 else "failed", code, message, self.name)
@@ -114,9 +124,9 @@ class SmtpConnection:
         self._sent_on_connection += 1
         return SendOutcome("sent", response.code, _reply_text(response.message), self.name)
 
-    async def _rcpt(self, smtp: aiosmtplib.SMTP, rcpt: str) -> tuple[int, str]:
+    async def _rcpt(self, smtp: aiosmtplib.SMTP, rcpt: str, encoding: str) -> tuple[int, str]:
         try:
-            response = await smtp.rcpt(rcpt)
+            response = await smtp.rcpt(rcpt, encoding=encoding)
         except aiosmtplib.SMTPRecipientRefused as exc:
             # 552 at RCPT means "too much" (RFC 5321 4.5.3.1.10): retry like 452.
             code = 452 if exc.code == 552 else exc.code

@@ -14,6 +14,8 @@ import re
 import secrets
 from collections.abc import Sequence
 
+TEST_TOKEN = "test"  # noqa: S105 (a marker, not a secret): test sends link to an inert page
+
 VERP_PREFIX = "bounces"
 _VERP = re.compile(r"^bounces\+(\d+)\.([0-9a-f]{10})@(.+)$")
 

@@ -46,7 +46,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from digest import (
     bootstrap,
     csrf,
-    delivery,
     extract,
     limits,
     observability,
@@ -55,6 +54,7 @@ from digest import (
     readers_io,
     signup,
     signup_form,
+    tokens,
 )
 from digest.errors import DigestError
 from digest.models import NewArticle, SubscriptionStatus
@@ -72,7 +72,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _CONFIRM_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,2000}")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _ZONES = sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))
-_INERT = frozenset({delivery.TEST_TOKEN, "archive", "preview", TOKEN_PLACEHOLDER})
+_INERT = frozenset({tokens.TEST_TOKEN, "archive", "preview", TOKEN_PLACEHOLDER})
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -425,7 +425,7 @@ def create_app(
         )
 
     def inert(request: Request, token: str) -> HTMLResponse | None:
-        if token == delivery.TEST_TOKEN:
+        if token == tokens.TEST_TOKEN:
             return message(request, "This was a test", "This link came from a test send, so it does nothing.")
         if token in _INERT:
             return message(
@@ -1073,7 +1073,7 @@ def create_app(
         if lst is None or found is None or found.list_id != lst.id:
             return message(request, "No such digest", status=404)
         if found.kind == "test":
-            token = delivery.TEST_TOKEN
+            token = tokens.TEST_TOKEN
         elif lst.public:
             token = "archive"  # noqa: S105 (a marker, not a secret)
         else:

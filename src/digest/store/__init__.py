@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from digest.models import Setting
@@ -121,6 +122,21 @@ async def exclusive(db: Database, name: str) -> AsyncIterator[bool]:
                 await conn.commit()
 
 
+def is_outage(exc: BaseException) -> bool:
+    """The database is away or busy (down, restarting, unreachable, locked): worth waiting for,
+    unlike a constraint or a bug, which no amount of waiting fixes."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | OSError | TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a log: the driver's own message, without SQLAlchemy's statement dump."""
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text_ = " ".join(str(inner).split())
+    return f"{type(inner).__name__}: {text_[:200]}" if text_ else type(inner).__name__
+
+
 async def db_now(session: AsyncSession, wanted: datetime) -> datetime:
     """`wanted` (the caller's clock) read off the database's clock, so that workers on several
     machines agree about leases; a simulated clock (`tick --now`) keeps its offset. SQLite is local."""
@@ -143,6 +159,23 @@ async def get_or_create_setting(session: AsyncSession, key: str, make: str | Non
     again = await session.get(Setting, key)
     assert again is not None
     return again.value
+
+
+async def add_to_counter(session: AsyncSession, key: str, amount: int) -> None:
+    """A process's count (kept while the database was away) added to the shared one."""
+    current = await session.get(Setting, key, with_for_update=True)
+    if current is None:
+        await session.execute(
+            dialect_insert(session, Setting).values(key=key, value="0").on_conflict_do_nothing()
+        )
+        current = await session.get(Setting, key, with_for_update=True)
+    assert current is not None
+    current.value = str(int(current.value or 0) + amount)
+
+
+async def counter(session: AsyncSession, key: str) -> int:
+    found = await session.get(Setting, key)
+    return int(found.value) if found is not None and found.value.isdigit() else 0
 
 
 def is_postgres(session: AsyncSession) -> bool:

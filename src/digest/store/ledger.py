@@ -14,6 +14,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,8 +41,10 @@ async def claim_deliveries(
     lease: timedelta,
     limit: int,
     lease_now: datetime | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> list[int]:
-    """Lease up to `limit` due deliveries; SKIP LOCKED lets workers on PostgreSQL share the queue.
+    """Lease up to `limit` due deliveries (of `kinds`, or every kind); SKIP LOCKED lets workers on
+    PostgreSQL share the queue.
 
     `now` decides what is due; `lease_now` (the database clock, see db_now) dates the lease.
     """
@@ -53,6 +56,7 @@ async def claim_deliveries(
             ~select(Edition.id)
             .where(Edition.id == Delivery.edition_id, Edition.status.in_(list(HELD_EDITIONS)))
             .exists(),
+            true() if kinds is None else Delivery.kind.in_(list(kinds)),
         )
         .order_by(Delivery.priority, Delivery.next_attempt_at, Delivery.id)
         .limit(limit)
@@ -133,6 +137,32 @@ async def load_claimed(
     return out
 
 
+@dataclass(frozen=True)
+class SendCheck:
+    """What may have changed since a delivery was claimed, read just before it is sent."""
+
+    held: bool  # still leased by this worker (not reaped, cancelled or finished elsewhere)
+    edition_status: str | None
+    subscription_status: str | None
+    subscriber_status: str | None
+
+
+async def send_checks(session: AsyncSession, owner: str, ids: Sequence[int]) -> dict[int, SendCheck]:
+    """One read for a group of deliveries about to be sent: their lease, edition and reader now."""
+    stmt = (
+        select(Delivery.id, Delivery.lease_owner, Delivery.status, Edition.status, Subscription.status)
+        .add_columns(Subscriber.status)
+        .outerjoin(Edition, Edition.id == Delivery.edition_id)
+        .outerjoin(Subscription, Subscription.id == Delivery.subscription_id)
+        .outerjoin(Subscriber, Subscriber.id == Subscription.subscriber_id)
+        .where(Delivery.id.in_(ids))
+    )
+    return {
+        int(row[0]): SendCheck(row[1] == owner and row[2] == DeliveryStatus.SENDING, row[3], row[4], row[5])
+        for row in (await session.execute(stmt)).all()
+    }
+
+
 async def finish_delivery(
     session: AsyncSession, delivery_id: int, owner: str, values: dict[str, Any]
 ) -> bool:
@@ -167,6 +197,19 @@ async def release_leases(session: AsyncSession, owner: str, ids: Sequence[int], 
     )
 
 
+async def cancel_claimed(
+    session: AsyncSession, owner: str, ids: Sequence[int], now: datetime
+) -> list[Delivery]:
+    """Claimed rows of an edition cancelled since the claim: cancelled like its pending rows."""
+    stmt = (
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.lease_owner == owner, Delivery.status == DeliveryStatus.SENDING)
+        .values(status=DeliveryStatus.CANCELLED, lease_owner=None, lease_expires_at=None, updated_at=now)
+        .returning(Delivery)
+    )
+    return list((await session.execute(stmt)).scalars().all())
+
+
 async def release_owner(session: AsyncSession, owner: str, now: datetime) -> int:
     """A stopping worker hands back every row it still holds, so nothing waits for a lease to expire."""
     stmt = (
@@ -191,11 +234,34 @@ async def pause_edition(session: AsyncSession, edition_id: int, reason: str, now
     )
 
 
-async def set_edition_status(session: AsyncSession, edition_id: int, status: str, reason: str | None) -> bool:
-    """Pause or resume an edition by hand; False when it does not exist."""
+async def hold_for_paused_editions(session: AsyncSession, ids: Sequence[int], now: datetime) -> None:
+    """Deferred rows among `ids` whose edition is paused go back to pending, to go out on resume."""
+    paused = select(Edition.id).where(Edition.status == EditionStatus.PAUSED)
+    await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(ids),
+            Delivery.status == DeliveryStatus.DEFERRED,
+            Delivery.edition_id.in_(paused.scalar_subquery()),
+        )
+        .values(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+    )
+
+
+async def set_edition_status(
+    session: AsyncSession, edition_id: int, status: str, reason: str | None, now: datetime
+) -> bool:
+    """Pause or resume an edition by hand; False when it does not exist. On resume, what was
+    deferred while it was held (a breaker's in-flight policy refusals) goes out at once."""
     result = await session.execute(
         update(Edition).where(Edition.id == edition_id).values(status=status, pause_reason=reason)
     )
+    if status == EditionStatus.SENDING:
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.edition_id == edition_id, Delivery.status == DeliveryStatus.DEFERRED)
+            .values(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+        )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
