@@ -27,6 +27,9 @@ PURE = {
     "messages",
     "tokens",
     "extract",
+    "source_items",
+    "feeds",
+    "article_files",
     "inbound",
 }
 EDGES = {"store", "ingest", "smtp", "capture", "dkim_sign", "previews"}
@@ -49,10 +52,13 @@ ALLOWED: dict[str, set[str]] = {
     "email_samples": {"views"},
     "rendering": {"errors", "views", "palette", "display_text", "email_samples"},
     "messages": {"rendering"},
+    "source_items": {"extract", "models"},
+    "feeds": {"errors", "extract", "models", "source_items"},
+    "article_files": {"extract", "source_items"},
     "inbound": {"tokens"},
     # edges: the database, feeds, SMTP, the capture server, DKIM keys, the browser
     "store": {"errors", "models"},
-    "ingest": {"errors", "extract", "models"},
+    "ingest": {"article_files", "errors", "feeds", "models", "source_items"},
     "smtp": {"config"},
     "capture": set(),
     "dkim_sign": {"errors"},

@@ -21,12 +21,15 @@ Pure core (no session, socket, environment or clock; `now` is a parameter):
     messages    message bytes: shared headers once per edition, per-reader assembly
     tokens      subscription tokens and VERP return paths
     extract     canonical URLs, fingerprints, sanitizing, boilerplate trimming, summaries
+    source_items  one article as a source describes it, made a NewArticle (trimmed, sanitized, dated)
+    feeds       RSS, Atom and JSON Feed bytes → source items (encodings repaired, entities refused)
+    article_files  .txt, .md (front matter) and .html article files → source items
     inbound     DSN / ARF / mailto parsing and bounce classification, soft-bounce scoring
 
 Edges (never import the domain or the fronts):
     store/      engines and transactions; every query, named, in one room per domain:
                 migrate, sources, compose, readers, ledger, inbound, reports, retention
-    ingest      fetch and parse directory and feed sources
+    ingest      fetch sources: feeds over HTTP (limits, conditional GET) or from files, article folders
     smtp        aiosmtplib connections that send exactly the given bytes
     capture     the embedded SMTP server that stores mail as .eml files
     dkim_sign   DKIM keys and signing of the final bytes
