@@ -31,6 +31,7 @@ PURE = {
     "feeds",
     "article_files",
     "inbound",
+    "bounce_rules",
 }
 EDGES = {"store", "ingest", "smtp", "capture", "dkim_sign", "previews"}
 FRONTS = {"cli", "web", "scheduler", "service", "__main__"}
@@ -55,7 +56,8 @@ ALLOWED: dict[str, set[str]] = {
     "source_items": {"extract", "models"},
     "feeds": {"errors", "extract", "models", "source_items"},
     "article_files": {"extract", "source_items"},
-    "inbound": {"tokens"},
+    "inbound": {"bounce_rules", "tokens"},
+    "bounce_rules": set(),
     # edges: the database, feeds, SMTP, the capture server, DKIM keys, the browser
     "store": {"errors", "models"},
     "ingest": {"article_files", "errors", "feeds", "models", "source_items"},
@@ -97,16 +99,26 @@ ALLOWED: dict[str, set[str]] = {
     "delivery": {
         "alerting",
         "bootstrap",
+        "bounce_rules",
         "config",
         "dkim_sign",
-        "inbound",
         "messages",
         "models",
         "smtp",
         "store",
         "tokens",
     },
-    "bounces": {"alerting", "bootstrap", "config", "errors", "inbound", "models", "readers", "store"},
+    "bounces": {
+        "alerting",
+        "bootstrap",
+        "bounce_rules",
+        "config",
+        "errors",
+        "inbound",
+        "models",
+        "readers",
+        "store",
+    },
     "readers_io": {"bootstrap", "errors", "models", "readers", "schedule", "store"},
     "retention": {"bootstrap", "errors", "models", "readers", "store"},
     "alerts": {"alerting", "bootstrap", "config", "messages", "smtp", "store"},

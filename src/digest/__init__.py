@@ -24,7 +24,8 @@ Pure core (no session, socket, environment or clock; `now` is a parameter):
     source_items  one article as a source describes it, made a NewArticle (trimmed, sanitized, dated)
     feeds       RSS, Atom and JSON Feed bytes → source items (encodings repaired, entities refused)
     article_files  .txt, .md (front matter) and .html article files → source items
-    inbound     DSN / ARF / mailto parsing and bounce classification, soft-bounce scoring
+    bounce_rules  bounce classes from status codes, soft-bounce scoring, complaint rates
+    inbound     DSN / ARF / mailto parsing into a verdict: what a message at the bounce inbox means
 
 Edges (never import the domain or the fronts):
     store/      engines and transactions; every query, named, in one room per domain:

@@ -67,7 +67,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import bootstrap, inbound, readers
+from digest import bootstrap, bounce_rules, inbound, readers
 from digest.alerting import Alert, raise_alert
 from digest.config import Config
 from digest.errors import UsageError
@@ -257,7 +257,7 @@ async def _bounce(
 ) -> Handled:
     assert verdict.delivery_id is not None  # analyse only says bounce/delayed with a checked VERP id
     inbound_id = _inbound_id(raw)
-    klass = verdict.bounce_class or inbound.BounceClass.UNKNOWN
+    klass = verdict.bounce_class or bounce_rules.BounceClass.UNKNOWN
     main = _main_report(verdict)
     async with app.db.write() as s:
         found = await ledger.load_claimed(s, [verdict.delivery_id])
@@ -295,12 +295,12 @@ async def _bounce(
         scored = (
             reader is not None
             and d.kind == DeliveryKind.DIGEST
-            and klass in (inbound.BounceClass.HARD, inbound.BounceClass.SOFT)
+            and klass in (bounce_rules.BounceClass.HARD, bounce_rules.BounceClass.SOFT)
         )
         history = await inbound_store.bounce_history(s, reader.id) if scored and reader is not None else []
-        kind = "policy_rejection" if klass is inbound.BounceClass.POLICY else "bounced"
+        kind = "policy_rejection" if klass is bounce_rules.BounceClass.POLICY else "bounced"
         await readers_store.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
-        if klass is inbound.BounceClass.POLICY:
+        if klass is bounce_rules.BounceClass.POLICY:
             what = (
                 f"policy rejection reported for delivery {d.id} (edition {d.edition_id}, "
                 f"list {c.mailing_list.slug if c.mailing_list else '-'}): "
@@ -321,17 +321,17 @@ async def _score(
     subscriber_id: int,
     status: str,
     before: list[tuple[datetime, str]],
-    klass: inbound.BounceClass,
+    klass: bounce_rules.BounceClass,
     detail: dict[str, Any],
     now: datetime,
     policy: BouncePolicy,
 ) -> bool:
     """Mailman scoring over the reader's earlier bounces and this one; True if this suppressed them."""
-    events: list[tuple[datetime, inbound.BounceClass]] = [(now, klass)]
+    events: list[tuple[datetime, bounce_rules.BounceClass]] = [(now, klass)]
     for when, name in before:
         with contextlib.suppress(ValueError):
-            events.append((when, inbound.BounceClass(name)))
-    score, suppress = inbound.bounce_score(
+            events.append((when, bounce_rules.BounceClass(name)))
+    score, suppress = bounce_rules.bounce_score(
         events, now, hard=policy.hard, soft=policy.soft, limit=policy.limit, quiet=policy.quiet
     )
     await inbound_store.set_bounce_score(s, subscriber_id, score, now)
@@ -339,7 +339,7 @@ async def _score(
         return False
     why = (
         f"hard bounce ({detail['status'] or 'DSN'}): {detail['diagnostic']}"
-        if klass is inbound.BounceClass.HARD
+        if klass is bounce_rules.BounceClass.HARD
         else f"soft-bounce score {score:g} over {policy.limit:g}: {detail['diagnostic']}"
     )
     await ledger.suppress_subscriber(s, subscriber_id, SubscriberStatus.BOUNCED, now, why)
@@ -407,8 +407,8 @@ async def _complaint_rates(
     paused: list[int] = []
     if d is not None and d.edition_id is not None:
         complaints, delivered = await inbound_store.edition_complaint_counts(s, d.edition_id)
-        rate = inbound.complaint_rate(complaints, delivered)
-        action = inbound.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
+        rate = bounce_rules.complaint_rate(complaints, delivered)
+        action = bounce_rules.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
         what = f"edition {d.edition_id}: {complaints} complaint(s) / {delivered} delivered = {rate:.3%}"
         if action == "pause":
             edition = await reports_store.edition_by_id(s, d.edition_id)
@@ -425,8 +425,8 @@ async def _complaint_rates(
     start = day.replace(hour=0, minute=0, second=0, microsecond=0)
     complaints, delivered = await inbound_store.sent_day_complaint_counts(s, start, start + timedelta(days=1))
     if complaints:
-        rate = inbound.complaint_rate(complaints, delivered)
-        action = inbound.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
+        rate = bounce_rules.complaint_rate(complaints, delivered)
+        action = bounce_rules.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
         what = f"sent {start:%Y-%m-%d}: {complaints} complaint(s) / {delivered} delivered = {rate:.3%}"
         if action == "pause":
             editions = await inbound_store.sending_editions(s)
