@@ -46,7 +46,10 @@ Domain operations (each about one thing; lower ones never import higher ones):
     compose     the one place a draft becomes an edition (digests and test sends)
     editions    pause, resume, cancel and resend
     delivery    the worker: leases, group-committed outcomes, failover, rate, circuit breaker
-    bounces     applying bounces and complaints: suppression, scores, the inbox, reports
+    bounces     applying one inbound message: bounce, score, complaint, complaint-rate pause; raw trim
+    bounce_mailboxes  the same for every message of a Maildir, an mbox or .eml files
+    bounce_listener   the bounce inbox: the SMTP listener for bounces+ and unsub+ mail
+    bounce_admin      the bounce report by class and domain; lifting a suppression
     readers_io  subscriber CSV import and export
     retention   prune (batched, per [retention]) and erasure on request
     alerts      operator alerts by email and webhook, one per kind per window
