@@ -20,7 +20,18 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from conftest import free_port, write_config
-from digest import bootstrap, bounces, compose, delivery, readers, sources, store
+from digest import (
+    bootstrap,
+    bounce_admin,
+    bounce_listener,
+    bounce_mailboxes,
+    bounces,
+    compose,
+    delivery,
+    readers,
+    sources,
+    store,
+)
 from digest.cli import app as cli_app
 from digest.config import load_config
 from digest.errors import UsageError
@@ -229,7 +240,7 @@ async def test_every_fixture_ends_in_the_right_state_and_a_second_run_changes_no
     project: bootstrap.App, tmp_path: Path
 ) -> None:
     await seed(project, READERS)
-    result = await bounces.process_path(project, fixture_folder(tmp_path), NOW)
+    result = await bounce_mailboxes.process_path(project, fixture_folder(tmp_path), NOW)
 
     assert dict(result.counts) == {
         "hard": 9, "policy": 1, "delayed": 1, "soft": 1, "auto_reply": 1, "complaint": 2,
@@ -264,7 +275,7 @@ async def test_every_fixture_ends_in_the_right_state_and_a_second_run_changes_no
     assert complaint.detail["attributed"] is True  # found by token, linked to the reader's latest digest
 
     before = await snapshot(project)
-    again = await bounces.process_path(project, fixture_folder(tmp_path), NOW + timedelta(hours=1))
+    again = await bounce_mailboxes.process_path(project, fixture_folder(tmp_path), NOW + timedelta(hours=1))
     assert again.counts["duplicate"] == 14 and await snapshot(project) == before
 
     # Raw messages are kept 30 days, then trimmed from the events (the rest of the record stays).
@@ -280,7 +291,7 @@ async def test_mailto_unsubscribe_fixture_unsubscribes_its_reader_without_a_repl
     lite: bootstrap.App, tmp_path: Path
 ) -> None:
     await seed(lite, {1011: "complainer@yahoo.com"})
-    result = await bounces.process_path(lite, FIXTURES / "mailto-unsubscribe.eml", NOW)
+    result = await bounce_mailboxes.process_path(lite, FIXTURES / "mailto-unsubscribe.eml", NOW)
     assert result.counts == {"unsubscribe": 1}
     async with lite.db.read() as s:
         sub = await readers_store.subscription_by_token(s, TOKEN)
@@ -298,7 +309,7 @@ async def test_policy_rejection_warns_with_delivery_and_edition_and_keeps_the_re
 ) -> None:
     edition = await seed(lite, {1007: "reader@yahoo.com"})
     with caplog.at_level(logging.WARNING, logger="digest.bounces"):
-        await bounces.process_path(lite, FIXTURES / "yahoo-5.7.9-policy.eml", NOW)
+        await bounce_mailboxes.process_path(lite, FIXTURES / "yahoo-5.7.9-policy.eml", NOW)
     warning = next(r for r in caplog.records if "policy rejection" in r.getMessage())
     assert "delivery 1007" in warning.getMessage() and f"edition {edition}" in warning.getMessage()
     assert await state(lite, 1007) == ("failed", "active", ["policy_rejection"])
@@ -329,17 +340,17 @@ async def test_maildir_and_mbox_of_mixed_bounces_give_a_correct_report(
         box.add((FIXTURES / name).read_bytes())
     box.close()
 
-    from_maildir = await bounces.process_path(lite, tmp_path / "Maildir", NOW)
-    from_mbox = await bounces.process_path(lite, tmp_path / "bounces.mbox", NOW)
+    from_maildir = await bounce_mailboxes.process_path(lite, tmp_path / "Maildir", NOW)
+    from_mbox = await bounce_mailboxes.process_path(lite, tmp_path / "bounces.mbox", NOW)
 
     assert dict(from_maildir.counts) == {"hard": 1, "policy": 1, "auto_reply": 1, "forged": 1, "delayed": 1}
     assert dict(from_mbox.counts) == {"hard": 2, "soft": 1, "complaint": 1}
-    summary = await bounces.report(lite, NOW - timedelta(days=7))
+    summary = await bounce_admin.report(lite, NOW - timedelta(days=7))
     assert summary.by_class == {"hard": 3, "policy": 1, "delayed": 1, "soft": 1, "complaint": 1}
     assert summary.by_domain["example.org"] == {"hard": 1, "delayed": 1, "soft": 1}
     assert summary.by_domain["yahoo.com"] == {"policy": 1, "complaint": 1}
     assert summary.by_domain["gmail.com"] == {"hard": 1}
-    assert (await bounces.report(lite, NOW + timedelta(minutes=1))).total == 0
+    assert (await bounce_admin.report(lite, NOW + timedelta(minutes=1))).total == 0
 
 
 async def test_a_maildir_is_read_from_new_and_cur_and_left_as_it_was(
@@ -356,12 +367,12 @@ async def test_a_maildir_is_read_from_new_and_cur_and_left_as_it_was(
     }
     for name, fixture in files.items():
         (root / name).write_bytes((FIXTURES / fixture).read_bytes())
-    result = await bounces.process_path(lite, root, NOW)
+    result = await bounce_mailboxes.process_path(lite, root, NOW)
     assert dict(result.counts) == {"hard": 1, "auto_reply": 1}
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == sorted(files)
     shutil.rmtree(root / "cur")
     with pytest.raises(UsageError, match="cur/ is missing"):
-        await bounces.process_path(lite, root, NOW)
+        await bounce_mailboxes.process_path(lite, root, NOW)
 
 
 async def test_forged_and_unknown_verp_addresses_change_nothing_and_are_counted(
@@ -381,7 +392,7 @@ async def test_forged_and_unknown_verp_addresses_change_nothing_and_are_counted(
     )
     (folder / "e-not-ours.eml").write_bytes(dsn("postmaster@bounce.example.com", "nouser@example.org"))
     before = await snapshot(lite)
-    result = await bounces.process_path(lite, folder, NOW)
+    result = await bounce_mailboxes.process_path(lite, folder, NOW)
     assert dict(result.counts) == {"forged": 3, "unknown_delivery": 1, "ignored": 1}
     assert await snapshot(lite) == before
 
@@ -432,14 +443,14 @@ async def test_unsuppress_records_the_reason_and_scoring_starts_again(project: b
     await seed(project, {3001: "back@example.org", 3002: "back@example.org"})
     await bounces.handle_message(project, dsn(verp_address(3001, KEY, DOMAIN), "back@example.org"), None, NOW)
     with pytest.raises(UsageError, match="--reason"):
-        await bounces.unsuppress(project, "back@example.org", "  ", NOW)
+        await bounce_admin.unsuppress(project, "back@example.org", "  ", NOW)
     later = NOW + timedelta(days=1)
     assert (
-        await bounces.unsuppress(project, "Back@Example.org", "mailbox restored, reader asked", later)
+        await bounce_admin.unsuppress(project, "Back@Example.org", "mailbox restored, reader asked", later)
         == "bounced"
     )
     with pytest.raises(UsageError, match="not suppressed"):
-        await bounces.unsuppress(project, "back@example.org", "again", later)
+        await bounce_admin.unsuppress(project, "back@example.org", "again", later)
     async with project.db.read() as s:
         reader = await readers_store.subscriber_by_email(s, "back@example.org")
         assert reader is not None
@@ -515,7 +526,7 @@ async def test_complaint_rate_warns_then_pauses_the_edition_and_alerts(
 async def test_inbox_accepts_only_bounce_and_unsubscribe_addresses_on_the_bounce_domain(
     lite: bootstrap.App,
 ) -> None:
-    inbox = await bounces.start_inbox(lite, "127.0.0.1", free_port())
+    inbox = await bounce_listener.start_inbox(lite, "127.0.0.1", free_port())
     try:
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=inbox.port, timeout=5) as smtp:
             for address, code in [
@@ -578,8 +589,8 @@ async def test_a_dsn_from_a_real_relay_reaches_the_inbox_and_suppresses_the_read
     relay = Relay(inbox_port, "dead@example.org")
     controller = Controller(relay, hostname="127.0.0.1", port=relay_port, decode_data=False)
     controller.start()
-    host, port = bounces.parse_listen(app.cfg.bounce.listen or "")
-    inbox = await bounces.start_inbox(app, host, port)
+    host, port = bounce_listener.parse_listen(app.cfg.bounce.listen or "")
+    inbox = await bounce_listener.start_inbox(app, host, port)
     try:
         await sources.ingest_sources(app, NOW)
         lst = await bootstrap.get_list(app, "demo")

@@ -40,7 +40,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import free_port
-from digest import ingest, messages
+from digest import feeds, ingest, messages
 from digest.assembly import sender_id
 from digest.models import NewArticle
 from digest.palette import LIGHT_PALETTE, contrast_ratio
@@ -239,7 +239,7 @@ HOSTILE_FEED = (
 
 
 def hostile_edition() -> EditionView:
-    parsed, warnings = ingest.parse_feed("hostile", HOSTILE_FEED, now=NOW)
+    parsed, warnings = feeds.parse_feed("hostile", HOSTILE_FEED, now=NOW)
     assert len(parsed) == 5, warnings
     views = views_from(parsed, "Hostile <b>Feed</b> \u202e")
     # What reaches the renderer directly, whatever ingest did: lone surrogates from

@@ -11,16 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest.inbound import (
-    BounceClass,
-    InboundVerdict,
-    analyse,
-    bounce_score,
-    classify,
-    complaint_action,
-    complaint_rate,
-    verp_target,
-)
+from digest.bounce_rules import BounceClass, bounce_score, classify, complaint_action, complaint_rate
+from digest.inbound import InboundVerdict, analyse, verp_target
 from digest.tokens import verp_address
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"

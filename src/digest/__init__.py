@@ -21,12 +21,16 @@ Pure core (no session, socket, environment or clock; `now` is a parameter):
     messages    message bytes: shared headers once per edition, per-reader assembly
     tokens      subscription tokens and VERP return paths
     extract     canonical URLs, fingerprints, sanitizing, boilerplate trimming, summaries
-    inbound     DSN / ARF / mailto parsing and bounce classification, soft-bounce scoring
+    source_items  one article as a source describes it, made a NewArticle (trimmed, sanitized, dated)
+    feeds       RSS, Atom and JSON Feed bytes → source items (encodings repaired, entities refused)
+    article_files  .txt, .md (front matter) and .html article files → source items
+    bounce_rules  bounce classes from status codes, soft-bounce scoring, complaint rates
+    inbound     DSN / ARF / mailto parsing into a verdict: what a message at the bounce inbox means
 
 Edges (never import the domain or the fronts):
     store/      engines and transactions; every query, named, in one room per domain:
                 migrate, sources, compose, readers, ledger, inbound, reports, retention
-    ingest      fetch and parse directory and feed sources
+    ingest      fetch sources: feeds over HTTP (limits, conditional GET) or from files, article folders
     smtp        aiosmtplib connections that send exactly the given bytes
     capture     the embedded SMTP server that stores mail as .eml files
     dkim_sign   DKIM keys and signing of the final bytes
@@ -42,7 +46,10 @@ Domain operations (each about one thing; lower ones never import higher ones):
     compose     the one place a draft becomes an edition (digests and test sends)
     editions    pause, resume, cancel and resend
     delivery    the worker: leases, group-committed outcomes, failover, rate, circuit breaker
-    bounces     applying bounces and complaints: suppression, scores, the inbox, reports
+    bounces     applying one inbound message: bounce, score, complaint, complaint-rate pause; raw trim
+    bounce_mailboxes  the same for every message of a Maildir, an mbox or .eml files
+    bounce_listener   the bounce inbox: the SMTP listener for bounces+ and unsub+ mail
+    bounce_admin      the bounce report by class and domain; lifting a suppression
     readers_io  subscriber CSV import and export
     retention   prune (batched, per [retention]) and erasure on request
     alerts      operator alerts by email and webhook, one per kind per window

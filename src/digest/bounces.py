@@ -2,8 +2,9 @@
 
 DESIGN "The flow" step 5; STANDARDS section D and items 18 and 23. `inbound.analyse` (pure) says
 what a message means; this module applies that verdict to the database. Messages arrive through
-the embedded SMTP listener (`start_inbox`, part of `digest run` and `digest inbound`) or from a
-mailbox the operator points at (`process_path`, `digest bounces process`).
+the embedded SMTP listener (bounce_listener.py, part of `digest run` and `digest inbound`) or
+from a mailbox the operator points at (bounce_mailboxes.py, `digest bounces process`); the
+operator's report and lifting a suppression are bounce_admin.py's.
 
 Decisions, one line each:
 
@@ -40,37 +41,28 @@ Decisions, one line each:
   changes nothing, so a mailbox can be processed again safely; mailbox files are never modified.
 - Forged, malformed or unknown VERP addresses change nothing: they are counted and logged.
 - Mail to unsub+TOKEN@ goes to readers.handle_unsubscribe_mail: never answered (item 18).
-- The listener runs on the app's own event loop (aiosmtpd's SMTP protocol under
-  `loop.create_server`), so database work needs no thread hand-off; it accepts RCPT only for
-  bounces+…@ and unsub+…@ on the bounce domain (550 5.1.1 otherwise) and answers 451 when the
-  database fails, so the sending MTA retries.
 - Thresholds come from `[bounce]` when the config has them (see BouncePolicy), else the defaults
   of STANDARDS items 23 and 32.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email.parser
 import email.policy
 import hashlib
 import logging
-import mailbox
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import bootstrap, inbound, readers
+from digest import bootstrap, bounce_rules, inbound, readers
 from digest.alerting import Alert, raise_alert
 from digest.config import Config
-from digest.errors import UsageError
 from digest.models import (
     INBOUND_EVENTS,
     Delivery,
@@ -88,8 +80,6 @@ from digest.store import reports as reports_store
 log = logging.getLogger("digest.bounces")
 
 RAW_LIMIT = 64 * 1024
-IN_FLIGHT_TRIES, IN_FLIGHT_WAIT = 40, 0.25  # wait up to 10 s for a worker to record "sent"
-MAX_MESSAGE = 10 * 1024 * 1024  # the inbox refuses bigger messages (a DSN quotes at most one digest)
 # Outcomes of one message, in the order reports show them.
 OUTCOMES = (
     "hard",
@@ -107,7 +97,6 @@ OUTCOMES = (
     "ignored",
 )
 _BASIC_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;\s*)?([245]\d\d)(?=[\s-]|$)")
-_OURS_LOCAL = re.compile(r"^(?:bounces|unsub)\+[^@\s]+$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -172,9 +161,6 @@ class Handled:
     suppressed: bool = False
     delivery_failed: bool = False
     paused: tuple[int, ...] = ()
-
-
-# ---------------------------------------------------------------- one message
 
 
 def bounce_domain(cfg: Config) -> str:
@@ -257,7 +243,7 @@ async def _bounce(
 ) -> Handled:
     assert verdict.delivery_id is not None  # analyse only says bounce/delayed with a checked VERP id
     inbound_id = _inbound_id(raw)
-    klass = verdict.bounce_class or inbound.BounceClass.UNKNOWN
+    klass = verdict.bounce_class or bounce_rules.BounceClass.UNKNOWN
     main = _main_report(verdict)
     async with app.db.write() as s:
         found = await ledger.load_claimed(s, [verdict.delivery_id])
@@ -295,12 +281,12 @@ async def _bounce(
         scored = (
             reader is not None
             and d.kind == DeliveryKind.DIGEST
-            and klass in (inbound.BounceClass.HARD, inbound.BounceClass.SOFT)
+            and klass in (bounce_rules.BounceClass.HARD, bounce_rules.BounceClass.SOFT)
         )
         history = await inbound_store.bounce_history(s, reader.id) if scored and reader is not None else []
-        kind = "policy_rejection" if klass is inbound.BounceClass.POLICY else "bounced"
+        kind = "policy_rejection" if klass is bounce_rules.BounceClass.POLICY else "bounced"
         await readers_store.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
-        if klass is inbound.BounceClass.POLICY:
+        if klass is bounce_rules.BounceClass.POLICY:
             what = (
                 f"policy rejection reported for delivery {d.id} (edition {d.edition_id}, "
                 f"list {c.mailing_list.slug if c.mailing_list else '-'}): "
@@ -321,17 +307,17 @@ async def _score(
     subscriber_id: int,
     status: str,
     before: list[tuple[datetime, str]],
-    klass: inbound.BounceClass,
+    klass: bounce_rules.BounceClass,
     detail: dict[str, Any],
     now: datetime,
     policy: BouncePolicy,
 ) -> bool:
     """Mailman scoring over the reader's earlier bounces and this one; True if this suppressed them."""
-    events: list[tuple[datetime, inbound.BounceClass]] = [(now, klass)]
+    events: list[tuple[datetime, bounce_rules.BounceClass]] = [(now, klass)]
     for when, name in before:
         with contextlib.suppress(ValueError):
-            events.append((when, inbound.BounceClass(name)))
-    score, suppress = inbound.bounce_score(
+            events.append((when, bounce_rules.BounceClass(name)))
+    score, suppress = bounce_rules.bounce_score(
         events, now, hard=policy.hard, soft=policy.soft, limit=policy.limit, quiet=policy.quiet
     )
     await inbound_store.set_bounce_score(s, subscriber_id, score, now)
@@ -339,7 +325,7 @@ async def _score(
         return False
     why = (
         f"hard bounce ({detail['status'] or 'DSN'}): {detail['diagnostic']}"
-        if klass is inbound.BounceClass.HARD
+        if klass is bounce_rules.BounceClass.HARD
         else f"soft-bounce score {score:g} over {policy.limit:g}: {detail['diagnostic']}"
     )
     await ledger.suppress_subscriber(s, subscriber_id, SubscriberStatus.BOUNCED, now, why)
@@ -407,8 +393,8 @@ async def _complaint_rates(
     paused: list[int] = []
     if d is not None and d.edition_id is not None:
         complaints, delivered = await inbound_store.edition_complaint_counts(s, d.edition_id)
-        rate = inbound.complaint_rate(complaints, delivered)
-        action = inbound.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
+        rate = bounce_rules.complaint_rate(complaints, delivered)
+        action = bounce_rules.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
         what = f"edition {d.edition_id}: {complaints} complaint(s) / {delivered} delivered = {rate:.3%}"
         if action == "pause":
             edition = await reports_store.edition_by_id(s, d.edition_id)
@@ -425,8 +411,8 @@ async def _complaint_rates(
     start = day.replace(hour=0, minute=0, second=0, microsecond=0)
     complaints, delivered = await inbound_store.sent_day_complaint_counts(s, start, start + timedelta(days=1))
     if complaints:
-        rate = inbound.complaint_rate(complaints, delivered)
-        action = inbound.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
+        rate = bounce_rules.complaint_rate(complaints, delivered)
+        action = bounce_rules.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
         what = f"sent {start:%Y-%m-%d}: {complaints} complaint(s) / {delivered} delivered = {rate:.3%}"
         if action == "pause":
             editions = await inbound_store.sending_editions(s)
@@ -451,64 +437,6 @@ def _complaint_warning(message: str, now: datetime) -> None:
     raise_alert(Alert("complaint_warning", "complaint rate above the warning threshold", message, now))
 
 
-# ---------------------------------------------------------------- mailboxes
-
-
-def _messages_in(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every message in a Maildir, an mbox file, a .eml file or a folder of them."""
-    if path.is_dir():
-        if (path / "cur").is_dir() or (path / "new").is_dir():
-            yield from _maildir(path)
-            return
-        for item in sorted(path.glob("*.eml")):
-            if item.is_file():
-                yield item.name, item.read_bytes()
-        return
-    with path.open("rb") as handle:
-        head = handle.read(5)
-    if head == b"From ":
-        box = mailbox.mbox(str(path), factory=None, create=False)
-        try:
-            for n, key in enumerate(box.keys(), 1):
-                yield f"{path.name}#{n}", box.get_bytes(key)
-        finally:
-            box.close()
-        return
-    yield path.name, path.read_bytes()
-
-
-def _maildir(path: Path) -> Iterator[tuple[str, bytes]]:
-    """A Maildir's messages by key: new/ and cur/, never tmp/ (mail still being written). Reading
-    with get_bytes moves nothing to cur/ and sets no flag, so the MTA's view is left as it was."""
-    missing = [sub for sub in ("new", "cur") if not (path / sub).is_dir()]
-    if missing:  # mailbox.Maildir lists both
-        raise UsageError(f"{path}: not a complete Maildir, {' and '.join(missing)}/ is missing")
-    box = mailbox.Maildir(str(path), factory=None, create=False)
-    for key in sorted(box.keys()):
-        if not key.startswith("."):  # dot files are not mail, by Maildir convention
-            yield key, box.get_bytes(key)
-
-
-async def process_path(
-    app: bootstrap.App, path: Path | str, now: datetime, *, policy: BouncePolicy | None = None
-) -> ProcessReport:
-    """Process every message of a Maildir (cur/ and new/), an mbox file, an .eml file or a folder
-    of .eml files. The VERP address comes from Delivered-To, X-Original-To or To (no envelope)."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such file or folder")
-    policy = policy or BouncePolicy.from_config(app.cfg)
-    report = ProcessReport()
-    for name, raw in _messages_in(path):
-        if not raw.strip():
-            report.unreadable.append(name)
-            continue
-        handled = await handle_message(app, raw, None, now, policy=policy)
-        report.add(handled)
-        log.debug("%s: %s (%s)", name, handled.outcome, handled.reason)
-    return report
-
-
 async def trim_raw_bounces(app: bootstrap.App, now: datetime, *, keep: timedelta | None = None) -> int:
     """Drop the raw message from inbound events older than the retention (30 days by default)."""
     keep = keep if keep is not None else BouncePolicy.from_config(app.cfg).raw_retention
@@ -517,153 +445,3 @@ async def trim_raw_bounces(app: bootstrap.App, now: datetime, *, keep: timedelta
     if trimmed:
         log.info("trimmed the raw message from %d bounce event(s) older than %s", trimmed, keep)
     return trimmed
-
-
-# ---------------------------------------------------------------- operators
-
-
-async def unsuppress(app: bootstrap.App, email: str, reason: str, now: datetime) -> str:
-    """Lift a reader's suppression with the operator's reason; returns the status they had."""
-    reason = " ".join(reason.split())
-    if not reason:
-        raise UsageError("say why with --reason: it is recorded with the reader")
-    _, key = readers.normalize_address(email)
-    async with app.db.write() as s:
-        reader = await readers_store.subscriber_by_email(s, key)
-        if reader is None:
-            raise UsageError(f"no reader {email}")
-        before = reader.status
-        if before == SubscriberStatus.ACTIVE:
-            raise UsageError(f"{email} is not suppressed (status active)")
-        await inbound_store.lift_suppression(s, reader.id, now)
-        await readers_store.add_event(
-            s, "unsuppressed", now, subscriber_id=reader.id, previous=before, reason=reason[:500]
-        )
-    log.info("reader %s unsuppressed (was %s): %s", reader.id, before, reason)
-    return before
-
-
-@dataclass(frozen=True)
-class BounceReport:
-    """Inbound events since a time, by class and by recipient domain."""
-
-    since: datetime
-    by_class: dict[str, int]
-    by_domain: dict[str, dict[str, int]]
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_class.values())
-
-
-def _class_of(kind: str, detail: dict[str, Any]) -> str:
-    if kind == "complained":
-        return "complaint"
-    if kind == "policy_rejection":
-        return "policy"
-    if kind == "delivery_delayed":
-        return "delayed"
-    return str(detail.get("bounce_class") or "unknown")
-
-
-async def report(app: bootstrap.App, since: datetime) -> BounceReport:
-    """Counts of bounces (DSN and SMTP time), delays and complaints since a time."""
-    async with app.db.read() as s:
-        rows = await inbound_store.inbound_events_since(s, INBOUND_EVENTS, since)
-    by_class: Counter[str] = Counter()
-    by_domain: dict[str, Counter[str]] = {}
-    for kind, detail, address, reader in rows:
-        klass = _class_of(kind, detail)
-        domain = (address or reader or "?").rpartition("@")[2].lower() or "?"
-        by_class[klass] += 1
-        by_domain.setdefault(domain, Counter())[klass] += 1
-    return BounceReport(
-        since,
-        dict(by_class.most_common()),
-        {d: dict(c) for d, c in sorted(by_domain.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))},
-    )
-
-
-# ---------------------------------------------------------------- the listener
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """`[bounce] listen` as (host, port): `127.0.0.1:2525`, `[::1]:2525` or `:2525` (all interfaces)."""
-    host, sep, port = value.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"[bounce] listen {value!r} is not host:port, e.g. 127.0.0.1:2525")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 (the operator asked for every interface)
-
-
-class InboxHandler:
-    """aiosmtpd handler: accepts only our bounce and unsubscribe addresses, processes each message."""
-
-    def __init__(self, app: bootstrap.App, clock: Callable[[], datetime]) -> None:
-        self.app = app
-        self.clock = clock
-        self.domain = bounce_domain(app.cfg).lower()
-        self.report = ProcessReport()
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        local, _, domain = address.strip().strip("<>").rpartition("@")
-        if domain.lower() != self.domain or not _OURS_LOCAL.match(local):
-            return "550 5.1.1 No such user here"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        raw: bytes = envelope.original_content or envelope.content or b""
-        try:
-            for rcpt in envelope.rcpt_tos:
-                for _ in range(IN_FLIGHT_TRIES):
-                    handled = await handle_message(
-                        self.app, raw, rcpt, self.clock(), envelope_sender=envelope.mail_from or "<>"
-                    )
-                    if handled.outcome != "in_flight":
-                        break
-                    await asyncio.sleep(IN_FLIGHT_WAIT)
-                self.report.add(handled)
-                if handled.outcome == "in_flight":
-                    return "451 4.3.0 Delivery outcome not recorded yet, please try again later"
-        except Exception:  # the database is down: the sending MTA keeps the message and retries
-            log.exception("inbound: could not record a message; asked the sender to retry")
-            return "451 4.3.0 Temporary failure, please try again later"
-        return "250 2.0.0 OK"
-
-
-class Inbox:
-    """The running bounce inbox; `await inbox.stop()` closes it."""
-
-    def __init__(self, server: asyncio.Server, handler: InboxHandler, host: str, port: int):
-        self.server = server
-        self.handler = handler
-        self.host = host
-        self.port = port
-
-    @property
-    def report(self) -> ProcessReport:
-        return self.handler.report
-
-    async def stop(self) -> None:
-        self.server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.server.wait_closed(), timeout=5)
-
-
-async def start_inbox(
-    app: bootstrap.App, host: str, port: int, *, clock: Callable[[], datetime] = bootstrap.utcnow
-) -> Inbox:
-    """Listen for bounces, complaints and mailto unsubscribes on the running event loop."""
-    from aiosmtpd.smtp import SMTP
-
-    loop = asyncio.get_running_loop()
-    handler = InboxHandler(app, clock)
-    hostname = bounce_domain(app.cfg)
-
-    def factory() -> SMTP:
-        return SMTP(handler, hostname=hostname, decode_data=False, data_size_limit=MAX_MESSAGE, loop=loop)
-
-    server = await loop.create_server(factory, host=host, port=port)
-    bound = server.sockets[0].getsockname()[1] if server.sockets else port
-    log.info("bounce inbox on %s:%d for bounces+…@%s and unsub+…@%s", host, bound, hostname, hostname)
-    return Inbox(server, handler, host, int(bound))

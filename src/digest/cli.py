@@ -900,11 +900,11 @@ def bounces_process(
     """
     if not path.exists():
         _fail(UsageError(f"{path}: no such file or folder"))
-    from digest import bounces
+    from digest import bounce_mailboxes, bounces
 
     async def go(application: bootstrap.App) -> bounces.ProcessReport:
         now = datetime.now(UTC)
-        result = await bounces.process_path(application, path, now)
+        result = await bounce_mailboxes.process_path(application, path, now)
         await bounces.trim_raw_bounces(application, now)
         return result
 
@@ -933,9 +933,9 @@ def bounces_report(
     Example: digest bounces report --since 30d
     """
     start = _since_option(since)
-    from digest import bounces
+    from digest import bounce_admin
 
-    result = _with_app(lambda application: bounces.report(application, start))
+    result = _with_app(lambda application: bounce_admin.report(application, start))
     classes = list(result.by_class)
     by_class = Table("class", "events", title=f"since {start:%Y-%m-%d %H:%M} UTC")
     for name, n in result.by_class.items():
@@ -973,9 +973,11 @@ def subscribers_unsuppress(
 
     Example: digest subscribers unsuppress ann@example.com --reason "mailbox fixed, she asked"
     """
-    from digest import bounces
+    from digest import bounce_admin
 
-    before = _with_app(lambda application: bounces.unsuppress(application, email, reason, datetime.now(UTC)))
+    before = _with_app(
+        lambda application: bounce_admin.unsuppress(application, email, reason, datetime.now(UTC))
+    )
     out.print(f"{email} is active again (was {before}); reason recorded", highlight=False)
 
 

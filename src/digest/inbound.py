@@ -2,7 +2,8 @@
 
 DESIGN "The flow" step 5 and STANDARDS section D, items 18 and 23. Nothing here touches a database,
 a socket or the clock; the inbox listener and `digest bounces process` turn a verdict into events
-and suppressions.
+and suppressions. How a failure is classified, and how bounces and complaints are counted, is
+bounce_rules.py's.
 
 Decisions, one line each:
 
@@ -12,12 +13,6 @@ Decisions, one line each:
   address we sent to (forwarding, aliases) still counts against the delivery its VERP names.
 - `verp_target`: a given envelope recipient is authoritative (headers are sender-controlled); only
   without one (mailbox input) are Delivered-To, X-Original-To and To read, in that order.
-- `classify` never returns DELAYED: delay is what `Action: delayed` says, not what a code says.
-- A generic enhanced code (X.0.0, as Exim and Postfix write when the remote gave none) is refined by
-  a more specific code of the same class in the diagnostic text.
-- A bare basic code proves neither a dead mailbox nor a policy block: 4xx and 552 are SOFT, every
-  other bare 5xx (550, 551, 553, 554, ...) is UNKNOWN: recorded, never suppressed, never scored.
-- Other 5.x.x codes outside item 31's lists (5.0.0, 5.4.x, 5.5.x, ...) are UNKNOWN for the same reason.
 - Non-DSN bounces: flufl.bounce's `all_failures` decides failed versus delayed; the status code in
   the bounce text then classifies per item 31, and a failure with no code at all is UNKNOWN (item 34:
   flufl.bounce returns no codes, so it cannot by itself prove a hard bounce).
@@ -35,11 +30,6 @@ Decisions, one line each:
   any subscription (the caller reports an unknown token; the HTTPS link still works).
 - The envelope sender is a parameter; without it the Return-Path header stands in (`<>` is null),
   so a listener should pass MAIL FROM.
-- `bounce_score`: only HARD and SOFT events score; days are UTC calendar days; a gap of `quiet` or
-  more between bounces (or since the last one) resets the score; `suppress` is sticky over the
-  events given (a hard bounce, or a score above `limit` at any point), so pass the events since
-  the reader's last lifted suppression.
-- `complaint_rate` with nothing delivered is 0.0 without complaints and 1.0 with some.
 """
 
 from __future__ import annotations
@@ -49,96 +39,22 @@ import email.policy
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage, Message
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
-from enum import StrEnum
 from typing import Literal
 
 from flufl.bounce import all_failures
 
 from digest import tokens
+from digest.bounce_rules import SEVERITY, BounceClass, basic_code, classify, enhanced_code, enhanced_status
 
 __all__ = [
-    "BounceClass",
     "InboundVerdict",
     "RecipientReport",
     "analyse",
-    "bounce_score",
-    "classify",
-    "complaint_action",
-    "complaint_rate",
-    "enhanced_status",
     "verp_target",
 ]
-
-
-class BounceClass(StrEnum):
-    """How one failed recipient counts against its reader."""
-
-    HARD = "hard"  # the mailbox does not exist or is disabled: suppress at once
-    SOFT = "soft"  # transient (4.x.x, mailbox full, bare 552): scored, suppressed only when it persists
-    POLICY = "policy"  # the receiver refused us (5.7.x, 5.2.3, 5.3.4, 5.1.7/5.1.8): alert, never suppress
-    DELAYED = "delayed"  # `Action: delayed` warning: still being retried, not a bounce
-    UNKNOWN = "unknown"  # no code proves anything (bare 550, 5.0.0, ...): recorded only
-
-
-# Most severe first: the class a delivery is recorded with when a report names several recipients.
-_SEVERITY = (BounceClass.HARD, BounceClass.SOFT, BounceClass.POLICY, BounceClass.UNKNOWN, BounceClass.DELAYED)
-_HARD = {(1, 1), (1, 2), (1, 3), (1, 6), (1, 10), (2, 1)}
-_POLICY = {(1, 7), (1, 8), (2, 3), (3, 4)}  # plus every 5.7.x
-_ENHANCED = re.compile(r"(?<!\d)(?<!\d\.)([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
-_BASIC = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;\s*)?([2-5]\d\d)(?=[\s-]|$)")
-
-
-def _enhanced(text: str | None) -> tuple[int, int, int] | None:
-    m = _ENHANCED.search(text or "")
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
-
-
-def enhanced_status(text: str | None) -> str | None:
-    """The first enhanced status code in a DSN field or an SMTP reply, as `5.7.1`; None if none.
-
-    The one reading of these codes: the delivery worker classifies SMTP replies with it too.
-    """
-    code = _enhanced(text)
-    return ".".join(map(str, code)) if code else None
-
-
-def _basic(text: str) -> int | None:
-    m = _BASIC.match(text)
-    return int(m.group(1)) if m else None
-
-
-def classify(status: str | None, smtp_code: int | None = None, diagnostic: str = "") -> BounceClass:
-    """STANDARDS item 31: the class of one failure, by enhanced status code first.
-
-    `status` is a DSN Status field (comments allowed); without one, the first enhanced code in
-    `diagnostic` is used. `smtp_code` (else a basic code leading `diagnostic`) decides only when no
-    enhanced code is found at all.
-    """
-    code = _enhanced(status)
-    in_text = _enhanced(diagnostic)
-    if code is None or (code[1:] == (0, 0) and in_text is not None and in_text[0] == code[0]):
-        code = in_text or code
-    if code is not None:
-        klass, subject, detail = code
-        if klass == 4:
-            return BounceClass.SOFT
-        if klass != 5:
-            return BounceClass.UNKNOWN
-        if (subject, detail) in _HARD:
-            return BounceClass.HARD
-        if (subject, detail) == (2, 2):
-            return BounceClass.SOFT
-        if subject == 7 or (subject, detail) in _POLICY:
-            return BounceClass.POLICY
-        return BounceClass.UNKNOWN
-    basic = smtp_code if smtp_code is not None else _basic(diagnostic)
-    if basic is not None and (400 <= basic < 500 or basic == 552):
-        return BounceClass.SOFT
-    return BounceClass.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -170,7 +86,7 @@ class InboundVerdict:
     def bounce_class(self) -> BounceClass | None:
         """The most severe class among the recipients: the one the delivery is recorded with."""
         present = {r.bounce_class for r in self.recipients}
-        return next((c for c in _SEVERITY if c in present), None)
+        return next((c for c in SEVERITY if c in present), None)
 
 
 def _ignored(reason: str, delivery_id: int | None = None) -> InboundVerdict:
@@ -311,8 +227,8 @@ def _diagnostic_line(text: str) -> str:
     """The first line of a text bounce carrying an enhanced code, else a leading basic code."""
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return next(
-        (line for line in lines if _enhanced(line)),
-        next((line for line in lines if _basic(line)), ""),
+        (line for line in lines if enhanced_code(line)),
+        next((line for line in lines if basic_code(line)), ""),
     )
 
 
@@ -336,7 +252,7 @@ def _dsn(report: Message, delivery_id: int) -> InboundVerdict:
         action = block.get("action", "").split("(")[0].strip().lower()
         status_field = block.get("status")
         diagnostic = _strip_type(block.get("diagnostic-code")) or ""
-        code = _enhanced(status_field) or _enhanced(diagnostic)
+        code = enhanced_code(status_field) or enhanced_code(diagnostic)
         if action.startswith("delayed"):
             action, klass = "delayed", BounceClass.DELAYED
         elif action.startswith(("fail", "error")) or (not action and code is not None and code[0] in (4, 5)):
@@ -484,74 +400,3 @@ def analyse(
     if null_sender:
         return InboundVerdict("auto_reply", delivery_id, None, (), "auto-reply (null sender, no report)")
     return _ignored("no bounce found in message to a VERP address", delivery_id)
-
-
-# --- scores and rates ----------------------------------------------------------------------------------
-
-
-def _utc(when: datetime) -> datetime:
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-def bounce_score(
-    events: Sequence[tuple[datetime, BounceClass]],
-    now: datetime,
-    *,
-    hard: float = 1.0,
-    soft: float = 0.5,
-    limit: float = 5.0,
-    quiet: timedelta = timedelta(days=7),
-) -> tuple[float, bool]:
-    """STANDARDS item 32, the Mailman way: (score now, suppress?).
-
-    Only HARD and SOFT events count; a hard bounce suppresses at once. A soft bounce adds `soft`
-    at most once per UTC calendar day. A gap of `quiet` or more with no bounce resets the score.
-    Suppression is reached when the score exceeds `limit` and stays reached over the events given.
-    Events after `now` are ignored; naive times are taken as UTC.
-    """
-    now = _utc(now)
-    scored = sorted(
-        ((_utc(when), klass) for when, klass in events if klass in (BounceClass.HARD, BounceClass.SOFT)),
-        key=lambda event: event[0],
-    )
-    score, suppress = 0.0, False
-    last: datetime | None = None
-    counted: date | None = None
-    for when, klass in scored:
-        if when > now:
-            break
-        if last is not None and when - last >= quiet:
-            score, counted = 0.0, None
-        last = when
-        if klass is BounceClass.HARD:
-            score += hard
-            suppress = True
-        elif when.date() != counted:
-            score += soft
-            counted = when.date()
-        suppress = suppress or score > limit
-    if last is not None and now - last >= quiet:
-        score = 0.0
-    return score, suppress
-
-
-def complaint_rate(complaints: int, delivered: int) -> float:
-    """Complaints per delivered message (STANDARDS item 23); nothing delivered but complaints is 1.0."""
-    if complaints < 0 or delivered < 0:
-        raise ValueError(f"counts must not be negative: complaints={complaints}, delivered={delivered}")
-    if delivered == 0:
-        return 1.0 if complaints else 0.0
-    return complaints / delivered
-
-
-def complaint_action(
-    rate: float, warn: float = 0.001, pause: float = 0.003
-) -> Literal["ok", "warn", "pause"]:
-    """STANDARDS item 23: warn at 0.1% (SHOULD stay below), pause sending on reaching 0.3% (MUST never)."""
-    if not 0 <= warn <= pause:
-        raise ValueError(f"thresholds must satisfy 0 <= warn <= pause, got warn={warn}, pause={pause}")
-    if rate >= pause:
-        return "pause"
-    if rate >= warn:
-        return "warn"
-    return "ok"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from digest import inbound, store
+from digest import bounce_rules, store
 from digest.alerting import Alert
 from digest.config import Config
 from digest.models import DeliveryKind, DeliveryStatus, SubscriberStatus
@@ -45,7 +45,7 @@ class Outcome:
     done: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def settle(cfg: Config, o: Outcome) -> tuple[str, dict[str, Any], inbound.BounceClass | None]:
+def settle(cfg: Config, o: Outcome) -> tuple[str, dict[str, Any], bounce_rules.BounceClass | None]:
     """The delivery's new status and column values, and the bounce class of a rejection."""
     d, r = o.claimed.delivery, o.result
     values: dict[str, Any] = {"updated_at": o.now}
@@ -58,8 +58,8 @@ def settle(cfg: Config, o: Outcome) -> tuple[str, dict[str, Any], inbound.Bounce
     if status == DeliveryStatus.SENT:
         values["sent_at"] = o.now
     elif status == DeliveryStatus.FAILED:
-        klass = inbound.classify(inbound.enhanced_status(r.reply), r.code, r.reply)
-        if klass == inbound.BounceClass.POLICY and d.attempts == 0:
+        klass = bounce_rules.classify(bounce_rules.enhanced_status(r.reply), r.code, r.reply)
+        if klass == bounce_rules.BounceClass.POLICY and d.attempts == 0:
             # A policy rejection is retried once: if it was the relay's problem, it was for everyone
             # and the breaker has paused the edition by then.
             status = DeliveryStatus.DEFERRED
@@ -196,7 +196,7 @@ class OutcomeWriter:
                 await ledger.hold_for_paused_editions(s, deferred, batch[0].now)
         return results
 
-    async def _apply(self, s: Any, o: Outcome, status: str, klass: inbound.BounceClass | None) -> str:
+    async def _apply(self, s: Any, o: Outcome, status: str, klass: bounce_rules.BounceClass | None) -> str:
         """What follows from an outcome besides the delivery row: watermark, events, suppression."""
         d, c = o.claimed.delivery, o.claimed
         if (
@@ -221,7 +221,7 @@ class OutcomeWriter:
                 bounce_class=str(klass) if klass else None,
                 at="smtp",
             )
-            if klass == inbound.BounceClass.HARD and d.kind == DeliveryKind.DIGEST:
+            if klass == bounce_rules.BounceClass.HARD and d.kind == DeliveryKind.DIGEST:
                 await ledger.suppress_subscriber(
                     s, c.subscriber.id, SubscriberStatus.BOUNCED, o.now, f"hard bounce at SMTP time: {reply}"
                 )
@@ -245,13 +245,15 @@ class Breaker:
         if outcome.verdict == "sent":
             self.streak.pop(edition_id, None)
             return None
-        klass = inbound.classify(inbound.enhanced_status(outcome.reply), outcome.code, outcome.reply)
-        if outcome.verdict != "failed" and klass != inbound.BounceClass.POLICY:
+        klass = bounce_rules.classify(
+            bounce_rules.enhanced_status(outcome.reply), outcome.code, outcome.reply
+        )
+        if outcome.verdict != "failed" and klass != bounce_rules.BounceClass.POLICY:
             return None
-        if klass != inbound.BounceClass.POLICY:
+        if klass != bounce_rules.BounceClass.POLICY:
             self.streak.pop(edition_id, None)
             return None
-        key = f"{outcome.code} {inbound.enhanced_status(outcome.reply) or ''}".strip()
+        key = f"{outcome.code} {bounce_rules.enhanced_status(outcome.reply) or ''}".strip()
         last, n = self.streak.get(edition_id, ("", 0))
         n = n + 1 if last == key else 1
         self.streak[edition_id] = (key, n)
@@ -264,6 +266,6 @@ def paused_alert(edition_id: int, reason: str, outcome: SendOutcome, now: dateti
     """The alert for an edition the breaker paused; its title names a 5.7.x reply, since that
     points at the relay's own authentication or reputation rather than at the readers."""
     what = f"pausing edition {edition_id}"
-    status = inbound.enhanced_status(outcome.reply)
+    status = bounce_rules.enhanced_status(outcome.reply)
     title = f"a relay answers {status}: {what}" if status and status.startswith("5.7.") else what
     return Alert("edition_paused", title, f"{what}: {reason}", now)

@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from digest import alerts, bootstrap, bounces, capture, delivery, limits
+from digest import alerts, bootstrap, bounce_listener, bounces, capture, delivery, limits
 from digest.scheduler import build_scheduler
 
 log = logging.getLogger("digest")
@@ -55,8 +55,8 @@ async def run_all(
     if inbox is None:
         inbox = web and scheduler and worker
     if inbox and cfg.bounce.listen:
-        host, port = bounces.parse_listen(cfg.bounce.listen)
-        bounce_inbox = await bounces.start_inbox(app, host, port)
+        host, port = bounce_listener.parse_listen(cfg.bounce.listen)
+        bounce_inbox = await bounce_listener.start_inbox(app, host, port)
         tasks.append(asyncio.create_task(_trim_raw_bounces_daily(app, stop)))
     elif inbox:
         log.info("no bounce inbox: set [bounce] listen (host:port) to receive bounces over SMTP")
