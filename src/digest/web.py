@@ -48,11 +48,13 @@ from digest import (
     csrf,
     delivery,
     extract,
+    ingest,
     limits,
     observability,
     preferences,
     readers,
     readers_io,
+    schedule,
     signup,
     signup_form,
 )
@@ -182,20 +184,6 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
-def describe_schedule(cron: str, tz: str) -> str:
-    """A list's cron schedule in words, for the signup page's "as the list sends" choice."""
-    parts = cron.split()
-    if len(parts) == 5 and parts[0].isdigit() and parts[1].isdigit() and parts[2:4] == ["*", "*"]:
-        at = f"{int(parts[1]):02d}:{int(parts[0]):02d} ({tz})"
-        if parts[4] == "*":
-            return f"every day at {at}"
-        days = {"0": "Sunday", "7": "Sunday", "1": "Monday", "2": "Tuesday", "3": "Wednesday",
-                "4": "Thursday", "5": "Friday", "6": "Saturday", "1-5": "weekday"}  # fmt: skip
-        if parts[4] in days:
-            return f"every {days[parts[4]]} at {at}"
-    return "on the list's own schedule"
-
-
 class SignupIn(BaseModel):
     """POST /subscribe fields (JSON, or the same names form-encoded; `list` repeats in a form)."""
 
@@ -248,35 +236,41 @@ class ArticleBatch(BaseModel):
 
 
 def api_article(item: ArticleIn, now: datetime) -> sources_store.NewArticle:
-    """Normalize a pushed article exactly as ingest normalizes a feed item."""
+    """A pushed article, normalized by the function that normalizes fetched ones."""
     if item.url and not extract.canonical_url(item.url):
         raise ApiError(422, "invalid", "url must be an absolute http(s) URL")
-    url = extract.canonical_url(item.url) if item.url else None
-    content = extract.sanitize_html(item.content_html.replace("\x00", ""), base_url=url)
-    if content and not re.search(r"<(?:p|ul|ol|h[2-4]|blockquote|pre|figure)\b", content):
-        content = f"<p>{content}</p>"
-    text = extract.html_to_text(content) if content else ""
-    title = extract.clean_line(signup_form.clean_text(item.title, 2000)) or extract.clean_line(text, 80)
-    if not title:
-        raise ApiError(422, "invalid", "an article needs a title or content")
-    published = item.published_at or now
-    published = published if published.tzinfo else published.replace(tzinfo=UTC)
-    fingerprint = extract.fingerprint(title, text)
-    summary_source = signup_form.clean_text(item.summary, 5000) if item.summary else text
-    author = extract.clean_line(signup_form.clean_text(item.author, 500), 200) if item.author else None
-    return sources_store.NewArticle(
-        guid=extract.clean_line(signup_form.clean_text(item.guid or "", 1000), 1000)
-        or url
-        or f"fingerprint:{fingerprint}",
-        url=url,
-        title=title,
-        author=author or None,
-        published_at=min(published.astimezone(UTC), now),
-        summary=extract.summarize(summary_source),
-        content=content,
-        image_url=extract.absolute_url(item.image_url) if item.image_url else None,
-        fingerprint=fingerprint,
+    published = item.published_at
+    if published is not None:
+        published = (published if published.tzinfo else published.replace(tzinfo=UTC)).astimezone(UTC)
+    article = ingest.normalize_article(
+        guid=_client_text(item.guid, 1000),
+        link=item.url,
+        title=signup_form.clean_text(item.title, 2000),
+        content_html=item.content_html,
+        now=now,
+        author=_client_text(item.author, 500),
+        published=published,
+        summary=_client_text(item.summary, 5000),
+        image=item.image_url,
+        untitled="",  # a feed may lack a title; an API client is told to send one
     )
+    if not article.title:
+        raise ApiError(422, "invalid", "an article needs a title or content")
+    return sources_store.NewArticle(
+        guid=article.guid,
+        url=article.url,
+        title=article.title,
+        author=article.author,
+        published_at=article.published_at,
+        summary=article.summary,
+        content=article.content_html,
+        image_url=article.image_url,
+        fingerprint=article.fingerprint,
+    )
+
+
+def _client_text(value: str | None, max_len: int) -> str | None:
+    return signup_form.clean_text(value, max_len) if value else None
 
 
 def create_app(
@@ -538,7 +532,7 @@ def create_app(
                 "slug": lst.slug,
                 "name": lst.name,
                 "description": lst.description,
-                "schedule": describe_schedule(lst.schedule, lst.timezone),
+                "schedule": schedule.describe_schedule(lst.schedule, lst.timezone),
             }
             for lst in lists
             if (lst.slug == slug if slug else lst.public)
@@ -928,7 +922,7 @@ def create_app(
                 "slug": lst.slug,
                 "name": lst.name,
                 "description": lst.description,
-                "schedule": describe_schedule(lst.schedule, lst.timezone),
+                "schedule": schedule.describe_schedule(lst.schedule, lst.timezone),
                 "pending": lst.slug in reader.pending,
             }
             for lst in active
