@@ -35,9 +35,11 @@ CLOCK_CALLS = {
 
 
 def imports_of(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    """What a module imports; for a package (web), what any of its modules imports."""
+    package = PACKAGE / module
+    files = sorted(package.glob("*.py")) if package.is_dir() else [PACKAGE / f"{module}.py"]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in (node for file in files for node in ast.walk(ast.parse(file.read_text()))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:

@@ -32,6 +32,7 @@ Edges:
     ingest      fetch and parse directory and feed sources
     smtp        aiosmtplib connections that send exactly the given bytes
     capture     the embedded SMTP server that stores mail as .eml files
-    web         FastAPI pages and the operator API (csrf: signed form tokens)
+    web         FastAPI pages and the operator API, one router per area (csrf: signed form
+                tokens; limits: signup rate limits and trusted proxies)
     scheduler   APScheduler wiring only
 """
