@@ -179,6 +179,12 @@ def test_html_to_text_separates_blocks_with_blank_lines() -> None:
     assert html_to_text(html) == "Head\n\nOne two three\nfour\n\na\n\nb"
 
 
+def test_control_characters_before_the_first_tag_are_dropped_not_fatal() -> None:
+    # A JSON Feed's "\u000b" or a pushed article's text reaches lxml, which refuses these.
+    assert html_to_text("\x0bOne<p>two\x00</p>") == "One\n\ntwo"
+    assert trim_boilerplate_html("\ufffeOne<p>two</p>") == "One<p>two</p>"
+
+
 def test_seed_article_loses_its_plug_author_box_and_related_block() -> None:
     _headline, _, body = SEED.read_text(encoding="utf-8").partition("\n")
     paragraphs = split_paragraphs(body)

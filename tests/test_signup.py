@@ -12,9 +12,10 @@ from itsdangerous import BadSignature
 from sqlalchemy import func, select, update
 
 from conftest import SmtpSink
-from digest import limits, preferences, readers, signup, signup_form
+from digest import preferences, readers, signup, signup_form
 from digest.models import Delivery, Event, Subscriber, Subscription
 from digest.store import readers as readers_store
+from digest.web import limits
 from test_web import Site, open_site
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

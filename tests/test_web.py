@@ -20,12 +20,13 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import func, select
 
 from conftest import SmtpSink, write_config
-from digest import bootstrap, compose, delivery, limits, readers, sources, store, web
+from digest import bootstrap, compose, delivery, readers, sources, store, web
 from digest.config import load_config
 from digest.models import Article, ArticleSource, Delivery, Event, Subscriber, Subscription
 from digest.store import migrate
 from digest.store import readers as readers_store
 from digest.store import sources as sources_store
+from digest.web import guard, limits
 
 API_TOKEN = "operator-token-0123456789abcdef"
 BASE = "http://127.0.0.1:8000"
@@ -507,7 +508,7 @@ async def test_no_redirect_target_is_taken_from_the_request(lite: Site) -> None:
 
 
 async def test_request_bodies_are_size_limited(lite: Site) -> None:
-    big = b"x" * (web.MAX_BODY + 1)
+    big = b"x" * (guard.MAX_BODY + 1)
     declared = await lite.client.post("/subscribe", content=big, headers={"Content-Type": "application/json"})
     assert declared.status_code == 413 and declared.json()["error"]["code"] == "too_large"
 

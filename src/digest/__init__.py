@@ -58,7 +58,8 @@ Domain operations (each about one thing; lower ones never import higher ones):
 
 Fronts:
     cli         the Typer root app and its sub-apps
-    web         the FastAPI app: reader pages, archive, operator API, admin (+ limits, csrf)
+    web         the FastAPI app, one router per area: reader pages, archive, operator API,
+                admin, health (guard: limits and headers; csrf; signup rate limits)
     scheduler   APScheduler wiring only
     service     `digest run`: web, scheduler, worker and inbox in one process
 """

@@ -193,9 +193,13 @@ def sanitize_html(html: str, base_url: str | None = None) -> str:
     ).strip()
 
 
+_LXML_REFUSES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def parse_fragment(html: str) -> Any:
     """An lxml element wrapping the fragment (whole documents are reduced to their body)."""
-    html = html.replace("\x00", "")
+    # lxml raises ValueError on these characters in the text before the first tag.
+    html = _LXML_REFUSES.sub("", html)
     return lxml.html.fragment_fromstring(html or "<p></p>", create_parent="div")
 
 

@@ -109,6 +109,20 @@ def cadence_cron(cadence: str, send_hour: int | None, weekday: int | None, list_
     raise ValueError(f"unknown cadence {cadence!r}")
 
 
+def describe_schedule(cron: str, tz: str) -> str:
+    """A list's cron schedule in words, for the signup page's "as the list sends" choice."""
+    parts = cron.split()
+    if len(parts) == 5 and parts[0].isdigit() and parts[1].isdigit() and parts[2:4] == ["*", "*"]:
+        at = f"{int(parts[1]):02d}:{int(parts[0]):02d} ({tz})"
+        if parts[4] == "*":
+            return f"every day at {at}"
+        days = {"0": "Sunday", "7": "Sunday", "1": "Monday", "2": "Tuesday", "3": "Wednesday",
+                "4": "Thursday", "5": "Friday", "6": "Saturday", "1-5": "weekday"}  # fmt: skip
+        if parts[4] in days:
+            return f"every {days[parts[4]]} at {at}"
+    return "on the list's own schedule"
+
+
 def resolve_local(naive: datetime, tz: ZoneInfo) -> datetime:
     """The UTC instant of a local wall time: gaps move forward by their length, folds take the first."""
     first = naive.replace(tzinfo=tz, fold=0)

@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from digest import alerts, bootstrap, bounce_listener, bounces, capture, delivery, limits
+from digest import alerts, bootstrap, bounce_listener, bounces, capture, delivery
 from digest.scheduler import build_scheduler
 
 log = logging.getLogger("digest")
@@ -71,7 +71,7 @@ async def run_all(
         )
     server = None
     if web:
-        from digest.web import create_app
+        from digest.web import create_app, limits
 
         server = uvicorn.Server(
             uvicorn.Config(

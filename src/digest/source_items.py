@@ -69,7 +69,18 @@ def build_articles(
     articles: list[NewArticle] = []
     seen: set[str] = set()
     for item in items:
-        article = _build_article(item, now)
+        article = normalize_article(
+            guid=item.guid,
+            link=item.link,
+            title=item.title,
+            content_html=item.content_html,
+            now=now,
+            author=item.author,
+            published=item.published,
+            summary=item.summary,
+            image=item.image,
+            base=item.base,
+        )
         if article.guid in seen:
             warnings.append(f"{name}: item {item.label}: duplicate guid {article.guid!r}; kept the first")
             continue
@@ -90,26 +101,44 @@ def build_articles(
 _BLOCK_START = re.compile(r"<(?:p|ul|ol|h[2-4]|blockquote|pre|figure)\b")
 
 
-def _build_article(item: SourceItem, now: datetime) -> NewArticle:
-    url = canonical_url(item.link, item.base) if item.link else None
-    base = absolute_url(item.link, item.base) or absolute_url(item.base)
-    content = sanitize_html(trim_boilerplate_html(item.content_html), base_url=base)
+def normalize_article(
+    *,
+    guid: str | None,
+    link: str | None,
+    title: str,
+    content_html: str,
+    now: datetime,
+    author: str | None = None,
+    published: datetime | None = None,
+    summary: str | None = None,
+    image: str | None = None,
+    base: str | None = None,
+    untitled: str = "Untitled",
+) -> NewArticle:
+    """One article as it is stored, from a feed, a directory or the operator API alike.
+
+    `published` is aware; a missing or future one becomes `now`. `base` resolves a relative `link`
+    and the content's relative URLs. With neither title nor text, the title is `untitled`.
+    """
+    url = canonical_url(link, base) if link else None
+    base_url = absolute_url(link, base) or absolute_url(base)
+    content = sanitize_html(trim_boilerplate_html(content_html), base_url=base_url)
     if content and not _BLOCK_START.search(content):
         content = f"<p>{content}</p>"
     text = html_to_text(content)
-    title = clean_line(item.title) or clean_line(text, 80) or "Untitled"
+    title = clean_line(title) or clean_line(text, 80) or untitled
     digest_value = fingerprint(title, text)
-    published = item.published if item.published is not None and item.published <= now else now
-    author = clean_line(item.author, 200) if item.author else None
+    published = published if published is not None and published <= now else now
+    author = clean_line(author, 200) if author else None
     return NewArticle(
-        guid=clean_line(item.guid or "", 1000) or url or f"fingerprint:{digest_value}",
+        guid=clean_line(guid or "", 1000) or url or f"fingerprint:{digest_value}",
         url=url,
         title=title,
         author=author or None,
         published_at=published,
-        summary=summarize(item.summary or text),
+        summary=summarize(summary or text),
         content_html=content,
-        image_url=absolute_url(item.image, base) or _first_image(content),
+        image_url=absolute_url(image, base_url) or _first_image(content),
         fingerprint=digest_value,
     )
 
