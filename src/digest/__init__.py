@@ -24,8 +24,9 @@ Where the core meets the edges:
     readers_io  subscriber CSV import and export
     retention   prune (batched, per [retention]) and erasure on request
     alerts      operator alerts by email and webhook, one per kind per window
+    reports     what status, editions, lists, the admin page and /metrics show, gathered once
     doctor      configuration, database, relay, DKIM and DNS alignment checks
-    observability  Prometheus metrics from the database, JSON logs
+    observability  Prometheus metrics from the reports, JSON logs
 
 Edges:
     db          engines, transactions, migrations and every query, named
