@@ -339,7 +339,7 @@ async def _list_report(s: AsyncSession, lst: MailingList) -> ListReport:
     by_list = await _readers_by_list(s, lst.id)
     last = await reports_store.last_edition_of(s, lst.id)
     next_due, due_soon = await reports_store.next_due_of_list(s, lst.id)
-    last_counts = await reports_store.edition_counts(s, lst.id, limit=1) if last else []
+    last_counts = await retention_store.edition_status_counts(s, last.id) if last else {}
     return ListReport(
         slug=lst.slug,
         name=lst.name,
@@ -347,9 +347,7 @@ async def _list_report(s: AsyncSession, lst: MailingList) -> ListReport:
         timezone=lst.timezone,
         public=lst.public,
         readers=by_list.get(lst.slug, Readers()),
-        last_edition=None
-        if last is None
-        else _summary(last, lst.slug, last_counts[0][2] if last_counts else {}),
+        last_edition=None if last is None else _summary(last, lst.slug, last_counts),
         next_due_at=next_due,
         due_within_a_day=due_soon,
     )
