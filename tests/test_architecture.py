@@ -115,7 +115,8 @@ ALLOWED: dict[str, set[str]] = {
     "readers_io": {"bootstrap", "errors", "models", "readers", "schedule", "store"},
     "retention": {"bootstrap", "errors", "models", "readers", "store"},
     "alerts": {"alerting", "bootstrap", "config", "messages", "smtp", "store"},
-    "observability": {"bootstrap", "models", "store"},
+    "reports": {"bootstrap", "models", "readers", "store"},
+    "observability": {"bootstrap", "reports"},
     "doctor": {
         "bootstrap",
         "capture",
@@ -176,6 +177,7 @@ ALLOWED: dict[str, set[str]] = {
         "readers",
         "readers_io",
         "rendering",
+        "reports",
         "retention",
         "schedule",
         "service",

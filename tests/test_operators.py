@@ -63,6 +63,15 @@ def test_lists_show_readers_by_status_and_cadence_and_the_next_digest(project: P
     assert "demo" in project.run("lists", "list")
 
 
+def test_a_lists_last_edition_counts_its_own_deliveries_not_a_later_test_send(project: Project) -> None:
+    project.run("send", "demo")
+    project.run("send-test", "demo", "--to", "zed@example.com")
+    shown = project.json("lists", "show", "demo")
+    assert isinstance(shown, dict)
+    assert shown["last_edition"]["deliveries"] == {"sent": 3}
+    assert "sent 3" in project.run("lists", "show", "demo")
+
+
 def test_sources_check_shows_what_would_be_ingested_and_stores_nothing(project: Project) -> None:
     before = project.json("sources", "list")
     checked = project.json("sources", "check", "seeds")

@@ -53,8 +53,9 @@ Domain operations (each about one thing; lower ones never import higher ones):
     readers_io  subscriber CSV import and export
     retention   prune (batched, per [retention]) and erasure on request
     alerts      operator alerts by email and webhook, one per kind per window
+    reports     what status, editions, lists, the admin page and /metrics show, gathered once
     doctor      configuration, database, relay, DKIM and DNS alignment checks
-    observability  Prometheus metrics from the database, JSON logs
+    observability  Prometheus metrics from the reports, JSON logs
 
 Fronts:
     cli         the Typer root app and its sub-apps

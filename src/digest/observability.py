@@ -1,8 +1,8 @@
 """What operators see without reading the code: Prometheus metrics and structured logs.
 
-Metrics are computed from the database at scrape time, so any `digest web` process answers for
-every worker and scheduler (nothing lives in one process's memory). All are gauges over the
-current rows or a recent window, because pruning makes all-time counters impossible:
+Metrics are read from the database at scrape time (through `digest.reports`), so any `digest web`
+process answers for every worker and scheduler (nothing lives in one process's memory). All are
+gauges over the current rows or a recent window, because pruning makes all-time counters impossible:
 
     digest_readers{status}                     readers by global status
     digest_subscriptions{list,status}          subscriptions by list and status
@@ -27,60 +27,15 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from digest import bootstrap
-from digest.models import INBOUND_EVENTS
-from digest.store import reports as reports_store
-from digest.store import sources as sources_store
+from digest import bootstrap, reports
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-@dataclass
-class Snapshot:
-    """Everything /metrics reports, read in one transaction."""
-
-    now: datetime
-    readers: dict[str, int] = field(default_factory=dict)
-    subscriptions: list[tuple[str, str, str, int]] = field(default_factory=list)
-    deliveries: dict[tuple[str, str], int] = field(default_factory=dict)
-    sent_last_minute: int = 0
-    replies: list[tuple[str, int | None, int]] = field(default_factory=list)
-    queue_depth: int = 0
-    oldest_due: datetime | None = None
-    sources: list[tuple[str, bool, datetime | None]] = field(default_factory=list)
-    bounces: list[tuple[str, str | None, int]] = field(default_factory=list)
-
-    @property
-    def queue_age(self) -> float:
-        return max((self.now - self.oldest_due).total_seconds(), 0.0) if self.oldest_due else 0.0
-
-
-async def snapshot(app: bootstrap.App, now: datetime) -> Snapshot:
-    async with app.db.read() as s:
-        depth, oldest = await reports_store.queue_summary(s, now)
-        return Snapshot(
-            now=now,
-            readers=await reports_store.subscriber_status_counts(s),
-            subscriptions=await reports_store.list_reader_counts(s, None),
-            deliveries=await reports_store.delivery_counts(s),
-            sent_last_minute=await reports_store.sent_since(s, now - timedelta(minutes=1)),
-            replies=await reports_store.smtp_reply_counts(s, now - timedelta(hours=1)),
-            queue_depth=depth,
-            oldest_due=oldest,
-            sources=[
-                (src.name, src.last_error is not None, src.last_success_at)
-                for src in await sources_store.all_sources(s)
-                if src.name in {c.name for c in app.cfg.sources}
-            ],
-            bounces=await reports_store.inbound_class_counts(s, INBOUND_EVENTS, now - timedelta(days=1)),
-        )
 
 
 def reply_class(code: int | None) -> str:
@@ -93,7 +48,7 @@ def bounce_class(kind: str, klass: str | None) -> str:
     )
 
 
-def families(snap: Snapshot) -> Iterator[Metric]:
+def families(snap: reports.Metrics) -> Iterator[Metric]:
     g = GaugeMetricFamily("digest_readers", "Readers by global status", labels=["status"])
     for status in ("active", "bounced", "complained", "suppressed"):
         g.add_metric([status], snap.readers.get(status, 0))
@@ -101,11 +56,9 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     g = GaugeMetricFamily(
         "digest_subscriptions", "Subscriptions by list and status", labels=["list", "status"]
     )
-    per: dict[tuple[str, str], int] = {}
-    for slug, status, _cadence, n in snap.subscriptions:
-        per[(slug, status)] = per.get((slug, status), 0) + n
-    for (slug, status), n in sorted(per.items()):
-        g.add_metric([slug, status], n)
+    for slug, readers in sorted(snap.subscriptions.items()):
+        for status, n in sorted(readers.by_status.items()):
+            g.add_metric([slug, status], n)
     yield g
     g = GaugeMetricFamily("digest_deliveries", "Deliveries by kind and status", labels=["kind", "status"])
     for (kind, status), n in sorted(snap.deliveries.items()):
@@ -114,29 +67,31 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "digest_sent_last_minute",
         "Messages accepted by a relay in the last minute",
-        value=snap.sent_last_minute,
+        value=snap.queue.sent_last_minute,
     )
     yield GaugeMetricFamily(
         "digest_send_rate_per_second",
         "Messages accepted per second (last minute)",
-        value=snap.sent_last_minute / 60,
+        value=snap.queue.sent_last_minute / 60,
     )
     g = GaugeMetricFamily(
         "digest_smtp_replies_last_hour",
         "SMTP replies in the last hour by relay and class",
         labels=["relay", "class"],
     )
-    per = {}
+    per: dict[tuple[str, str], int] = {}
     for relay, code, n in snap.replies:
         per[(relay, reply_class(code))] = per.get((relay, reply_class(code)), 0) + n
     for (relay, klass), n in sorted(per.items()):
         g.add_metric([relay, klass], n)
     yield g
     yield GaugeMetricFamily(
-        "digest_queue_depth", "Pending, sending and deferred deliveries", value=snap.queue_depth
+        "digest_queue_depth", "Pending, sending and deferred deliveries", value=snap.queue.depth
     )
     yield GaugeMetricFamily(
-        "digest_queue_oldest_age_seconds", "How long the oldest due delivery has waited", value=snap.queue_age
+        "digest_queue_oldest_age_seconds",
+        "How long the oldest due delivery has waited",
+        value=snap.queue.oldest_wait_seconds,
     )
     g = GaugeMetricFamily("digest_source_failing", "1 when the source's last fetch failed", labels=["source"])
     age = GaugeMetricFamily(
@@ -144,10 +99,10 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         "Seconds since the source was last fetched",
         labels=["source"],
     )
-    for name, failing, last_ok in snap.sources:
-        g.add_metric([name], 1 if failing else 0)
-        if last_ok is not None:
-            age.add_metric([name], max((snap.now - last_ok).total_seconds(), 0.0))
+    for src in snap.sources:
+        g.add_metric([src.name], 0 if src.last_error is None else 1)
+        if src.last_success_at is not None:
+            age.add_metric([src.name], max((snap.now - src.last_success_at).total_seconds(), 0.0))
     yield g
     yield age
     g = GaugeMetricFamily(
@@ -173,7 +128,7 @@ class _Fixed(Collector):
 async def render_metrics(app: bootstrap.App, now: datetime | None = None) -> bytes:
     """The Prometheus text exposition of the database's current state."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(families(await snapshot(app, now or datetime.now(UTC)))))
+    registry.register(_Fixed(families(await reports.metrics(app, now or datetime.now(UTC)))))
     return generate_latest(registry)
 
 

@@ -68,6 +68,17 @@ async def edition_by_id(session: AsyncSession, edition_id: int) -> Edition | Non
     return await session.get(Edition, edition_id)
 
 
+async def edition_with_slug(session: AsyncSession, edition_id: int) -> tuple[Edition, str] | None:
+    """An edition with its list's slug, for `digest editions show`."""
+    stmt = (
+        select(Edition, MailingList.slug)
+        .join(MailingList, MailingList.id == Edition.list_id)
+        .where(Edition.id == edition_id)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    return None if row is None else (row[0], str(row[1]))
+
+
 async def public_editions(session: AsyncSession, list_id: int, limit: int = 100) -> Sequence[Edition]:
     """A list's past digests for its archive page (never test sends)."""
     stmt = (

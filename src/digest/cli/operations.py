@@ -1,0 +1,184 @@
+"""Running the service: the schema, the long-running processes, checks, pruning and alerts.
+
+All but `digest alerts` are commands of the root app, registered in `digest.cli`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from digest import bootstrap, sources, store
+from digest.cli.output import JsonOption, fail, out, print_json
+from digest.cli.runner import config, config_path, run, setup_logging, with_app
+from digest.cli.sources import say_ingest
+from digest.config import load_config
+from digest.errors import DigestError, UsageError
+from digest.store import migrate as migrate_store
+
+alerts_app = typer.Typer(help="Check where alerts go.", no_args_is_help=True)
+
+
+def init() -> None:
+    """Create or upgrade the schema, sync sources and lists, and ingest once.
+
+    Example: digest init
+    """
+    cfg = config()
+    url = store.resolve_url(cfg.database.url, cfg.base_dir)
+    try:
+        before, after = migrate_store.migrate(url)
+    except Exception as exc:
+        fail(exc)
+    out.print(f"schema: {before or 'empty'} -> {after}")
+
+    async def go(application: bootstrap.App) -> None:
+        for r in await sources.ingest_sources(application, datetime.now(UTC)):
+            say_ingest(r)
+
+    with_app(go)
+
+
+def migrate() -> None:
+    """Upgrade the database schema to this version of digest.
+
+    Example: digest migrate
+    """
+    cfg = config()
+    try:
+        before, after = migrate_store.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
+    except Exception as exc:
+        fail(exc)
+    out.print(
+        f"schema: {before or 'empty'} -> {after}" if before != after else f"schema: up to date ({after})"
+    )
+
+
+def run_all() -> None:
+    """Run everything in one process: web, scheduler, delivery worker (and the capture server).
+
+    Example: digest run
+    """
+    from digest import service
+
+    setup_logging()
+    with_app(lambda application: service.run_all(application, web=True, scheduler=True, worker=True))
+
+
+def web() -> None:
+    """Serve the web pages and API (and deliver confirmation mail).
+
+    Example: digest web
+    """
+    from digest import service
+
+    setup_logging()
+    with_app(lambda application: service.run_all(application, web=True, scheduler=False, worker=False))
+
+
+def scheduler() -> None:
+    """Run the scheduler alone: ingest on each source's interval, compose every tick.
+
+    Example: digest scheduler
+    """
+    from digest import service
+
+    setup_logging()
+    with_app(lambda application: service.run_all(application, web=False, scheduler=True, worker=False))
+
+
+def inbound() -> None:
+    """Run the bounce inbox alone: an SMTP listener on [bounce] listen for bounces+ and unsub+ mail.
+
+    Example: digest inbound
+    """
+    from digest import service
+
+    if not config().bounce.listen:
+        fail(UsageError("set [bounce] listen (host:port, e.g. 127.0.0.1:2525) to run the bounce inbox"))
+    setup_logging()
+    with_app(
+        lambda application: service.run_all(application, web=False, scheduler=False, worker=False, inbox=True)
+    )
+
+
+def doctor(as_json: JsonOption = False) -> None:
+    """Check config, database, templates, relays (EHLO, TLS, certificate), DKIM, DNS and alignment.
+
+    Exits 1 when a check fails, 0 when only warnings remain. Works offline except for the relays.
+
+    Example: digest doctor
+    """
+    from digest import doctor as checks
+    from digest.errors import ConfigError
+
+    try:
+        cfg = load_config(config_path())
+    except ConfigError as exc:
+        findings = [checks.Finding("fail", "config", str(exc), "fix the key named above")]
+    else:
+        findings = run(lambda: checks.run_checks(cfg))
+    failed = sum(f.level == "fail" for f in findings)
+    warned = sum(f.level == "warn" for f in findings)
+    if as_json:
+        print_json([vars(f) for f in findings])
+    else:
+        style = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for f in findings:
+            out.print(
+                f"[{style[f.level]}]{f.level:>4}[/{style[f.level]}]  {escape(f.check)}: {escape(f.message)}",
+                highlight=False,
+                markup=True,
+                soft_wrap=True,
+            )
+            if f.fix and f.level != "ok":
+                out.print(f"        fix: {f.fix}", highlight=False, soft_wrap=True, markup=False)
+        out.print(f"{failed} failure(s), {warned} warning(s)", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def prune(as_json: JsonOption = False) -> None:
+    """Delete history past [retention]: deliveries, events, raw bounces, editions' bodies (in batches).
+
+    Runs daily in `digest scheduler` too. Suppressions and erasures are kept.
+
+    Example: digest prune
+    """
+    from digest import retention
+
+    report = with_app(lambda application: retention.prune(application, datetime.now(UTC)))
+    if as_json:
+        print_json({**report.counts(), "batches": report.batches, "cutoffs": report.cutoffs})
+        return
+    table = Table("what", "rows", "older than (UTC)")
+    for (name, n), cutoff in zip(
+        report.counts().items(),
+        [report.cutoffs[k] for k in ("deliveries", "events", "raw_bounces", "edition_bodies")],
+        strict=True,
+    ):
+        table.add_row(name, str(n), f"{cutoff:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@alerts_app.command("test")
+def alerts_test() -> None:
+    """Send a test alert to [alerts] email and webhook (ignores the rate limit).
+
+    Example: digest alerts test
+    """
+    from digest import alerts
+
+    async def go(application: bootstrap.App) -> bool:
+        notifier = alerts.Notifier(application)
+        if not notifier.enabled:
+            raise UsageError("set [alerts] email and/or webhook first")
+        alert = alerts.Alert("test", "test alert", "digest alerts test: alerts reach you.", datetime.now(UTC))
+        return await notifier.notify(alert, limit=False)
+
+    if not with_app(go):
+        fail(DigestError("the test alert could not be delivered (see the warnings above)"))
+    out.print("test alert sent", highlight=False)

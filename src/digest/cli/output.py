@@ -1,0 +1,57 @@
+"""How commands print: text as written on stdout, one `error:` line and an exit code on stderr,
+JSON documents for scripts.
+
+User mistakes exit 2 and operational failures exit 1; `DIGEST_DEBUG=1` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from digest.errors import DigestError
+
+# Markup off by default: config keys such as "[smtp] host" in messages must print as written.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of tables.")]
+
+
+def fail(exc: BaseException) -> NoReturn:
+    code = exc.exit_code if isinstance(exc, DigestError) else 1
+    if os.environ.get("DIGEST_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    message = str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_json(value: object) -> None:
+    """One JSON document on stdout, unstyled, for scripts."""
+    sys.stdout.write(json.dumps(value, default=_json_default, indent=2) + "\n")
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def minute(when: datetime | None) -> str:
+    """A time in a table cell, to the minute; "-" for never."""
+    return f"{when:%Y-%m-%d %H:%M}" if when else "-"
+
+
+def counts_cell(counts: dict[str, int]) -> str:
+    """Messages by status in one cell: "failed 1, sent 2"; empty when there are none."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
