@@ -140,6 +140,7 @@ ALLOWED: dict[str, set[str]] = {
         "readers",
         "readers_io",
         "rendering",
+        "reports",
         "schedule",
         "signup",
         "signup_form",
