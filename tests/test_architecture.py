@@ -156,6 +156,8 @@ ALLOWED: dict[str, set[str]] = {
         "bounces",
         "capture",
         "delivery",
+        "errors",
+        "models",
         "scheduler",
         "web",
     },

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from digest import bootstrap, reports
@@ -64,6 +64,11 @@ def families(snap: reports.Metrics) -> Iterator[Metric]:
     for (kind, status), n in sorted(snap.deliveries.items()):
         g.add_metric([kind, status], n)
     yield g
+    yield CounterMetricFamily(
+        "digest_lease_renewal_failures",
+        "Times a worker could not renew its delivery leases (the database was away)",
+        value=snap.lease_renewal_failures,
+    )
     yield GaugeMetricFamily(
         "digest_sent_last_minute",
         "Messages accepted by a relay in the last minute",

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import readers
+from digest import readers, store
 from digest.bootstrap import App
 from digest.models import (
     INBOUND_EVENTS,
@@ -197,6 +197,7 @@ class Metrics:
     replies: list[tuple[str, int | None, int]]  # (relay, SMTP code, deliveries) in the last hour
     sources: list[SourceState]
     bounces: list[tuple[str, str | None, int]]  # (event kind, bounce class, events) in the last day
+    lease_renewal_failures: int  # by every worker since the database was made, written on recovery
 
 
 async def status(app: App, now: datetime, list_id: int | None = None) -> Status:
@@ -311,6 +312,7 @@ async def metrics(app: App, now: datetime) -> Metrics:
             replies=await reports_store.smtp_reply_counts(s, now - timedelta(hours=1)),
             sources=await _source_states(s, app),
             bounces=await reports_store.inbound_class_counts(s, INBOUND_EVENTS, now - timedelta(days=1)),
+            lease_renewal_failures=await store.counter(s, "lease_renewal_failures"),
         )
 
 

@@ -195,20 +195,30 @@ def send_test(
         raise typer.Exit(1)
 
 
-def send(list_slug: Annotated[str, typer.Argument(metavar="LIST")]) -> None:
-    """Compose for every confirmed reader with something new, and deliver now.
+def send(
+    list_slug: Annotated[str, typer.Argument(metavar="LIST")],
+    queue: Annotated[
+        bool, typer.Option("--queue", help="Compose and queue only; the running workers deliver.")
+    ] = False,
+) -> None:
+    """Compose for every confirmed reader with something new, and deliver now (or queue it).
 
     Example: digest send demo
     """
 
-    async def go(application: bootstrap.App) -> tuple[compose.ComposeReport, delivery.DeliverStats]:
+    async def go(application: bootstrap.App) -> tuple[compose.ComposeReport, delivery.DeliverStats | None]:
         lst = await bootstrap.get_list(application, list_slug)
         report = await compose.compose(application, lst, datetime.now(UTC), manual=True)
+        if queue:
+            return report, None
         return report, await _deliver_with_progress(application, bootstrap.utcnow)
 
     report, stats = with_app(go)
     out.print(f"composed {report.deliveries} digest(s) in {len(report.editions)} edition(s)", highlight=False)
-    _say_stats(stats)
+    if stats is None:
+        out.print("queued for the running workers (`digest worker` or `digest run`)", highlight=False)
+    else:
+        _say_stats(stats)
 
 
 def tick(
@@ -240,13 +250,19 @@ def worker(
 ) -> None:
     """Deliver queued mail (reclaims expired leases); runs until stopped unless --once.
 
+    Runs for months under a service manager: it waits out database outages, obeys `editions`
+    commands as they are given, and stops cleanly on SIGTERM (exit 0).
+
     Example: digest worker --once
     """
-
     if not once:
+        from digest import service
+
         setup_logging()
+        with_app(lambda application: service.run_all(application, web=False, scheduler=False, worker=True))
+        return
 
     async def go(application: bootstrap.App) -> delivery.DeliverStats:
-        return await _deliver_with_progress(application, bootstrap.utcnow, once=once)
+        return await _deliver_with_progress(application, bootstrap.utcnow, once=True)
 
     _say_stats(with_app(go))
