@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest test-long bench clean
+.PHONY: run test lint typecheck pytest test-long soak bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ pytest: $(BIN)/.installed-test
 ## workers delivering 20,000 messages on PostgreSQL (about half an hour).
 test-long: $(BIN)/.installed-test
 	DIGEST_LONG=1 $(BIN)/python -m pytest -q -rs -s tests/test_crash.py
+
+## `digest run` and `digest worker` on a throwaway PostgreSQL cluster for half an hour of random
+## faults (outages, relay trouble, breaker trips, pauses, kills, unsubscribes); prints its figures.
+soak: $(BIN)/.installed-test
+	DIGEST_SOAK_SECONDS=$${DIGEST_SOAK_SECONDS:-1800} $(BIN)/python -m pytest -q -rs -s tests/test_soak.py -k random
 
 ## Benchmarks (not tests): see bench/README.md.
 bench: $(BIN)/.installed-test

@@ -191,3 +191,99 @@ async def test_a_static_cap_per_recipient_domain_spaces_that_domain_only(
         assert time.monotonic() - started >= 0.6  # 8 messages to example.com at 10/s
     finally:
         await app.db.close()
+
+
+@pytest.mark.parametrize("smtputf8", [True, False], ids=["relay-with-smtputf8", "relay-without"])
+async def test_idn_domains_go_out_in_ascii_and_a_non_ascii_mailbox_needs_smtputf8(
+    tmp_path: Path, smtputf8: bool
+) -> None:
+    """The domain is sent in its A-label form either way; a non-ASCII local part goes out only
+    through a relay that offers SMTPUTF8, and otherwise fails alone, saying why."""
+    from aiosmtpd.controller import Controller
+
+    from conftest import _Handler
+
+    sink = SmtpSink(port=free_port())
+    controller = Controller(
+        _Handler(sink), hostname="127.0.0.1", port=sink.port, decode_data=False, enable_SMTPUTF8=smtputf8
+    )
+    controller.start()
+    app = await open_project(tmp_path, f"sqlite:///{tmp_path}/digest.db", relay(sink.port))
+    try:
+        await sources.ingest_sources(app, NOW)
+        lst = await bootstrap.get_list(app, "demo")
+        async with app.db.write() as s:
+            for address in ("ann@example.com", "neko@例え.jp", "ñandú@example.com", "bob@example.com"):
+                await readers.add_subscription(
+                    s, lst, address, readers.ReaderPrefs(), confirmed=True, now=NOW
+                )
+        await compose.compose(app, lst, NOW, manual=True)
+        stats = await delivery.deliver_due(app, lambda: NOW)
+        got = await statuses(app)
+        async with app.db.read() as s:
+            replies = {d.address: d.smtp_reply for d in (await s.execute(select(Delivery))).scalars()}
+    finally:
+        await app.db.close()
+        controller.stop()
+    assert (
+        got["neko@例え.jp"] == "sent" and b"To: neko@xn--r8jz45g.jp" in sink.to("neko@xn--r8jz45g.jp")[0].data
+    )
+    assert sink.to("ann@example.com") and sink.to("bob@example.com")
+    if smtputf8:
+        assert (stats.sent, stats.failed) == (4, 0)
+        assert "ñandú@example.com".encode() in sink.to("ñandú@example.com")[0].data
+    else:
+        assert (stats.sent, stats.failed) == (3, 1)
+        assert got["ñandú@example.com"] == "failed" and "SMTPUTF8" in (replies["ñandú@example.com"] or "")
+
+
+async def test_a_reader_who_unsubscribes_after_the_claim_is_skipped_at_send_time(
+    app: bootstrap.App, smtp_sink: SmtpSink
+) -> None:
+    await compose_for(app, "ann", "bob")
+    async with app.db.write() as s:
+        claimed = await ledger_claim_all(s)
+        bob = next(c for c in claimed if c.delivery.address == "bob@example.com")
+        assert bob.subscription is not None
+        await readers.unsubscribe(s, bob.subscription, "one-click", NOW)
+        await release_all(s)
+    stats = await delivery.deliver_due(app, lambda: NOW)
+    assert stats.sent == 1
+    assert (await statuses(app))["bob@example.com"] == "skipped"
+    assert not smtp_sink.to("bob@example.com")
+
+
+async def test_resume_lets_a_running_worker_deliver_a_paused_edition(
+    app: bootstrap.App, smtp_sink: SmtpSink
+) -> None:
+    import asyncio
+
+    await compose_for(app, *(f"r{i}" for i in range(6)))
+    async with app.db.read() as s:
+        edition = (await s.execute(select(Edition))).scalar_one()
+    await editions.pause_edition(app, edition.id, "operator")
+    stop = asyncio.Event()
+    running = asyncio.create_task(delivery.deliver_due(app, lambda: NOW, once=False, stop=stop))
+    await asyncio.sleep(1.0)
+    assert not smtp_sink.messages  # paused: nothing goes out
+    await editions.resume_edition(app, edition.id, NOW)
+    for _ in range(100):
+        if len(smtp_sink.messages) == 6:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    stats = await running
+    assert stats.sent == 6 and len(smtp_sink.messages) == 6
+
+
+async def ledger_claim_all(s: object) -> list[object]:
+    from digest.store import ledger
+
+    ids = await ledger.claim_deliveries(s, "test-claimer", NOW, timedelta(minutes=5), 100)  # type: ignore[arg-type]
+    return await ledger.load_claimed(s, ids)  # type: ignore[arg-type,return-value]
+
+
+async def release_all(s: object) -> None:
+    from digest.store import ledger
+
+    await ledger.release_owner(s, "test-claimer", NOW)  # type: ignore[arg-type]

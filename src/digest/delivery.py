@@ -308,6 +308,7 @@ class Worker:
 
     async def _deliver_one(self, conn: Sender, c: ledger.Claimed) -> None:
         d = c.delivery
+        await conn.pace(d.address)
         check = await self.checks.check(d.id)
         if check is None or not check.held:
             self.stats.lost_leases += 1

@@ -6,6 +6,7 @@
     ├── SchemaError              the database schema is missing or older than this code
     ├── SourceError              one source could not be fetched or parsed (names the source)
     ├── TemplateError            a template is missing or broken (names the file and line)
+    ├── PortInUse                a port to listen on is taken (names the port and the key that moves it)
     └── AddressError             an email address is malformed (names the address)
 
 User mistakes (ConfigError, UsageError, AddressError) exit 2 from the CLI; the rest exit 1.
@@ -46,3 +47,7 @@ class SourceError(DigestError):
 
 class TemplateError(DigestError):
     """A template is missing or broken."""
+
+
+class PortInUse(DigestError):
+    """A port this process must listen on is already taken."""

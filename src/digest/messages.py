@@ -67,6 +67,16 @@ def header(name: str, value: str) -> bytes:
 
 
 _ADDRESS_HEADERS = {"from", "to", "cc", "reply-to", "sender"}
+_STAND_IN = "mailbox@stand-in.invalid"
+
+
+def to_header(to: str) -> bytes:
+    """The To line; a non-ASCII mailbox is written as UTF-8 (RFC 6532), never as an encoded-word,
+    which an address may not contain (the name beside it is still RFC 2047 encoded)."""
+    addr = address_of(to)
+    if addr.rpartition("@")[0].isascii():
+        return header("To", to)
+    return header("To", to.replace(addr, _STAND_IN)).replace(_STAND_IN.encode(), addr.encode("utf-8"))
 
 
 def _encoded_words(name: str, value: str) -> bytes:
@@ -117,6 +127,11 @@ def format_address(addr_spec: str, display_name: str = "") -> str:
     addr = clean_header_value(addr_spec)
     if _PLAIN_ADDRESS.fullmatch(addr) and _PLAIN_NAME.fullmatch(name):
         return f"{name} <{addr}>" if name else addr
+    if not addr.rpartition("@")[0].isascii():
+        # RFC 6532: a non-ASCII mailbox is written as UTF-8, for a relay that offers SMTPUTF8 (the
+        # SMTP edge refuses it, with that reason, on one that does not).
+        phrase = str(Address(display_name=name, addr_spec="x@x.invalid")).rpartition(" <")[0]
+        return f"{phrase} <{addr}>" if name else addr
     return str(Address(display_name=name, addr_spec=addr))
 
 
@@ -251,7 +266,7 @@ def assemble(
     head = [
         header("Date", format_datetime(date)),
         header("Message-ID", message_id),
-        header("To", to),
+        to_header(to),
     ]
     if list_unsubscribe:
         head.append(list_unsubscribe_header(list_unsubscribe))

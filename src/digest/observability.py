@@ -184,5 +184,7 @@ def setup_logging(json_lines: bool | None = None, level: int = logging.INFO) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # aiosmtpd logs every SMTP command of the capture server at INFO.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd logs every SMTP command of the capture server at INFO; alembic and APScheduler
+    # narrate their start-up. Their warnings still come through.
+    for chatty in ("mail.log", "alembic", "apscheduler"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -19,10 +20,21 @@ from digest.smtp import SendOutcome, SmtpConnection
 log = logging.getLogger("digest.delivery")
 
 THROTTLE_CODES = {421, 450, 451, 452, 454}
+# A 4xx is a request to slow down when it says so; greylisting ("try again later") is about one
+# recipient and must not slow down everyone else.
+_SLOW_DOWN = re.compile(r"rate|too many|too fast|slow down|throttl|limit|exceeded", re.IGNORECASE)
+
+
+def asks_to_slow_down(code: int | None, reply: str) -> bool:
+    return code == 421 or (code in THROTTLE_CODES and bool(_SLOW_DOWN.search(reply)))
 
 
 class Sender(Protocol):
-    """One SMTP connection's worth of sending (smtp.SmtpConnection, or a fake in unit tests)."""
+    """One SMTP connection's worth of sending (FailoverSender, or a fake in unit tests)."""
+
+    async def pace(self, rcpt: str) -> None:
+        """Wait for this recipient's turn under the rate limits; the worker checks the delivery
+        after this wait, so nothing it learns during the wait is missed."""
 
     async def send(self, env_from: str, rcpt: str, data: bytes) -> SendOutcome: ...
 
@@ -38,6 +50,7 @@ class TokenBucket:
         self.clock = clock
         self.next_free = clock()  # the earliest moment the next message may start
         self.sent_recently: collections.deque[float] = collections.deque()
+        self.last_throttle = -1.0
 
     async def acquire(self) -> None:
         now = self.clock()
@@ -54,6 +67,10 @@ class TokenBucket:
             await asyncio.sleep(slot - now)
 
     def throttled(self) -> None:
+        now = self.clock()
+        if now - self.last_throttle < 1.0:
+            return  # every connection hears the same push-back: halve once per second, not per reply
+        self.last_throttle = now
         observed = max(len(self.sent_recently), 1)
         current = self.rate if self.rate > 0 else float(observed)
         self.rate = max(current / 2, 0.5)
@@ -82,21 +99,31 @@ class FailoverSender:
         self.buckets = buckets
         self.down = down  # relay index → monotonic time until which it is skipped (shared)
         self.domain_buckets = domain_buckets or {}  # recipient domain → static cap (shared)
+        self.paced: int | None = None  # the relay whose rate slot `pace` took for the next send
 
-    async def send(self, env_from: str, rcpt: str, data: bytes) -> SendOutcome:
-        outcome: SendOutcome | None = None
+    def _usable(self, i: int) -> bool:
+        return self.down.get(i, 0) <= time.monotonic() or i == len(self.conns) - 1
+
+    async def pace(self, rcpt: str) -> None:
         capped = self.domain_buckets.get(rcpt.rpartition("@")[2].lower())
         if capped is not None:
             await capped.acquire()
+        self.paced = next(i for i in range(len(self.conns)) if self._usable(i))
+        await self.buckets[self.paced].acquire()
+
+    async def send(self, env_from: str, rcpt: str, data: bytes) -> SendOutcome:
+        outcome: SendOutcome | None = None
+        paced, self.paced = self.paced, None
         for i, conn in enumerate(self.conns):
-            if self.down.get(i, 0) > time.monotonic() and i < len(self.conns) - 1:
+            if not self._usable(i):
                 continue
-            await self.buckets[i].acquire()
+            if i != paced:
+                await self.buckets[i].acquire()
             outcome = await conn.send(env_from, rcpt, data)
             if outcome.verdict == "deferred" and outcome.code is None:
                 self.down[i] = time.monotonic() + 30  # cannot connect: try the next relay
                 continue
-            if outcome.code in THROTTLE_CODES:
+            if asks_to_slow_down(outcome.code, outcome.reply):
                 self.buckets[i].throttled()
             elif outcome.verdict == "sent":
                 self.buckets[i].succeeded()

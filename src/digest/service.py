@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from digest import alerts, bootstrap, bounce_listener, bounces, capture, delivery
-from digest.errors import DigestError, UsageError
+from digest.errors import DigestError, PortInUse
 from digest.models import DeliveryKind
 
 log = logging.getLogger("digest")
@@ -143,7 +143,7 @@ def ensure_free(host: str, port: int, key: str, variable: str) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise UsageError(
+            raise PortInUse(
                 f"port {port} on {host} is already in use ({exc.strerror}): "
                 f"set {key} in the config or {variable} to use another"
             ) from None
@@ -196,7 +196,7 @@ async def _serve_web(app: bootstrap.App, stop: asyncio.Event, wake: asyncio.Even
             await serving
         except SystemExit:
             # uvicorn exits the process when it cannot bind; the port was taken after our check.
-            raise UsageError(
+            raise PortInUse(
                 f"the web server could not listen on {cfg.web.host}:{cfg.web.port}: "
                 "set [web] port in the config or DIGEST_WEB__PORT to use another"
             ) from None
