@@ -45,7 +45,11 @@ Domain operations (each about one thing; lower ones never import higher ones):
     sources     ingest every configured source, one broken source never stopping the rest
     compose     the one place a draft becomes an edition (digests and test sends)
     editions    pause, resume, cancel and resend
-    delivery    the worker: leases, group-committed outcomes, failover, rate, circuit breaker
+    relays      failover between relays and an adaptive rate per relay (per process)
+    assembly    one reader's message bytes from the edition's template, DKIM-signed if configured
+    outcomes    what a send means for the ledger, committed in groups; the circuit breaker
+    delivery    the worker: one task group of feeder, connections, writer and lease renewal;
+                re-reads each row before sending, waits out database outages, stops cleanly
     bounces     applying one inbound message: bounce, score, complaint, complaint-rate pause; raw trim
     bounce_mailboxes  the same for every message of a Maildir, an mbox or .eml files
     bounce_listener   the bounce inbox: the SMTP listener for bounces+ and unsub+ mail
@@ -62,5 +66,5 @@ Fronts:
     web         the FastAPI app, one router per area: reader pages, archive, operator API,
                 admin, health (guard: limits and headers; csrf; signup rate limits)
     scheduler   APScheduler wiring only
-    service     `digest run`: web, scheduler, worker and inbox in one process
+    service     the long-running processes: each part supervised and restarted with back-off
 """

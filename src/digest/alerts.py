@@ -28,7 +28,7 @@ from email.utils import formatdate, make_msgid
 import httpx
 
 from digest import alerting, bootstrap, messages
-from digest.alerting import Alert as Alert  # re-exported: `digest alerts test` builds one
+from digest.alerting import Alert
 from digest.smtp import SmtpConnection
 from digest.store import reports as reports_store
 from digest.store import retention as retention_store

@@ -171,12 +171,13 @@ def alerts_test() -> None:
     Example: digest alerts test
     """
     from digest import alerts
+    from digest.alerting import Alert
 
     async def go(application: bootstrap.App) -> bool:
         notifier = alerts.Notifier(application)
         if not notifier.enabled:
             raise UsageError("set [alerts] email and/or webhook first")
-        alert = alerts.Alert("test", "test alert", "digest alerts test: alerts reach you.", datetime.now(UTC))
+        alert = Alert("test", "test alert", "digest alerts test: alerts reach you.", datetime.now(UTC))
         return await notifier.notify(alert, limit=False)
 
     if not with_app(go):
