@@ -61,7 +61,8 @@ class Service:
         wait_for(lambda: _answers(self.web_port), 30, "digest run to serve /healthz")
 
     def start_worker(self) -> None:
-        self.worker = Process(self.config, "worker")
+        worker = self.worker = Process(self.config, "worker")
+        wait_for(lambda: "running: delivery worker" in worker.output(), 30, "digest worker to start")
 
     def new_edition(self) -> int:
         """A new story in the source, ingested, composed and queued for the running workers."""

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from digest.models import DeliveryKind
 
 log = logging.getLogger("digest")
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_stopped_while_starting = threading.Event()
 RESTART_MAX = 60.0  # seconds between restarts of a part that keeps failing
 HEALTHY_AFTER = 60.0  # a part that ran this long before failing starts again at once
 
@@ -34,6 +37,14 @@ HEALTHY_AFTER = 60.0  # a part that ran this long before failing starts again at
 class Part:
     name: str
     run: Callable[[asyncio.Event], Awaitable[None]]  # returns when the event is set
+
+
+def catch_stop_while_starting() -> None:
+    """Called first thing by a long-running command: a SIGTERM that arrives while the process is
+    still importing and connecting is remembered, and `run_all` then stops at once, exit 0,
+    instead of the process dying of the signal."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda _signum, _frame: _stopped_while_starting.set())
 
 
 async def run_all(
@@ -50,9 +61,11 @@ async def run_all(
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if _stopped_while_starting.is_set():
+        stop.set()
     cfg = app.cfg
     if inbox is None:
         inbox = web and scheduler and worker
@@ -66,6 +79,7 @@ async def run_all(
     controller = _start_capture(app) if (worker or web) else None
     wake = asyncio.Event()  # set by the web app when it queues mail
     parts = _parts(app, web=web, scheduler=scheduler, worker=worker, inbox=inbox, wake=wake)
+    log.info("running: %s", ", ".join(part.name for part in parts))
     try:
         async with alerts.watching(alerts.Notifier(app)), asyncio.TaskGroup() as tg:
             for part in parts:

@@ -65,6 +65,7 @@ def run_all() -> None:
     from digest import service
 
     setup_logging()
+    service.catch_stop_while_starting()
     with_app(lambda application: service.run_all(application, web=True, scheduler=True, worker=True))
 
 
@@ -76,6 +77,7 @@ def web() -> None:
     from digest import service
 
     setup_logging()
+    service.catch_stop_while_starting()
     with_app(lambda application: service.run_all(application, web=True, scheduler=False, worker=False))
 
 
@@ -87,6 +89,7 @@ def scheduler() -> None:
     from digest import service
 
     setup_logging()
+    service.catch_stop_while_starting()
     with_app(lambda application: service.run_all(application, web=False, scheduler=True, worker=False))
 
 
@@ -100,6 +103,7 @@ def inbound() -> None:
     if not config().bounce.listen:
         fail(UsageError("set [bounce] listen (host:port, e.g. 127.0.0.1:2525) to run the bounce inbox"))
     setup_logging()
+    service.catch_stop_while_starting()
     with_app(
         lambda application: service.run_all(application, web=False, scheduler=False, worker=False, inbox=True)
     )

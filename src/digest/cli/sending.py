@@ -259,6 +259,7 @@ def worker(
         from digest import service
 
         setup_logging()
+        service.catch_stop_while_starting()
         with_app(lambda application: service.run_all(application, web=False, scheduler=False, worker=True))
         return
 
