@@ -162,6 +162,7 @@ ALLOWED: dict[str, set[str]] = {
         "web",
     },
     "cli": {
+        "alerting",
         "alerts",
         "bootstrap",
         "bounce_admin",
