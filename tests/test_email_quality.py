@@ -149,7 +149,7 @@ def views_from(parsed: list[NewArticle], source: str) -> list[ArticleView]:
 
 
 def seed_edition() -> EditionView:
-    parsed, _ = ingest.read_directory("seeds", ROOT / "seeds", NOW)
+    parsed = ingest.read_directory("seeds", ROOT / "seeds", NOW).articles
     seed = [a for a in parsed if a.guid.startswith("file:000_")]
     assert len(seed) == 1
     return edition(articles=views_from(seed, "seeds"))
@@ -239,7 +239,8 @@ HOSTILE_FEED = (
 
 
 def hostile_edition() -> EditionView:
-    parsed, warnings = feeds.parse_feed("hostile", HOSTILE_FEED, now=NOW)
+    result = feeds.parse_feed("hostile", HOSTILE_FEED, now=NOW)
+    parsed, warnings = result.articles, result.warnings
     assert len(parsed) == 5, warnings
     views = views_from(parsed, "Hostile <b>Feed</b> \u202e")
     # What reaches the renderer directly, whatever ingest did: lone surrogates from

@@ -30,7 +30,7 @@ def render(result: FetchResult) -> dict[str, object]:
         fields = dataclasses.asdict(article)
         fields["published_at"] = article.published_at.isoformat()
         articles.append(fields)
-    return {"articles": articles, "warnings": result.warnings}
+    return {"articles": articles, "warnings": result.warnings, "refused": result.refused}
 
 
 def check_golden(path: Path, rendered: object) -> None:
@@ -46,13 +46,24 @@ async def fetch_feed(path: Path) -> FetchResult:
     return await fetch_source(path.name, "feed", str(path), now=NOW)
 
 
-@pytest.mark.parametrize("path", sorted(FEEDS.iterdir()), ids=lambda p: p.name)
+REAL_WORLD = FEEDS / "real-world"
+FEED_SUFFIXES = {".xml", ".rss", ".atom", ".rdf", ".json", ".txt", ".html"}
+
+
+def feed_files() -> list[Path]:
+    """Our own fixtures, and the third-party feeds of real-world/ (its README and manifest aside)."""
+    mine = [p for p in FEEDS.iterdir() if p.is_file()]
+    theirs = [p for p in REAL_WORLD.iterdir() if p.suffix in FEED_SUFFIXES]
+    return sorted(mine) + sorted(theirs)
+
+
+@pytest.mark.parametrize("path", feed_files(), ids=lambda p: p.relative_to(FEEDS).as_posix())
 async def test_feed_parses_to_golden_articles_or_error(path: Path) -> None:
     try:
         rendered: object = render(await fetch_feed(path))
     except SourceError as exc:
         rendered = {"error": str(exc)}
-    check_golden(GOLDEN / f"{path.stem}.json", rendered)
+    check_golden(GOLDEN / path.relative_to(FEEDS).with_suffix(".json"), rendered)
 
 
 async def test_seed_directory_parses_to_golden_articles() -> None:
@@ -108,11 +119,11 @@ async def test_atom_xhtml_relative_links_resolve_against_xml_base() -> None:
     assert "About the author" not in first.content_html
 
 
-async def test_duplicate_guid_keeps_the_first_and_warns() -> None:
+async def test_a_second_item_with_the_same_guid_is_refused_with_the_reason() -> None:
     result = await fetch_feed(FEEDS / "duplicate_guids.xml")
     assert [a.guid for a in result.articles] == ["story-77", "story-78"]
     assert result.articles[0].title == "Market reopens after flood clean-up"
-    assert any("story-77" in w and "duplicate" in w for w in result.warnings)
+    assert len(result.refused) == 1 and "story-77" in result.refused[0] and "same id" in result.refused[0]
 
 
 async def test_missing_or_unreadable_dates_become_the_ingest_time() -> None:

@@ -556,6 +556,7 @@ class RealStore:
                 content_html=f"<p>{title}</p>",
                 image_url=None,
                 fingerprint=hashlib.sha256(title.encode()).hexdigest(),
+                identity_url=f"https://news.example.com/{hashlib.sha256(title.encode()).hexdigest()[:10]}",
             )
             for title, published in items
         ]

@@ -77,6 +77,7 @@ async def story(
         content_html=f"<p>{title}</p>",
         image_url=None,
         fingerprint=slug,
+        identity_url=f"https://news.example.com/{slug}",
     )
     async with app.db.write() as s:
         src = await sources_store.source_by_name(s, source)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -238,11 +239,16 @@ async def test_preview_shows_the_next_digest_and_changes_nothing(project: bootst
 
 
 async def test_same_story_in_two_sources_reaches_a_list_once(tmp_path: Path, database_url: str) -> None:
+    """An exact copy (the same link) in a second source is linked to the stored story."""
+    seed = (Path(__file__).resolve().parents[1] / "seeds" / "000_ef3eb6749892e7fe.txt").read_text()
+    headline, _, body = seed.partition("\n")
+    story = f"---\ntitle: {headline}\nurl: https://wire.example/korea-workers\n---\n{body}"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "seeds", tmp_path / "seeds")
+    (tmp_path / "seeds" / "000_ef3eb6749892e7fe.txt").unlink()  # the seeds carry the wire copy instead
+    (tmp_path / "mirror").mkdir()
+    for folder in ("seeds", "mirror"):
+        (tmp_path / folder / "wire-copy.md").write_text(story)
     other = tmp_path / "mirror"
-    other.mkdir()
-    (other / "copy.txt").write_text(
-        (Path(__file__).resolve().parents[1] / "seeds" / "000_ef3eb6749892e7fe.txt").read_text()
-    )
     extra = f'\n[[sources]]\nname = "mirror"\nkind = "directory"\npath = "{other}"\n'
     lists = (
         '[[lists]]\nslug = "demo"\nname = "Demo"\nsources = ["seeds", "mirror"]\nmax_age = "3650d"\n'

@@ -833,7 +833,8 @@ async def test_articles_pushed_into_an_api_source_are_normalized_and_stored_once
     pushed = await site.client.post(
         "/api/sources/pushed/articles", headers=auth(), json={"articles": [article, article]}
     )
-    assert pushed.status_code == 201 and pushed.json() == {"received": 2, "stored": 1}
+    assert pushed.status_code == 201
+    assert pushed.json() == {"received": 2, "stored": 1, "updated": 0, "known": 1, "linked": 0}
     async with site.app.db.read() as s:
         row = (await s.execute(select(Article))).scalar_one()
         seq = (await s.execute(select(func.count()).select_from(ArticleSource))).scalar_one()

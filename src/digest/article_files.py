@@ -21,18 +21,27 @@ from digest.source_items import SourceItem, parse_date
 
 
 def _read_text(text: str, relative: str) -> SourceItem | None:
+    fields, text = _front_matter(text)
     headline, _, body = text.lstrip().partition("\n")
-    if not headline.strip():
+    title = fields.get("title") or headline
+    if not title.strip():
         return None
+    dated = _date_field(fields)
     return SourceItem(
         label=relative,
         guid=f"file:{relative}",
         link=None,
-        title=headline,
-        author=None,
-        published=None,
-        content_html=text_to_html(body),
+        title=title,
+        author=fields.get("author"),
+        published=parse_date(dated),
+        content_html=text_to_html(body if not fields.get("title") else text),
+        date_text=dated,
     )
+
+
+def _date_field(fields: dict[str, str]) -> str | None:
+    """The date front matter gives, under either name static-site tools use."""
+    return fields.get("published") or fields.get("date")
 
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL)
@@ -67,7 +76,8 @@ def _read_markdown(text: str, relative: str) -> SourceItem | None:
         link=link,
         title=title,
         author=fields.get("author"),
-        published=parse_date(fields.get("date")),
+        published=parse_date(_date_field(fields)),
+        date_text=_date_field(fields),
         content_html=_inner_html(root),
         image=fields.get("image"),
         base=link,

@@ -232,6 +232,9 @@ class SourceConfig(_Section):
     url: str | None = None
     path: str | None = None
     interval: Duration = timedelta(minutes=30)
+    # Fetch limits: a feed larger than max_bytes, or slower than timeout, is refused for this fetch.
+    max_bytes: int = Field(default=5_000_000, ge=1_000, le=500_000_000)
+    timeout: Duration = timedelta(seconds=20)
 
     @model_validator(mode="after")
     def _location(self) -> SourceConfig:
@@ -269,6 +272,14 @@ class ListConfig(_Section):
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("an IANA time zone such as Europe/Berlin") from None
+        return v
+
+    @field_validator("max_age")
+    @classmethod
+    def _age(cls, v: timedelta) -> timedelta:
+        # Stored in whole seconds in a 32-bit column; ten years is more than any digest looks back.
+        if not timedelta(minutes=1) <= v <= timedelta(days=3650):
+            raise ValueError("a duration between 1m and 3650d")
         return v
 
     @field_validator("schedule")

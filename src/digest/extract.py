@@ -35,8 +35,11 @@ def _is_tracking_param(key: str) -> bool:
     return key.startswith(("utm_", "pk_", "mtm_")) or key in _TRACKING_PARAMS
 
 
-def canonical_url(url: str, base: str | None = None) -> str | None:
-    """The URL one story is known by, or None when it is not an absolute http(s) URL."""
+def canonical_url(url: str, base: str | None = None, *, keep_fragment: bool = False) -> str | None:
+    """The URL one story is known by, or None when it is not an absolute http(s) URL.
+
+    The fragment is dropped for display and links; `keep_fragment` keeps it for identity, where
+    two comments on one page (`…/post#comment-1`, `…/post#comment-2`) are two items."""
     url = "".join(ch for ch in url.strip() if ch >= " " and ch != "\x7f")
     if not url:
         return None
@@ -60,7 +63,8 @@ def canonical_url(url: str, base: str | None = None) -> str | None:
     # Pairs are kept as written (not re-encoded) so that equal URLs stay byte-equal.
     pairs = [p for p in parts.query.split("&") if p]
     kept = sorted(p for p in pairs if not _is_tracking_param(unquote_plus(p.partition("=")[0])))
-    return urlunsplit((scheme, netloc, parts.path or "/", "&".join(kept), ""))
+    fragment = parts.fragment if keep_fragment else ""
+    return urlunsplit((scheme, netloc, parts.path or "/", "&".join(kept), fragment))
 
 
 def absolute_url(url: str | None, base: str | None = None) -> str | None:

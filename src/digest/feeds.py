@@ -19,8 +19,7 @@ import feedparser
 
 from digest.errors import SourceError
 from digest.extract import html_to_text, text_to_html
-from digest.models import NewArticle
-from digest.source_items import SourceItem, build_articles, parse_date
+from digest.source_items import Parsed, SourceItem, build_articles, parse_date
 
 _XML_DECL = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._:-]+)[\"']", re.IGNORECASE)
 _BOMS = [
@@ -33,9 +32,11 @@ _BOMS = [
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
-def _to_utf8(data: bytes) -> tuple[bytes, bool]:
+def _to_utf8(data: bytes, charset: str | None = None) -> tuple[bytes, bool]:
     """The document re-encoded as UTF-8 and whether bad bytes had to be replaced.
 
+    The encoding is, in this order: a byte-order mark, the charset the server sent with the
+    document (RFC 7303: it overrides the XML declaration), the XML declaration, UTF-8.
     feedparser answers one bad byte by re-reading the whole feed as Latin-1, garbling every
     other character, so the bytes are decoded here with replacement instead.
     """
@@ -46,7 +47,9 @@ def _to_utf8(data: bytes) -> tuple[bytes, bool]:
             break
     else:
         declared = _XML_DECL.match(data)
-        if declared:
+        if charset:
+            encoding = charset
+        elif declared:
             encoding = declared.group(1).decode("ascii")
     try:
         codecs.lookup(encoding)
@@ -58,6 +61,19 @@ def _to_utf8(data: bytes) -> tuple[bytes, bool]:
         text, repaired = data.decode(encoding, errors="replace"), True
     text = re.sub(r"^(\s*<\?xml[^>]*?encoding\s*=\s*[\"'])[^\"']*", r"\g<1>utf-8", text, count=1)
     return _XML_ILLEGAL.sub("", text).encode("utf-8"), repaired
+
+
+def _media_type(content_type: str | None) -> tuple[str | None, str | None]:
+    """(media type, charset) of a Content-Type header."""
+    if not content_type:
+        return None, None
+    media, _, params = content_type.partition(";")
+    charset = None
+    for param in params.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "charset" and value.strip().strip("\"'"):
+            charset = value.strip().strip("\"'")
+    return media.strip().lower() or None, charset
 
 
 def _refuse_entities(name: str, data: bytes) -> None:
@@ -78,34 +94,49 @@ def _refuse_entities(name: str, data: bytes) -> None:
 
 
 def parse_feed(
-    name: str, data: bytes, *, now: datetime, base_url: str | None = None
-) -> tuple[list[NewArticle], list[str]]:
-    """Articles and warnings from RSS, Atom or JSON Feed bytes; SourceError when it is none of them."""
+    name: str,
+    data: bytes,
+    *,
+    now: datetime,
+    base_url: str | None = None,
+    content_type: str | None = None,
+) -> Parsed:
+    """Articles, refused items and warnings from RSS, Atom or JSON Feed bytes; SourceError when
+    the bytes are none of them. `base_url` and `content_type` are what the server said about the
+    document (its URL after redirects, and its Content-Type with any charset)."""
     warnings: list[str] = []
-    data, repaired = _to_utf8(data)
+    media, charset = _media_type(content_type)
+    data, repaired = _to_utf8(data, charset)
     if repaired:
         warnings.append(f"{name}: feed has bytes that are not valid in its encoding; replaced them")
     if data.lstrip().startswith(b"{"):
         items = _json_feed_items(name, data, base_url)
     else:
         _refuse_entities(name, data)
-        items = _feedparser_items(name, data, base_url, warnings)
-    return build_articles(name, items, now, warnings), warnings
+        items = _feedparser_items(name, data, base_url, media, warnings)
+    articles, refused = build_articles(name, items, now, warnings)
+    return Parsed(articles, refused, warnings)
 
 
-def _feedparser_items(name: str, data: bytes, base_url: str | None, warnings: list[str]) -> list[SourceItem]:
-    headers = {"content-location": base_url} if base_url else {}
+def _feedparser_items(
+    name: str, data: bytes, base_url: str | None, media: str | None, warnings: list[str]
+) -> list[SourceItem]:
+    # The bytes are UTF-8 by now, whatever the server said: tell feedparser so, with the media type.
+    headers = {"content-type": f"{media or 'application/xml'}; charset=utf-8"}
+    if base_url:
+        headers["content-location"] = base_url
     # nh3 sanitizes later; feedparser's own pass would unwrap <iframe> and keep its fallback text.
     parsed = feedparser.parse(data, response_headers=headers, sanitize_html=False)
     if not parsed.entries:
         head = data.lstrip()[:200].lower()
         if head.startswith((b"<!doctype html", b"<html")):
             raise SourceError(f"source {name!r}: got an HTML page, not a feed")
+        if parsed.version:
+            return []  # a valid feed with nothing in it (yet)
         if parsed.bozo:
             raise SourceError(f"source {name!r}: cannot parse feed: {parsed.get('bozo_exception')}")
-        if not parsed.version:
-            raise SourceError(f"source {name!r}: not an RSS, Atom or JSON feed")
-    elif parsed.bozo:
+        raise SourceError(f"source {name!r}: not an RSS, Atom or JSON feed")
+    if parsed.bozo and not isinstance(parsed.get("bozo_exception"), feedparser.CharacterEncodingOverride):
         warnings.append(
             f"{name}: feed is not well-formed ({parsed.get('bozo_exception')}); read it leniently"
         )
@@ -131,6 +162,9 @@ def _feedparser_item(entry: Any, feed_link: str | None, index: int) -> SourceIte
         ),
         None,
     )
+    date_text = entry.get("published") or entry.get("updated")
+    if published is None:
+        published = parse_date(date_text)  # what feedparser cannot read, such as localized RFC 2822
     link = entry.get("link")
     return SourceItem(
         label=str(entry.get("id") or link or title or f"#{index + 1}"),
@@ -141,7 +175,7 @@ def _feedparser_item(entry: Any, feed_link: str | None, index: int) -> SourceIte
         published=published,
         content_html=body,
         image=_feedparser_image(entry),
-        date_text=entry.get("published") or entry.get("updated"),
+        date_text=date_text,
         base=detail.get("base") or link or feed_link,
     )
 

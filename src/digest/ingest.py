@@ -9,7 +9,7 @@ its boilerplate trimmed and its HTML sanitized.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -21,7 +21,7 @@ from digest.article_files import PARSERS
 from digest.errors import SourceError
 from digest.feeds import parse_feed
 from digest.models import NewArticle
-from digest.source_items import SourceItem, build_articles
+from digest.source_items import Parsed, SourceItem, build_articles
 
 USER_AGENT = "digest/0.1 (+self-hosted newsletter digest)"
 _ACCEPT = (
@@ -45,6 +45,7 @@ class FetchResult:
     last_modified: str | None
     not_modified: bool
     warnings: list[str]
+    refused: list[str] = field(default_factory=list)  # one line per item not taken, saying why
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class _Download:
     etag: str | None
     last_modified: str | None
     not_modified: bool = False
+    content_type: str | None = None
 
 
 async def fetch_source(
@@ -69,15 +71,19 @@ async def fetch_source(
 ) -> FetchResult:
     """Fetch and parse one source; raises SourceError naming the source when it cannot."""
     if kind == "directory":
-        articles, warnings = await asyncio.to_thread(read_directory, name, Path(location), now, limits)
-        return FetchResult(articles, None, None, False, warnings)
+        parsed = await asyncio.to_thread(read_directory, name, Path(location), now, limits)
+        return FetchResult(parsed.articles, None, None, False, parsed.warnings, parsed.refused)
     if kind != "feed":
         raise SourceError(f"source {name!r}: kind {kind!r} cannot be fetched (expected feed or directory)")
     download = await _download(name, location, etag, last_modified, limits, client)
     if download.not_modified:
         return FetchResult([], download.etag, download.last_modified, True, [])
-    articles, warnings = parse_feed(name, download.body, now=now, base_url=download.url)
-    return FetchResult(articles, download.etag, download.last_modified, False, warnings)
+    parsed = await asyncio.to_thread(
+        parse_feed, name, download.body, now=now, base_url=download.url, content_type=download.content_type
+    )
+    return FetchResult(
+        parsed.articles, download.etag, download.last_modified, False, parsed.warnings, parsed.refused
+    )
 
 
 async def _download(
@@ -166,7 +172,10 @@ async def _follow_redirects(
             if not 200 <= response.status_code < 300:
                 raise SourceError(f"source {name!r}: HTTP {response.status_code} from {current}")
             body = await _read_capped(name, response, current, limits.max_bytes)
-            return _Download(body, current, new_etag, new_modified)
+            location = urljoin(current, response.headers.get("content-location", "")) or current
+            return _Download(
+                body, location, new_etag, new_modified, content_type=response.headers.get("content-type")
+            )
         finally:
             await response.aclose()
     raise SourceError(f"source {name!r}: more than {limits.max_redirects} redirects from {url}")
@@ -186,9 +195,7 @@ async def _read_capped(name: str, response: httpx.Response, url: str, max_bytes:
     return bytes(body)
 
 
-def read_directory(
-    name: str, directory: Path, now: datetime, limits: FetchLimits = FetchLimits()
-) -> tuple[list[NewArticle], list[str]]:
+def read_directory(name: str, directory: Path, now: datetime, limits: FetchLimits = FetchLimits()) -> Parsed:
     """Articles from the .txt, .md and .html files of one directory, in file-name order."""
     if not directory.is_dir():
         raise SourceError(f"source {name!r}: directory {directory} does not exist")
@@ -216,4 +223,5 @@ def read_directory(
             continue
         items.append(item)
     # Article files rarely carry dates, so a missing one is normal there, not worth a warning.
-    return build_articles(name, items, now, warnings, warn_undated=False), warnings
+    articles, refused = build_articles(name, items, now, warnings, warn_undated=False)
+    return Parsed(articles, refused, warnings)

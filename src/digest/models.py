@@ -122,15 +122,19 @@ class Article(Base):
     __tablename__ = "articles"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     guid: Mapped[str] = mapped_column(Text)
-    url: Mapped[str | None] = mapped_column(Text, unique=True)
+    url: Mapped[str | None] = mapped_column(Text, index=True)  # canonical: for display and links
     title: Mapped[str] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(Text)
     published_at: Mapped[datetime]
     summary: Mapped[str] = mapped_column(Text)
     content: Mapped[str] = mapped_column(Text)
     image_url: Mapped[str | None] = mapped_column(Text)
-    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime]
+    # The link with its fragment (or a guid that is a URL): an exact copy of this item in another
+    # source has the same one. Neither it nor `url` is unique: two comments on one page differ
+    # only by their fragment, and two "Photo" posts share a title and an empty text.
+    identity_url: Mapped[str | None] = mapped_column(Text, index=True)
 
 
 @dataclass(frozen=True)
@@ -138,8 +142,8 @@ class NewArticle:
     """An article as ingest or the API hands it over, normalized (canonical URL, sanitized HTML,
     fingerprint) and not stored yet; the store upserts it into Article."""
 
-    guid: str
-    url: str | None
+    guid: str  # the item's identity within its source: its guid, else its link, else a content hash
+    url: str | None  # canonical, for display and links
     title: str
     author: str | None
     published_at: datetime
@@ -147,6 +151,9 @@ class NewArticle:
     content_html: str
     image_url: str | None
     fingerprint: str
+    # The link (or a guid that is a URL) with its fragment: an exact copy of the item in another
+    # source has the same one, and is linked to this article rather than stored again.
+    identity_url: str | None = None
 
 
 class ArticleSource(Base):

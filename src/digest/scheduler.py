@@ -58,8 +58,17 @@ def build_scheduler(app: bootstrap.App) -> AsyncIOScheduler:
 
         async def ingest_one(name: str = src.name) -> None:
             for report in await sources.ingest_sources(app, datetime.now(UTC), only=name, due_only=True):
-                if report.new:
-                    log.info("source %s: %d new", report.source, report.new)
+                if report.error:
+                    log.warning("ingest failed: %s", report.error)
+                elif report.new or report.updated or report.linked or report.refused:
+                    log.info(
+                        "source %s: %d new, %d updated, %d linked, %d refused",
+                        report.source,
+                        report.new,
+                        report.updated,
+                        report.linked,
+                        len(report.refused),
+                    )
 
         every(f"ingest:{src.name}", ingest_one, src.interval, first=now)
 

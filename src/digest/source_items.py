@@ -7,10 +7,12 @@ future replaced by the ingest time, and a repeated guid dropped, each with a war
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
 from digest.extract import (
@@ -25,6 +27,16 @@ from digest.extract import (
     trim_boilerplate_html,
 )
 from digest.models import NewArticle
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What one fetch of a source gave: its articles, the items refused (one line each, saying
+    why) and warnings about the source as a whole."""
+
+    articles: list[NewArticle]
+    refused: list[str]
+    warnings: list[str]
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,9 @@ class SourceItem:
 
 
 def parse_date(value: str | None) -> datetime | None:
-    """An aware UTC datetime from ISO 8601 or RFC 2822 text; naive values are taken as UTC."""
+    """An aware UTC datetime from ISO 8601 or RFC 2822 text, including RFC 2822 written with the
+    day and month names of another language ("Seg, 24 Set 2018 19:42:40 -0300"), as feeds in
+    Portuguese, Spanish, French, German, Italian and Dutch often are; naive values are UTC."""
     if not value or not value.strip():
         return None
     value = value.strip().strip("\"'")
@@ -56,18 +70,69 @@ def parse_date(value: str | None) -> datetime | None:
         try:
             parsed = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
-            return None
+            parsed = _localized_rfc2822(value)
+            if parsed is None:
+                return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
 
 
+# Month abbreviations in the languages feeds are most often written in, accents folded away.
+_MONTHS = {
+    **dict.fromkeys(["jan", "ene", "gen", "janv"], 1),
+    **dict.fromkeys(["feb", "fev", "fevr"], 2),
+    **dict.fromkeys(["mar", "mrt", "mars"], 3),
+    **dict.fromkeys(["apr", "abr", "avr"], 4),
+    **dict.fromkeys(["may", "mai", "mag", "mei"], 5),
+    **dict.fromkeys(["jun", "giu", "juin"], 6),
+    **dict.fromkeys(["jul", "lug", "juil"], 7),
+    **dict.fromkeys(["aug", "ago", "aou"], 8),
+    **dict.fromkeys(["sep", "set", "sept"], 9),
+    **dict.fromkeys(["oct", "out", "okt", "ott"], 10),
+    **dict.fromkeys(["nov"], 11),
+    **dict.fromkeys(["dec", "dez", "dic"], 12),
+}
+_RFC2822_LIKE = re.compile(
+    r"^(?:[^\W\d_]+\.?,?\s+)?(\d{1,2})\s+([^\W\d_]+)\.?\s+(\d{4})\s+(\d{1,2}):(\d{2})(?::(\d{2}))?"
+    r"\s*(Z|UTC?|GMT|[+-]\d{2}:?\d{2})?\s*$"
+)
+
+
+def _localized_rfc2822(value: str) -> datetime | None:
+    match = _RFC2822_LIKE.match(value)
+    if match is None:
+        return None
+    day, month_name, year, hour, minute, second, zone = match.groups()
+    folded = unicodedata.normalize("NFKD", month_name.lower()).encode("ascii", "ignore").decode()
+    month = _MONTHS.get(folded[:4]) or _MONTHS.get(folded[:3])
+    if month is None:
+        return None
+    offset = timedelta(0)
+    if zone and zone[0] in "+-":
+        digits = zone[1:].replace(":", "")
+        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        offset = -offset if zone[0] == "-" else offset
+    try:
+        return datetime(
+            int(year), month, int(day), int(hour), int(minute), int(second or 0), tzinfo=timezone(offset)
+        )
+    except ValueError:
+        return None
+
+
 def build_articles(
     name: str, items: Iterable[SourceItem], now: datetime, warnings: list[str], *, warn_undated: bool = True
-) -> list[NewArticle]:
-    """NewArticles in the items' order, the first of each guid kept; warnings are appended."""
+) -> tuple[list[NewArticle], list[str]]:
+    """NewArticles in the items' order, and one line per item refused (empty, or a second item
+    with the identity of an earlier one). Date problems are summed up in one warning each per
+    fetch, so a feed without dates says so once, not once per item."""
     articles: list[NewArticle] = []
+    refused: list[str] = []
     seen: set[str] = set()
+    undated: list[str] = []
+    unreadable: list[str] = []
+    future: list[str] = []
     for item in items:
         article = normalize_article(
             guid=item.guid,
@@ -81,21 +146,30 @@ def build_articles(
             image=item.image,
             base=item.base,
         )
+        if not (item.title.strip() or article.url or article.image_url or html_to_text(article.content_html)):
+            refused.append(f"{name}: item {item.label}: nothing to show (no title, text, link or image)")
+            continue
         if article.guid in seen:
-            warnings.append(f"{name}: item {item.label}: duplicate guid {article.guid!r}; kept the first")
+            refused.append(f"{name}: item {item.label}: the same id as an earlier item ({article.guid!r})")
             continue
         seen.add(article.guid)
         if item.published is None and item.date_text:
-            warnings.append(
-                f"{name}: item {item.label}: unreadable date {item.date_text!r}; using the ingest time"
-            )
+            unreadable.append(item.date_text)
         elif item.published is None:
-            if warn_undated:
-                warnings.append(f"{name}: item {item.label}: no date; using the ingest time")
+            undated.append(item.label)
         elif item.published > now:
-            warnings.append(f"{name}: item {item.label}: dated in the future; using the ingest time")
+            future.append(item.label)
         articles.append(article)
-    return articles
+    if unreadable:
+        warnings.append(
+            f"{name}: {len(unreadable)} item(s) with an unreadable date (such as {unreadable[0]!r}); "
+            "dated at the ingest time"
+        )
+    if undated and warn_undated:
+        warnings.append(f"{name}: {len(undated)} item(s) without a date; dated at the ingest time")
+    if future:
+        warnings.append(f"{name}: {len(future)} item(s) dated in the future; dated at the ingest time")
+    return articles, refused
 
 
 _BLOCK_START = re.compile(r"<(?:p|ul|ol|h[2-4]|blockquote|pre|figure)\b")
@@ -119,8 +193,16 @@ def normalize_article(
 
     `published` is aware; a missing or future one becomes `now`. `base` resolves a relative `link`
     and the content's relative URLs. With neither title nor text, the title is `untitled`.
+
+    The identity (`guid` of the result) is, in this order: the source's own guid or id; the link,
+    fragment kept; a hash of the content, media and given date (`content_key`).
     """
     url = canonical_url(link, base) if link else None
+    link_identity = canonical_url(link, base, keep_fragment=True) if link else None
+    guid = clean_line(guid or "", 1000)
+    guid_identity = (
+        canonical_url(guid, keep_fragment=True) if guid.startswith(("http://", "https://")) else None
+    )
     base_url = absolute_url(link, base) or absolute_url(base)
     content = sanitize_html(trim_boilerplate_html(content_html), base_url=base_url)
     if content and not _BLOCK_START.search(content):
@@ -128,19 +210,30 @@ def normalize_article(
     text = html_to_text(content)
     title = clean_line(title) or clean_line(text, 80) or untitled
     digest_value = fingerprint(title, text)
+    published_given = published
     published = published if published is not None and published <= now else now
     author = clean_line(author, 200) if author else None
+    image_url = absolute_url(image, base_url) or _first_image(content)
     return NewArticle(
-        guid=clean_line(guid or "", 1000) or url or f"fingerprint:{digest_value}",
+        guid=guid or link_identity or content_key(title, text, image_url, published_given),
         url=url,
         title=title,
         author=author or None,
         published_at=published,
         summary=summarize(summary or text),
         content_html=content,
-        image_url=absolute_url(image, base_url) or _first_image(content),
+        image_url=image_url,
         fingerprint=digest_value,
+        identity_url=link_identity or guid_identity,
     )
+
+
+def content_key(title: str, text: str, image_url: str | None, published: datetime | None) -> str:
+    """The identity of an item with neither guid nor link: everything it shows, its media and the
+    date its source gave (never the ingest time, which changes at every fetch). Two status
+    updates that both say "Up" differ by their date; two image posts by their image."""
+    basis = "\x1f".join([title, text, image_url or "", published.isoformat() if published else ""])
+    return "content:" + hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _first_image(content_html: str) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -11,14 +10,17 @@ from digest.bootstrap import App
 from digest.errors import SourceError, UsageError
 from digest.store import sources as sources_store
 
-log = logging.getLogger("digest")
-
 
 @dataclass(frozen=True)
 class IngestReport:
+    """What one fetch of one source did with every item it held: nothing disappears unsaid."""
+
     source: str
-    new: int
-    seen: int
+    new: int = 0
+    updated: int = 0
+    known: int = 0
+    linked: int = 0  # exact copies of stories stored from another source
+    refused: tuple[str, ...] = ()  # one line per item not taken, saying why
     not_modified: bool = False
     error: str | None = None
     warnings: tuple[str, ...] = ()
@@ -68,18 +70,21 @@ async def ingest_one(
     last_modified: str | None,
     now: datetime,
 ) -> IngestReport:
+    limits = _limits(app, name)
     try:
         result = await ingest.fetch_source(
-            name, kind, location, now=now, etag=etag, last_modified=last_modified
+            name, kind, location, now=now, etag=etag, last_modified=last_modified, limits=limits
         )
     except SourceError as exc:
         async with app.db.write() as s:
             await sources_store.record_fetch(s, source_id, now, error=str(exc))
-        log.warning("ingest failed: %s", exc)
-        return IngestReport(name, 0, 0, error=str(exc))
-    items = result.articles
+        return IngestReport(name, error=str(exc))
     async with app.db.write() as s:
-        new = await sources_store.store_articles(s, source_id, items, now) if items else 0
+        stored = (
+            await sources_store.store_articles(s, source_id, result.articles, now)
+            if result.articles
+            else sources_store.Stored()
+        )
         await sources_store.record_fetch(
             s,
             source_id,
@@ -89,4 +94,37 @@ async def ingest_one(
             last_modified=result.last_modified,
             keep_validators=result.not_modified,
         )
-    return IngestReport(name, new, len(items) - new, result.not_modified, None, tuple(result.warnings))
+    return IngestReport(
+        name,
+        new=stored.new,
+        updated=stored.updated,
+        known=stored.known,
+        linked=stored.linked,
+        refused=tuple(result.refused),
+        not_modified=result.not_modified,
+        warnings=tuple(result.warnings),
+    )
+
+
+async def check_source(app: App, name: str, now: datetime) -> tuple[ingest.FetchResult, sources_store.Stored]:
+    """Fetch one source and say what ingesting it would do, item by item; stores nothing."""
+    async with app.db.read() as s:
+        src = await sources_store.source_by_name(s, name)
+    configured = next((c for c in app.cfg.sources if c.name == name), None)
+    if src is None or configured is None:
+        raise UsageError(
+            f"no source {name!r} (configured: {', '.join(c.name for c in app.cfg.sources) or 'none'})"
+        )
+    if src.kind == "api":
+        raise UsageError(f"source {name!r} is of kind api: articles are posted to it, not fetched")
+    result = await ingest.fetch_source(name, src.kind, src.location, now=now, limits=_limits(app, name))
+    async with app.db.read() as s:
+        would = await sources_store.store_articles(s, src.id, result.articles, now, dry_run=True)
+    return result, would
+
+
+def _limits(app: App, name: str) -> ingest.FetchLimits:
+    configured = next((src for src in app.cfg.sources if src.name == name), None)
+    if configured is None:
+        return ingest.FetchLimits()
+    return ingest.FetchLimits(timeout=configured.timeout.total_seconds(), max_bytes=configured.max_bytes)

@@ -19,8 +19,10 @@ from rich.markup import escape
 from digest.errors import DigestError
 
 # Markup off by default: config keys such as "[smtp] host" in messages must print as written.
-out = Console(markup=False)
-err = Console(stderr=True, markup=False)
+# Lines are never wrapped by us: piped into grep or a log they must stay whole (a terminal wraps
+# them itself).
+out = Console(markup=False, soft_wrap=True)
+err = Console(stderr=True, markup=False, soft_wrap=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of tables.")]
 

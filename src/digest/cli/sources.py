@@ -14,9 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from digest import bootstrap, reports, sources
-from digest.cli.output import JsonOption, err, fail, minute, out, print_json
-from digest.cli.runner import config, run, with_app
-from digest.errors import UsageError
+from digest.cli.output import JsonOption, err, minute, out, print_json
+from digest.cli.runner import with_app
 
 sources_app = typer.Typer(help="See sources and try one without storing anything.", no_args_is_help=True)
 
@@ -27,8 +26,15 @@ def say_ingest(r: sources.IngestReport) -> None:
             f"[yellow]source {escape(r.source)}: {escape(r.error)}[/yellow]", highlight=False, markup=True
         )
         return
-    note = " (not modified)" if r.not_modified else ""
-    out.print(f"source {r.source}: {r.new} new, {r.seen} already known{note}", highlight=False)
+    if r.not_modified:
+        out.print(f"source {r.source}: not modified", highlight=False)
+        return
+    counts = (
+        f"{r.new} new, {r.updated} updated, {r.known} already known, {r.linked} linked from another source"
+    )
+    out.print(f"source {r.source}: {counts}, {len(r.refused)} refused", highlight=False)
+    for line in r.refused:
+        out.print(f"  refused: {line}", highlight=False)
     for w in r.warnings:
         out.print(f"  warning: {w}", highlight=False)
 
@@ -79,24 +85,11 @@ def list_(as_json: JsonOption = False) -> None:
 
 @sources_app.command("check")
 def check(name: Annotated[str, typer.Argument(metavar="NAME")], as_json: JsonOption = False) -> None:
-    """Fetch one source once and show what would be ingested, with warnings; stores nothing.
+    """Fetch one source once and show what ingesting it would do, item by item; stores nothing.
 
     Example: digest sources check seeds
     """
-    from digest import ingest as fetching
-
-    cfg = config()
-    src = next((c for c in cfg.sources if c.name == name), None)
-    if src is None:
-        fail(
-            UsageError(f"no source {name!r} (configured: {', '.join(c.name for c in cfg.sources) or 'none'})")
-        )
-    if src.kind == "api":
-        fail(UsageError(f"source {name!r} is of kind api: articles are posted to it, not fetched"))
-    location = src.location
-    if src.kind == "directory" or not src.url:
-        location = str(bootstrap.resolve_path(cfg, location))
-    result = run(lambda: fetching.fetch_source(src.name, src.kind, location, now=datetime.now(UTC)))
+    result, would = with_app(lambda application: sources.check_source(application, name, datetime.now(UTC)))
     if as_json:
         print_json(
             {
@@ -105,6 +98,8 @@ def check(name: Annotated[str, typer.Argument(metavar="NAME")], as_json: JsonOpt
                     {"title": a.title, "url": a.url, "published_at": a.published_at, "author": a.author}
                     for a in result.articles
                 ],
+                "would_be": dataclasses.asdict(would),
+                "refused": result.refused,
                 "warnings": result.warnings,
             }
         )
@@ -113,6 +108,13 @@ def check(name: Annotated[str, typer.Argument(metavar="NAME")], as_json: JsonOpt
     for a in result.articles:
         table.add_row(f"{a.published_at:%Y-%m-%d %H:%M}", a.title[:70], (a.url or "-")[:60])
     out.print(table)
+    out.print(
+        f"ingesting would store {would.new} new, update {would.updated}, find {would.known} already known "
+        f"and link {would.linked} from another source; {len(result.refused)} refused",
+        highlight=False,
+    )
+    for line in result.refused:
+        out.print(f"refused: {line}", highlight=False)
     for w in result.warnings:
         out.print(f"warning: {w}", highlight=False)
     out.print("nothing was stored (this was a check)", highlight=False)

@@ -31,8 +31,8 @@ def _sync_engine_for(url: str) -> Any:
     return create_engine(sync_url(url), connect_args={"timeout": 30} if url.startswith("sqlite") else {})
 
 
-def migrate(url: str) -> tuple[str | None, str]:
-    """Upgrade the schema to the newest revision; returns (old, new) revisions."""
+def migrate(url: str, revision: str = "head") -> tuple[str | None, str]:
+    """Upgrade the schema to the newest revision (or to `revision`); returns (old, new) revisions."""
     engine = _sync_engine_for(url)
     try:
         with engine.begin() as conn:
@@ -41,7 +41,7 @@ def migrate(url: str) -> tuple[str | None, str]:
             before = MigrationContext.configure(conn).get_current_revision()
             cfg = _alembic_config(url)
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
             after = MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     delete,
     func,
-    or_,
     select,
     text,
     update,
@@ -119,50 +119,57 @@ async def lock_seq(session: AsyncSession) -> int:
     return int((await session.execute(select(func.coalesce(func.max(ArticleSource.seq), 0)))).scalar_one())
 
 
-async def store_articles(
-    session: AsyncSession, source_id: int, items: Sequence[NewArticle], now: datetime
-) -> int:
-    """Upsert a source's items, deduplicated by source guid, canonical URL and fingerprint.
+@dataclass
+class Stored:
+    """What storing one fetch's items did, item by item."""
 
-    Returns how many new sightings were recorded (each gets the next seq).
+    new: int = 0  # stories not seen before
+    updated: int = 0  # known items whose title, text, link or image changed
+    known: int = 0  # known items, unchanged
+    linked: int = 0  # exact copies of a story stored from another source, linked to it
+
+
+async def store_articles(
+    session: AsyncSession,
+    source_id: int,
+    items: Sequence[NewArticle],
+    now: datetime,
+    *,
+    dry_run: bool = False,
+) -> Stored:
+    """Store a source's items by their identity within the source (`NewArticle.guid`).
+
+    An item the source showed before is known (its article updated if it changed). An exact copy
+    of an item stored from another source (the same `identity_url`: its link with the fragment,
+    or a guid that is a URL) is linked to that article. Anything else is a new article, even when
+    its title, text or canonical URL equal another's: two items are the same story only by
+    identity, never by resemblance. Each new sighting gets the next seq. `dry_run` counts what
+    would happen (for `digest sources check`) and writes nothing.
     """
     last_seq = await lock_seq(session)
-    added = 0
+    done = Stored()
     for item in items:
-        seen = await session.execute(
-            select(ArticleSource.article_id).where(
-                ArticleSource.source_id == source_id, ArticleSource.guid == item.guid
-            )
-        )
-        if seen.first() is not None:
+        article = await _known_article(session, source_id, item, rekey=not dry_run)
+        if article is not None:
+            if not _changed(article, item):
+                done.known += 1
+                continue
+            done.updated += 1
+            if not dry_run:
+                _copy_into(article, item)
             continue
-        match = [Article.fingerprint == item.fingerprint]
-        if item.url:
-            match.append(Article.url == item.url)
-        article = (await session.execute(select(Article).where(or_(*match)).limit(1))).scalar_one_or_none()
+        article = await _copy_elsewhere(session, source_id, item)
+        if dry_run:
+            done.new, done.linked = done.new + (article is None), done.linked + (article is not None)
+            continue
         if article is None:
-            article = Article(
-                guid=item.guid,
-                url=item.url,
-                title=item.title,
-                author=item.author,
-                published_at=item.published_at,
-                summary=item.summary,
-                content=item.content_html,
-                image_url=item.image_url,
-                fingerprint=item.fingerprint,
-                created_at=now,
-            )
+            article = Article(created_at=now, guid=item.guid, published_at=item.published_at)
+            _copy_into(article, item)
             session.add(article)
             await session.flush()
+            done.new += 1
         else:
-            linked = await session.execute(
-                select(ArticleSource.seq).where(
-                    ArticleSource.article_id == article.id, ArticleSource.source_id == source_id
-                )
-            )
-            if linked.first() is not None:
-                continue  # same story under a new guid in the same source
+            done.linked += 1
         last_seq += 1
         session.add(
             ArticleSource(
@@ -170,8 +177,81 @@ async def store_articles(
             )
         )
         await session.flush()
-        added += 1
-    return added
+    return done
+
+
+async def _known_article(
+    session: AsyncSession, source_id: int, item: NewArticle, *, rekey: bool
+) -> Article | None:
+    """The article this source showed under the item's identity, if any. Keys written before
+    identities kept fragments and content hashes are re-keyed here, the first time the source
+    shows the item again, and only when the stored content is the item's."""
+    found = await session.execute(
+        select(Article)
+        .join(ArticleSource, ArticleSource.article_id == Article.id)
+        .where(ArticleSource.source_id == source_id, ArticleSource.guid == item.guid)
+    )
+    article = found.scalars().first()
+    if article is not None:
+        return article
+    for legacy in _legacy_keys(item):
+        found_sighting = await session.execute(
+            select(ArticleSource)
+            .join(Article, ArticleSource.article_id == Article.id)
+            .where(
+                ArticleSource.source_id == source_id,
+                ArticleSource.guid == legacy,
+                Article.fingerprint == item.fingerprint,
+            )
+        )
+        sighting = found_sighting.scalars().first()
+        if sighting is not None:
+            if rekey:
+                sighting.guid = item.guid
+            return await session.get(Article, sighting.article_id)
+    return None
+
+
+def _legacy_keys(item: NewArticle) -> list[str]:
+    """Keys the item had before revision 0003: its canonical URL where the key is now the link
+    with a fragment, and `fingerprint:` where it is now a content hash."""
+    if item.guid.startswith("content:"):
+        return [f"fingerprint:{item.fingerprint}"]
+    if item.url and item.guid == item.identity_url and item.guid != item.url:
+        return [item.url]
+    return []
+
+
+async def _copy_elsewhere(session: AsyncSession, source_id: int, item: NewArticle) -> Article | None:
+    """The article another source stored this exact item as (same identity URL), if any."""
+    if item.identity_url is None:
+        return None
+    mine = select(ArticleSource.article_id).where(ArticleSource.source_id == source_id)
+    found = await session.execute(
+        select(Article)
+        .where(Article.identity_url == item.identity_url, Article.id.not_in(mine))
+        .order_by(Article.id)
+        .limit(1)
+    )
+    return found.scalars().first()
+
+
+def _changed(article: Article, item: NewArticle) -> bool:
+    return (article.fingerprint, article.title, article.url, article.image_url) != (
+        item.fingerprint,
+        item.title,
+        item.url,
+        item.image_url,
+    )
+
+
+def _copy_into(article: Article, item: NewArticle) -> None:
+    """What a source may change about a story; its date stays the one it was first stored with
+    (an undated item is dated at each fetch)."""
+    article.url, article.identity_url = item.url, item.identity_url
+    article.title, article.author = item.title, item.author
+    article.summary, article.content, article.image_url = item.summary, item.content_html, item.image_url
+    article.fingerprint = item.fingerprint
 
 
 async def record_fetch(

@@ -212,7 +212,13 @@ async def api_push(name: str, body: ArticleBatch | ArticleIn, app: DigestApp, no
     items = [pushed_article(a, now) for a in (body.articles if isinstance(body, ArticleBatch) else [body])]
     async with app.db.write() as s:
         stored = await sources_store.store_articles(s, source.id, items, now)
-    return {"received": len(items), "stored": stored}
+    return {
+        "received": len(items),
+        "stored": stored.new,
+        "updated": stored.updated,
+        "known": stored.known,
+        "linked": stored.linked,
+    }
 
 
 def pushed_article(item: ArticleIn, now: datetime) -> NewArticle:
