@@ -13,7 +13,7 @@ from rich.table import Table
 
 from digest import bootstrap, sources, store
 from digest.cli.output import JsonOption, fail, out, print_json
-from digest.cli.runner import config, config_path, run, setup_logging, with_app
+from digest.cli.runner import config, config_path, run, serve, with_app
 from digest.cli.sources import say_ingest
 from digest.config import load_config
 from digest.errors import DigestError, UsageError
@@ -62,11 +62,7 @@ def run_all() -> None:
 
     Example: digest run
     """
-    from digest import service
-
-    setup_logging()
-    service.catch_stop_while_starting()
-    with_app(lambda application: service.run_all(application, web=True, scheduler=True, worker=True))
+    serve(web=True, scheduler=True, worker=True)
 
 
 def web() -> None:
@@ -74,11 +70,7 @@ def web() -> None:
 
     Example: digest web
     """
-    from digest import service
-
-    setup_logging()
-    service.catch_stop_while_starting()
-    with_app(lambda application: service.run_all(application, web=True, scheduler=False, worker=False))
+    serve(web=True)
 
 
 def scheduler() -> None:
@@ -86,11 +78,7 @@ def scheduler() -> None:
 
     Example: digest scheduler
     """
-    from digest import service
-
-    setup_logging()
-    service.catch_stop_while_starting()
-    with_app(lambda application: service.run_all(application, web=False, scheduler=True, worker=False))
+    serve(scheduler=True)
 
 
 def inbound() -> None:
@@ -98,15 +86,9 @@ def inbound() -> None:
 
     Example: digest inbound
     """
-    from digest import service
-
     if not config().bounce.listen:
         fail(UsageError("set [bounce] listen (host:port, e.g. 127.0.0.1:2525) to run the bounce inbox"))
-    setup_logging()
-    service.catch_stop_while_starting()
-    with_app(
-        lambda application: service.run_all(application, web=False, scheduler=False, worker=False, inbox=True)
-    )
+    serve(inbox=True)
 
 
 def doctor(as_json: JsonOption = False) -> None:

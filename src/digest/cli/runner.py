@@ -75,3 +75,18 @@ def setup_logging() -> None:
     from digest import observability
 
     observability.setup_logging()
+
+
+def serve(
+    *, web: bool = False, scheduler: bool = False, worker: bool = False, inbox: bool | None = None
+) -> None:
+    """Run long-running parts until SIGTERM: logging for a service manager, signals caught early."""
+    from digest import service
+
+    setup_logging()
+    service.catch_stop_while_starting()
+    with_app(
+        lambda application: service.run_all(
+            application, web=web, scheduler=scheduler, worker=worker, inbox=inbox
+        )
+    )

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from digest import bootstrap, compose, delivery
 from digest.cli.output import err, fail, out
-from digest.cli.runner import setup_logging, with_app
+from digest.cli.runner import serve, with_app
 from digest.config import Config
 from digest.errors import DigestError, UsageError
 from digest.rendering import TOKEN_PLACEHOLDER
@@ -256,11 +256,7 @@ def worker(
     Example: digest worker --once
     """
     if not once:
-        from digest import service
-
-        setup_logging()
-        service.catch_stop_while_starting()
-        with_app(lambda application: service.run_all(application, web=False, scheduler=False, worker=True))
+        serve(worker=True)
         return
 
     async def go(application: bootstrap.App) -> delivery.DeliverStats:
