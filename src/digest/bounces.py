@@ -12,33 +12,41 @@ Decisions, one line each:
   code and diagnostic; the reader's watermark is NOT rolled back: the digest went out, and the
   next one carries on from it (an SMTP-time failure, by contrast, rolls back: delivery.py).
 - Every verdict about a known delivery becomes one event linked to it: `bounced` (hard, soft,
-  unknown), `policy_rejection`, `delivery_delayed` or `complained`; its detail holds the class,
-  status, diagnostic, Final-Recipient and the raw message.
-- The raw message is kept in the event detail (JSON, decoded as UTF-8 with replacement, cut at
-  64 KB with `raw_truncated`), not in files beside the config: the database is the one store every
-  process and machine shares (several workers on PostgreSQL have no common folder), and it is
-  backed up with the events it explains. `trim_raw_bounces` drops it after 30 days.
+  unknown), `policy_rejection`, `delivery_delayed`, `complained` or `bounce_unparsed`; its detail
+  holds the class, the reason and where it was read (`why`), status, diagnostic, the recipient the
+  report is about and the raw message.
+- The recipient a delivery is judged by is the report's recipient that is the delivery's own
+  address (Original- or Final-Recipient), else the most severe one.
+- The raw message is kept in the event detail (cut at 64 KB with `raw_truncated`): as text when
+  it is UTF-8 without NUL, else base64 (`raw_base64`), so the bytes survive exactly and no database
+  refuses them. It is kept in the database, not in files beside the config: the database is the one
+  store every process and machine shares (several workers on PostgreSQL have no common folder),
+  and it is backed up with the events it explains. `trim_raw_bounces` drops it after 30 days.
 - Hard → the reader is suppressed (`bounced`) at once. Soft → Mailman scoring over the reader's
   `bounced` events (SMTP-time and DSN) since an operator last lifted a suppression; the score is
   stored in Subscriber.bounce_score. Only digests suppress or score, as at SMTP time: test sends
   have no reader, and a confirmation that bounces is simply never confirmed.
 - Policy (5.7.x, ...) never suppresses: a WARNING names the delivery, edition and list, and the
   delivery breaker (delivery.py) is what pauses an edition when the relay itself is refused.
-- Unknown-class bounces (bare 550, 5.0.0, ...) fail the delivery and are recorded, never scored.
+- Unknown-class bounces (a permanent failure nothing explains) fail the delivery and score like a
+  soft bounce, so a mailbox that keeps failing is suppressed in the end.
+- An `unparsed` message (automatic mail nobody could read, or one whose recording failed) leaves a
+  `bounce_unparsed` event on its reader when its VERP address names one, and changes nothing else.
 - A delayed DSN is recorded on the delivery and changes nothing else; auto-replies change nothing.
 - A complaint marks the reader `complained` (suppressed), unsubscribes the subscription it names
   (method `complaint`), and is linked to its delivery; a complaint that names only a subscription
   token is linked to that reader's latest digest that arrived (`attributed` in the detail).
-- Complaint rate (STANDARDS item 23): per edition (complaints / its delivered messages) and per
-  sending day (complaints about the digests sent that UTC day / digests delivered that day). At the
-  warning threshold a WARNING is logged; at the pause threshold the edition (per edition) or every
-  edition still sending (per day) is paused and an `ALERT` is logged at CRITICAL. Each also raises
-  an operator alert (alerting.py), as does a policy rejection.
+- Complaint rates (STANDARDS item 23) are checked after each complaint (complaint_rates.py); a
+  policy rejection raises an operator alert (alerting.py).
 - A DSN for a delivery whose outcome the worker has not committed yet (`sending`) is `in_flight`:
   the listener waits up to 10 s, then answers 451 so the MTA retries; a mailbox run counts it and
   can simply be run again.
-- A message already recorded (same Message-ID, else the same bytes) is counted `duplicate` and
-  changes nothing, so a mailbox can be processed again safely; mailbox files are never modified.
+- Every message dealt with is remembered (inbound_messages: its Message-ID, else its bytes, and the
+  address it came to) in the transaction that applies it; a second copy is `duplicate` and changes
+  nothing, even when two arrive at once, so a mailbox can be processed again safely.
+- Nothing a message contains stops the inbox: analysis never raises, and a message whose recording
+  fails for any reason but an unavailable database is recorded as `unparsed` with that reason (an
+  unavailable database raises, so the listener answers 451 and a mailbox run reports an error).
 - Forged, malformed or unknown VERP addresses change nothing: they are counted and logged.
 - Mail to unsub+TOKEN@ goes to readers.handle_unsubscribe_mail: never answered (item 18).
 - Thresholds come from `[bounce]` when the config has them (see BouncePolicy), else the defaults
@@ -47,35 +55,34 @@ Decisions, one line each:
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import email.parser
-import email.policy
-import hashlib
+import dataclasses
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import bootstrap, bounce_rules, inbound, readers
+from digest import bootstrap, bounce_rules, complaint_rates, inbound, readers
 from digest.alerting import Alert, raise_alert
+from digest.bounce_rules import BounceClass
 from digest.config import Config
 from digest.models import (
     INBOUND_EVENTS,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
-    EditionStatus,
     SubscriberStatus,
     SubscriptionStatus,
 )
 from digest.store import inbound as inbound_store
 from digest.store import ledger
 from digest.store import readers as readers_store
-from digest.store import reports as reports_store
 
 log = logging.getLogger("digest.bounces")
 
@@ -90,13 +97,17 @@ OUTCOMES = (
     "complaint",
     "unsubscribe",
     "auto_reply",
+    "unparsed",
     "duplicate",
     "in_flight",
     "forged",
     "unknown_delivery",
     "ignored",
 )
-_BASIC_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;\s*)?([245]\d\d)(?=[\s-]|$)")
+_BASIC_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;\s*)?([245]\d\d)(?=[\s:-]|$)")
+# The database itself is unavailable (or locked): retrying later may work, so these are not the
+# message's fault and must not record it as unparsed.
+_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,8 @@ class ProcessReport:
     failed_deliveries: int = 0
     paused_editions: list[int] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # messages left for a later run: the database failed
+    moved: int = 0  # Maildir messages marked or moved as processed
 
     @property
     def messages(self) -> int:
@@ -163,24 +176,32 @@ class Handled:
     paused: tuple[int, ...] = ()
 
 
+class _Duplicate(Exception):
+    """Another copy of this message was dealt with already: undo this one's transaction."""
+
+
 def bounce_domain(cfg: Config) -> str:
     """The domain VERP return paths and unsub+ addresses use (delivery.py uses the same)."""
     return cfg.bounce.domain or cfg.sender.domain
 
 
-def _inbound_id(raw: bytes) -> str:
-    """The bounce's own Message-ID, else a hash of its bytes: what `duplicate` compares."""
-    try:
-        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[:65536])
-        mid = " ".join(str(headers.get("Message-ID") or "").split())
-    except Exception:  # a header we cannot read: fall back to the bytes
-        mid = ""
-    return f"mid:{mid[:300]}" if mid else "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
 def _raw_detail(raw: bytes, policy: BouncePolicy) -> dict[str, Any]:
     cut = raw[: policy.raw_limit]
-    return {"raw": cut.decode("utf-8", "replace"), "raw_truncated": len(raw) > policy.raw_limit}
+    detail: dict[str, Any] = {"raw_truncated": len(raw) > policy.raw_limit}
+    try:
+        text = cut.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        detail.update(raw=base64.b64encode(cut).decode("ascii"), raw_base64=True)
+    else:
+        detail["raw"] = text
+    return detail
+
+
+async def _remember(s: AsyncSession, key: str, outcome: str, now: datetime) -> None:
+    if not await inbound_store.remember_inbound(s, key, outcome, now):
+        raise _Duplicate
 
 
 def _code_of(report: inbound.RecipientReport | None) -> int | None:
@@ -190,19 +211,19 @@ def _code_of(report: inbound.RecipientReport | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _main_report(verdict: inbound.InboundVerdict) -> inbound.RecipientReport | None:
+def _main_report(verdict: inbound.InboundVerdict, address: str) -> inbound.RecipientReport | None:
+    """The recipient the delivery is judged by: its own address if named, else the most severe."""
+    own = [r for r in verdict.recipients if address.lower() in {(r.recipient or "").lower(),
+           (r.final_recipient or "").lower()}]  # fmt: skip
+    if own:
+        return min(own, key=lambda r: bounce_rules.SEVERITY.index(r.bounce_class))
     klass = verdict.bounce_class
     return next((r for r in verdict.recipients if r.bounce_class is klass), None)
 
 
 def _recipients(verdict: inbound.InboundVerdict) -> list[dict[str, Any]]:
     return [
-        {
-            "final_recipient": r.final_recipient,
-            "action": r.action,
-            "status": r.status,
-            "class": str(r.bounce_class),
-        }
+        {"recipient": r.recipient, "action": r.action, "status": r.status, "class": str(r.bounce_class)}
         for r in verdict.recipients[:20]
     ]
 
@@ -216,38 +237,96 @@ async def handle_message(
     envelope_sender: str | None = None,
     policy: BouncePolicy | None = None,
 ) -> Handled:
-    """Analyse one message that reached the bounce inbox and apply what it means."""
+    """Analyse one message that reached the bounce inbox and apply what it means (never raises for
+    anything the message contains; raises only when the database is unavailable)."""
     policy = policy or BouncePolicy.from_config(app.cfg)
+    key = inbound.inbound_key(raw, envelope_rcpt)
     verdict = inbound.analyse(raw, envelope_rcpt, app.keys, envelope_sender=envelope_sender)
+    try:
+        return await _apply(app, verdict, raw, key, envelope_rcpt, now, policy)
+    except _Duplicate:
+        return Handled("duplicate", "already recorded", verdict.delivery_id)
+    except _UNAVAILABLE:
+        raise
+    except Exception as exc:  # this message's content broke its recording: record that much, go on
+        log.exception("inbound: could not record a %s for delivery %s", verdict.kind, verdict.delivery_id)
+        why = (
+            f"could not be recorded ({type(exc).__name__}: {inbound.clean(str(exc))[:200]}): {verdict.reason}"
+        )
+        broken = dataclasses.replace(verdict, kind="unparsed", reason=why[:500], recipients=())
+        try:
+            return await _unparsed(app, broken, b"", key, now, policy)
+        except _Duplicate:
+            return Handled("duplicate", "already recorded", verdict.delivery_id)
+
+
+async def _apply(
+    app: bootstrap.App,
+    verdict: inbound.InboundVerdict,
+    raw: bytes,
+    key: str,
+    envelope_rcpt: str | None,
+    now: datetime,
+    policy: BouncePolicy,
+) -> Handled:
     if verdict.kind == "unsubscribe":
         result = await readers.handle_unsubscribe_mail(app, raw, envelope_rcpt, now)
+        async with app.db.write() as s:
+            await inbound_store.remember_inbound(s, key, "unsubscribe", now)
         if result in ("unsubscribed", "already"):
             return Handled("unsubscribe", f"mailto unsubscribe: {result}")
         log.info("inbound: unsubscribe mail with an unknown token ignored")
         return Handled("ignored", f"mailto unsubscribe: {result}")
-    if verdict.kind == "ignored":
-        outcome = "forged" if verdict.reason.startswith("forged") else "ignored"
+    if verdict.kind in ("ignored", "auto_reply"):
+        outcome = "forged" if verdict.reason.startswith("forged") else str(verdict.kind)
+        async with app.db.write() as s:
+            await _remember(s, key, outcome, now)
         level = logging.WARNING if outcome == "forged" else logging.INFO
-        log.log(level, "inbound: message ignored: %s", verdict.reason)
+        log.log(level, "inbound: %s for delivery %s: %s", outcome, verdict.delivery_id, verdict.reason)
         return Handled(outcome, verdict.reason, verdict.delivery_id)
-    if verdict.kind == "auto_reply":
-        log.info("inbound: auto-reply for delivery %s ignored: %s", verdict.delivery_id, verdict.reason)
-        return Handled("auto_reply", verdict.reason, verdict.delivery_id)
+    if verdict.kind == "unparsed":
+        return await _unparsed(app, verdict, raw, key, now, policy)
     if verdict.kind == "complaint":
-        return await _complaint(app, verdict, raw, now, policy)
-    return await _bounce(app, verdict, raw, now, policy)
+        return await _complaint(app, verdict, raw, key, now, policy)
+    return await _bounce(app, verdict, raw, key, now, policy)
+
+
+async def _unparsed(
+    app: bootstrap.App,
+    verdict: inbound.InboundVerdict,
+    raw: bytes,
+    key: str,
+    now: datetime,
+    policy: BouncePolicy,
+) -> Handled:
+    """Record a message nobody could read on the reader its VERP address names, if any."""
+    async with app.db.write() as s:
+        await _remember(s, key, "unparsed", now)
+        found = await ledger.load_claimed(s, [verdict.delivery_id]) if verdict.delivery_id is not None else []
+        if found and found[0].subscriber is not None:
+            d = found[0].delivery
+            await readers_store.add_event(
+                s, "bounce_unparsed", now, subscriber_id=found[0].subscriber.id, delivery_id=d.id,
+                subscription_id=d.subscription_id, reason=verdict.reason[:500], edition_id=d.edition_id,
+                **(_raw_detail(raw, policy) if raw else {}),
+            )  # fmt: skip
+    log.warning("inbound: unparsed message for delivery %s: %s", verdict.delivery_id, verdict.reason)
+    return Handled("unparsed", verdict.reason, verdict.delivery_id)
 
 
 async def _bounce(
-    app: bootstrap.App, verdict: inbound.InboundVerdict, raw: bytes, now: datetime, policy: BouncePolicy
+    app: bootstrap.App,
+    verdict: inbound.InboundVerdict,
+    raw: bytes,
+    key: str,
+    now: datetime,
+    policy: BouncePolicy,
 ) -> Handled:
     assert verdict.delivery_id is not None  # analyse only says bounce/delayed with a checked VERP id
-    inbound_id = _inbound_id(raw)
-    klass = verdict.bounce_class or bounce_rules.BounceClass.UNKNOWN
-    main = _main_report(verdict)
     async with app.db.write() as s:
         found = await ledger.load_claimed(s, [verdict.delivery_id])
         if not found:
+            await _remember(s, key, "unknown_delivery", now)
             log.warning("inbound: bounce for delivery %s, which does not exist", verdict.delivery_id)
             return Handled("unknown_delivery", "no such delivery", verdict.delivery_id)
         c = found[0]
@@ -255,38 +334,36 @@ async def _bounce(
         if d.status == DeliveryStatus.SENDING:
             # A fast relay can bounce before the worker has committed "sent": come back later.
             return Handled("in_flight", "the delivery's outcome is not recorded yet", d.id)
-        if await inbound_store.inbound_seen(s, inbound_id, reader.id if reader else None, d.id):
-            return Handled("duplicate", "already recorded", d.id)
+        main = _main_report(verdict, d.address)
+        klass = main.bounce_class if main is not None else BounceClass.UNKNOWN
+        await _remember(s, key, "delayed" if klass is BounceClass.DELAYED else str(klass), now)
         detail: dict[str, Any] = {
             "at": "dsn",
             "bounce_class": str(klass),
+            "bounce_reason": main.reason if main else "",
+            "why": (main.why if main else "")[:500],
             "status": main.status if main else None,
             "code": _code_of(main),
             "diagnostic": (main.diagnostic if main else "")[:1000],
-            "final_recipient": main.final_recipient if main else None,
+            "final_recipient": main.recipient if main else None,
             "recipients": _recipients(verdict),
             "reason": verdict.reason[:500],
             "edition_id": d.edition_id,
-            "inbound_id": inbound_id,
             **_raw_detail(raw, policy),
         }
         ids = {"subscriber_id": reader.id if reader else None, "subscription_id": d.subscription_id}
-        if verdict.kind == "delayed":
+        if klass is BounceClass.DELAYED:
             await readers_store.add_event(s, "delivery_delayed", now, delivery_id=d.id, **ids, **detail)
             log.info("inbound: delivery %s delayed: %s", d.id, verdict.reason)
             return Handled("delayed", verdict.reason, d.id)
 
         reply = f"DSN {detail['status'] or 'no code'}: {detail['diagnostic']}".strip()
         failed = await inbound_store.mark_delivery_bounced(s, d.id, detail["code"], reply, now)
-        scored = (
-            reader is not None
-            and d.kind == DeliveryKind.DIGEST
-            and klass in (bounce_rules.BounceClass.HARD, bounce_rules.BounceClass.SOFT)
-        )
+        scored = reader is not None and d.kind == DeliveryKind.DIGEST and klass in bounce_rules.SCORED
         history = await inbound_store.bounce_history(s, reader.id) if scored and reader is not None else []
-        kind = "policy_rejection" if klass is bounce_rules.BounceClass.POLICY else "bounced"
+        kind = "policy_rejection" if klass is BounceClass.POLICY else "bounced"
         await readers_store.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
-        if klass is bounce_rules.BounceClass.POLICY:
+        if klass is BounceClass.POLICY:
             what = (
                 f"policy rejection reported for delivery {d.id} (edition {d.edition_id}, "
                 f"list {c.mailing_list.slug if c.mailing_list else '-'}): "
@@ -298,7 +375,7 @@ async def _bounce(
         suppressed = False
         if scored and reader is not None:
             suppressed = await _score(s, reader.id, reader.status, history, klass, detail, now, policy)
-        log.info("inbound: delivery %s bounced (%s): %s", d.id, klass, verdict.reason)
+        log.info("inbound: delivery %s bounced (%s): %s", d.id, klass, detail["why"] or verdict.reason)
         return Handled(str(klass), verdict.reason, d.id, suppressed, failed)
 
 
@@ -307,16 +384,16 @@ async def _score(
     subscriber_id: int,
     status: str,
     before: list[tuple[datetime, str]],
-    klass: bounce_rules.BounceClass,
+    klass: BounceClass,
     detail: dict[str, Any],
     now: datetime,
     policy: BouncePolicy,
 ) -> bool:
     """Mailman scoring over the reader's earlier bounces and this one; True if this suppressed them."""
-    events: list[tuple[datetime, bounce_rules.BounceClass]] = [(now, klass)]
+    events: list[tuple[datetime, BounceClass]] = [(now, klass)]
     for when, name in before:
         with contextlib.suppress(ValueError):
-            events.append((when, bounce_rules.BounceClass(name)))
+            events.append((when, BounceClass(name)))
     score, suppress = bounce_rules.bounce_score(
         events, now, hard=policy.hard, soft=policy.soft, limit=policy.limit, quiet=policy.quiet
     )
@@ -324,20 +401,25 @@ async def _score(
     if not suppress or status != SubscriberStatus.ACTIVE:
         return False
     why = (
-        f"hard bounce ({detail['status'] or 'DSN'}): {detail['diagnostic']}"
-        if klass is bounce_rules.BounceClass.HARD
-        else f"soft-bounce score {score:g} over {policy.limit:g}: {detail['diagnostic']}"
+        f"hard bounce ({detail['why'] or detail['status'] or 'DSN'}): {detail['diagnostic']}"
+        if klass is BounceClass.HARD
+        else f"bounce score {score:g} over {policy.limit:g} ({detail['why']}): {detail['diagnostic']}"
     )
-    await ledger.suppress_subscriber(s, subscriber_id, SubscriberStatus.BOUNCED, now, why)
+    await ledger.suppress_subscriber(s, subscriber_id, SubscriberStatus.BOUNCED, now, why[:1000])
     log.info("reader %s suppressed: %s", subscriber_id, why)
     return True
 
 
 async def _complaint(
-    app: bootstrap.App, verdict: inbound.InboundVerdict, raw: bytes, now: datetime, policy: BouncePolicy
+    app: bootstrap.App,
+    verdict: inbound.InboundVerdict,
+    raw: bytes,
+    key: str,
+    now: datetime,
+    policy: BouncePolicy,
 ) -> Handled:
-    inbound_id = _inbound_id(raw)
     async with app.db.write() as s:
+        await _remember(s, key, "complaint", now)
         d: Delivery | None = None
         sub = None
         if verdict.delivery_id is not None:
@@ -358,8 +440,6 @@ async def _complaint(
         reader = await readers_store.subscriber_by_id(s, sub.subscriber_id)
         if reader is None:
             return Handled("unknown_delivery", "the reader was erased", verdict.delivery_id)
-        if await inbound_store.inbound_seen(s, inbound_id, reader.id, None):
-            return Handled("duplicate", "already recorded", d.id if d else None)
         await readers_store.add_event(
             s,
             "complained",
@@ -370,7 +450,6 @@ async def _complaint(
             reason=verdict.reason[:500],
             attributed=attributed,
             edition_id=d.edition_id if d else None,
-            inbound_id=inbound_id,
             **_raw_detail(raw, policy),
         )
         suppressed = False
@@ -381,60 +460,11 @@ async def _complaint(
             suppressed = True
         if sub.status != SubscriptionStatus.UNSUBSCRIBED:
             await readers.unsubscribe(s, sub, "complaint", now)
-        paused = await _complaint_rates(s, d, now, policy)
+        paused = await complaint_rates.check_complaint_rates(
+            s, d, now, policy.complaint_warn, policy.complaint_pause
+        )
     log.warning("inbound: spam complaint from reader %s (delivery %s)", reader.id, d.id if d else "-")
     return Handled("complaint", verdict.reason, d.id if d else None, suppressed, False, tuple(paused))
-
-
-async def _complaint_rates(
-    s: AsyncSession, d: Delivery | None, now: datetime, policy: BouncePolicy
-) -> list[int]:
-    """STANDARDS item 23: warn, or pause and alert, on the edition's and the sending day's rate."""
-    paused: list[int] = []
-    if d is not None and d.edition_id is not None:
-        complaints, delivered = await inbound_store.edition_complaint_counts(s, d.edition_id)
-        rate = bounce_rules.complaint_rate(complaints, delivered)
-        action = bounce_rules.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
-        what = f"edition {d.edition_id}: {complaints} complaint(s) / {delivered} delivered = {rate:.3%}"
-        if action == "pause":
-            edition = await reports_store.edition_by_id(s, d.edition_id)
-            if edition is not None and edition.status == EditionStatus.SENDING:
-                reason = f"complaint rate {rate:.3%} reached {policy.complaint_pause:.3%}"
-                await ledger.pause_edition(s, d.edition_id, reason, now)
-                paused.append(d.edition_id)
-                _complaint_alert("complaint rate too high, edition paused", what, now)
-            else:
-                _complaint_alert("complaint rate too high (edition no longer sending)", what, now)
-        elif action == "warn":
-            _complaint_warning(f"complaint rate above {policy.complaint_warn * 100:.3f}%: {what}", now)
-    day = (d.sent_at if d is not None and d.sent_at is not None else now).astimezone(UTC)
-    start = day.replace(hour=0, minute=0, second=0, microsecond=0)
-    complaints, delivered = await inbound_store.sent_day_complaint_counts(s, start, start + timedelta(days=1))
-    if complaints:
-        rate = bounce_rules.complaint_rate(complaints, delivered)
-        action = bounce_rules.complaint_action(rate, policy.complaint_warn, policy.complaint_pause)
-        what = f"sent {start:%Y-%m-%d}: {complaints} complaint(s) / {delivered} delivered = {rate:.3%}"
-        if action == "pause":
-            editions = await inbound_store.sending_editions(s)
-            for edition_id in editions:
-                await ledger.pause_edition(s, edition_id, f"daily complaint rate {rate:.3%}", now)
-                if edition_id not in paused:
-                    paused.append(edition_id)
-            done = f"paused editions {', '.join(map(str, editions))}" if editions else "no edition is sending"
-            _complaint_alert(f"daily complaint rate too high ({done})", what, now)
-        elif action == "warn":
-            _complaint_warning(f"daily complaint rate above {policy.complaint_warn * 100:.3f}%: {what}", now)
-    return paused
-
-
-def _complaint_alert(title: str, what: str, now: datetime) -> None:
-    log.critical("ALERT: %s: %s", title, what)
-    raise_alert(Alert("complaint_rate", title, f"{title}: {what}", now))
-
-
-def _complaint_warning(message: str, now: datetime) -> None:
-    log.warning("%s", message)
-    raise_alert(Alert("complaint_warning", "complaint rate above the warning threshold", message, now))
 
 
 async def trim_raw_bounces(app: bootstrap.App, now: datetime, *, keep: timedelta | None = None) -> int:

@@ -21,8 +21,11 @@ from digest.models import (
     Edition,
     EditionStatus,
     Event,
+    InboundMessage,
+    MailboxProgress,
     Subscriber,
 )
+from digest.store import dialect_insert
 
 
 async def mark_delivery_bounced(
@@ -67,17 +70,40 @@ async def set_bounce_score(session: AsyncSession, subscriber_id: int, score: flo
     )
 
 
-async def inbound_seen(
-    session: AsyncSession, inbound_id: str, subscriber_id: int | None, delivery_id: int | None
-) -> bool:
-    """A mailbox processed twice (or a DSN the MTA sent twice) must not count the same message twice."""
-    cond = [Event.detail["inbound_id"].as_string() == inbound_id]
-    if subscriber_id is not None:
-        cond.append(Event.subscriber_id == subscriber_id)  # uses ix_events_subscriber
-    elif delivery_id is not None:
-        cond.append(Event.delivery_id == delivery_id)
-    stmt = select(Event.id).where(*cond).limit(1)
-    return (await session.execute(stmt)).first() is not None
+async def known_inbound(session: AsyncSession, keys: Sequence[str]) -> set[str]:
+    """Which of these inbound messages were dealt with before: a rerun skips them unread."""
+    if not keys:
+        return set()
+    stmt = select(InboundMessage.key).where(InboundMessage.key.in_(list(keys)))
+    return set((await session.execute(stmt)).scalars().all())
+
+
+async def remember_inbound(session: AsyncSession, key: str, outcome: str, now: datetime) -> bool:
+    """Record that an inbound message was dealt with; False if another copy already was (the
+    caller rolls back what it did, so the same bounce never counts twice, even concurrently)."""
+    stmt = (
+        dialect_insert(session, InboundMessage)
+        .values(key=key, outcome=outcome, created_at=now)
+        .on_conflict_do_nothing()
+    )
+    return bool((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def mailbox_progress(session: AsyncSession, path: str) -> tuple[int, str] | None:
+    """(offset, fingerprint) up to which an mbox file was processed, or None for a new one."""
+    found = await session.get(MailboxProgress, path)
+    return (found.offset, found.fingerprint) if found is not None else None
+
+
+async def save_mailbox_progress(
+    session: AsyncSession, path: str, offset: int, fingerprint: str, now: datetime
+) -> None:
+    """Where the next `bounces process` of this mbox starts reading."""
+    found = await session.get(MailboxProgress, path)
+    if found is None:
+        session.add(MailboxProgress(path=path, offset=offset, fingerprint=fingerprint, updated_at=now))
+    else:
+        found.offset, found.fingerprint, found.updated_at = offset, fingerprint, now
 
 
 async def last_sent_delivery(session: AsyncSession, subscription_id: int) -> Delivery | None:
