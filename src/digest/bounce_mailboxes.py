@@ -29,20 +29,30 @@ import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from digest import bootstrap, inbound
-from digest.bounces import BouncePolicy, Handled, ProcessReport, handle_message
+from digest.bounces import (
+    BouncePolicy,
+    Handled,
+    Inbound,
+    ProcessReport,
+    apply_messages,
+    handle_unsubscribe,
+    read_message,
+)
 from digest.errors import UsageError
 from digest.store import inbound as inbound_store
 
 # The whole bounce pipeline logs under one name, the one operators filter and set levels by.
 log = logging.getLogger("digest.bounces")
 
-CHUNK = 250  # messages checked against the database at once
+CHUNK = 200  # messages checked against the database, and applied, in one transaction
+_T = TypeVar("_T")
 _FINGERPRINT = 1024  # bytes of an mbox's start that identify the file
 
 
@@ -66,25 +76,15 @@ async def _process(
     policy: BouncePolicy,
     start: int = 0,
 ) -> int | None:
-    """Deal with every item; returns where the first item left for later begins (None if none
-    is left), which is where an mbox resumes."""
+    """Deal with every item, CHUNK at a time; returns where the first item left for later begins
+    (None if none is left), which is where an mbox resumes."""
     resume: int | None = None
     last_end = start
     chunk: list[_Item] = []
 
     async def flush() -> None:
         nonlocal resume, last_end
-        keys = [inbound.inbound_key(item.raw, None) for item in chunk]
-        async with app.db.read() as s:
-            known = await inbound_store.known_inbound(s, keys)
-        for item, key in zip(chunk, keys, strict=True):
-            if not item.raw.strip():
-                report.unreadable.append(item.name)
-                handled: Handled | None = Handled("ignored", "empty message")
-            elif key in known:
-                handled = Handled("duplicate", "already recorded")
-            else:
-                handled = await _handle(app, item, report, now, policy)
+        for item, handled in zip(chunk, await _handle_chunk(app, chunk, report, now, policy), strict=True):
             if handled is not None:
                 report.add(handled)
             if handled is None or handled.outcome == "in_flight":
@@ -103,18 +103,47 @@ async def _process(
     return resume
 
 
-async def _handle(
-    app: bootstrap.App, item: _Item, report: ProcessReport, now: datetime, policy: BouncePolicy
-) -> Handled | None:
-    """One message; None when the database could not record it (the run goes on)."""
+async def _handle_chunk(
+    app: bootstrap.App, chunk: list[_Item], report: ProcessReport, now: datetime, policy: BouncePolicy
+) -> list[Handled | None]:
+    """Each item's outcome; None for one the database could not record (left for the next run)."""
+    keys = [inbound.inbound_key(item.raw, None) for item in chunk]
+    async with app.db.read() as s:
+        known = await inbound_store.known_inbound(s, keys)
+    outcomes: list[Handled | None] = []
+    fresh: dict[int, Inbound] = {}
+    for n, (item, key) in enumerate(zip(chunk, keys, strict=True)):
+        if not item.raw.strip():
+            report.unreadable.append(item.name)
+            outcomes.append(Handled("ignored", "empty message"))
+        elif key in known:
+            outcomes.append(Handled("duplicate", "already recorded"))
+        else:
+            message = read_message(app, item.raw, None)
+            outcomes.append(None)
+            if message.verdict.kind == "unsubscribe":
+                outcomes[n] = await _guarded(report, [item], handle_unsubscribe(app, message, now))
+            else:
+                fresh[n] = message
+    if fresh:
+        applied = await _guarded(
+            report, [chunk[n] for n in fresh], apply_messages(app, list(fresh.values()), now, policy=policy)
+        )
+        for n, handled in zip(fresh, applied or [], strict=False):
+            outcomes[n] = handled  # none when the database failed: the items stay None
+    return outcomes
+
+
+async def _guarded(report: ProcessReport, items: list[_Item], work: Awaitable[_T]) -> _T | None:
+    """The result of database work, or None when the database failed: those items are recorded
+    in `errors` and left for the next run, and the run goes on."""
     try:
-        handled = await handle_message(app, item.raw, None, now, policy=policy)
-    except Exception as exc:  # the database failed: leave the message for the next run
-        log.error("inbound: %s left for the next run: %s: %s", item.name, type(exc).__name__, exc)
-        report.errors.append(f"{item.name}: {type(exc).__name__}: {exc}"[:300])
+        return await work
+    except Exception as exc:
+        for item in items:
+            log.error("inbound: %s left for the next run: %s: %s", item.name, type(exc).__name__, exc)
+            report.errors.append(f"{item.name}: {type(exc).__name__}: {exc}"[:300])
         return None
-    log.debug("%s: %s (%s)", item.name, handled.outcome, handled.reason)
-    return handled
 
 
 # --- Maildir ------------------------------------------------------------------------------------------

@@ -228,6 +228,24 @@ def _recipients(verdict: inbound.InboundVerdict) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass(frozen=True)
+class Inbound:
+    """One message read at the inbox: its duplicate key and what it means (no database yet)."""
+
+    key: str
+    verdict: inbound.InboundVerdict
+    raw: bytes
+    envelope_rcpt: str | None = None
+
+
+def read_message(
+    app: bootstrap.App, raw: bytes, envelope_rcpt: str | None, *, envelope_sender: str | None = None
+) -> Inbound:
+    """Analyse one message (pure: never raises, touches no database)."""
+    verdict = inbound.analyse(raw, envelope_rcpt, app.keys, envelope_sender=envelope_sender)
+    return Inbound(inbound.inbound_key(raw, envelope_rcpt), verdict, raw, envelope_rcpt)
+
+
 async def handle_message(
     app: bootstrap.App,
     raw: bytes,
@@ -239,11 +257,42 @@ async def handle_message(
 ) -> Handled:
     """Analyse one message that reached the bounce inbox and apply what it means (never raises for
     anything the message contains; raises only when the database is unavailable)."""
+    message = read_message(app, raw, envelope_rcpt, envelope_sender=envelope_sender)
+    if message.verdict.kind == "unsubscribe":
+        return await handle_unsubscribe(app, message, now)
+    (handled,) = await apply_messages(app, [message], now, policy=policy)
+    return handled
+
+
+async def handle_unsubscribe(app: bootstrap.App, message: Inbound, now: datetime) -> Handled:
+    """A mailto unsubscribe: readers.py's own transaction (it never replies)."""
+    result = await readers.handle_unsubscribe_mail(app, message.raw, message.envelope_rcpt, now)
+    async with app.db.write() as s:
+        await inbound_store.remember_inbound(s, message.key, "unsubscribe", now)
+    if result in ("unsubscribed", "already"):
+        return Handled("unsubscribe", f"mailto unsubscribe: {result}")
+    log.info("inbound: unsubscribe mail with an unknown token ignored")
+    return Handled("ignored", f"mailto unsubscribe: {result}")
+
+
+async def apply_messages(
+    app: bootstrap.App, messages: list[Inbound], now: datetime, *, policy: BouncePolicy | None = None
+) -> list[Handled]:
+    """Apply analysed messages (no unsubscribes) in one transaction, each in a savepoint of its own:
+    a mailbox run commits once per few hundred messages, and one message's failure undoes only that
+    message. Raises, undoing all of them, only when the database is unavailable."""
+    if any(m.verdict.kind == "unsubscribe" for m in messages):
+        raise ValueError("unsubscribe mail goes to handle_unsubscribe, in readers' own transaction")
     policy = policy or BouncePolicy.from_config(app.cfg)
-    key = inbound.inbound_key(raw, envelope_rcpt)
-    verdict = inbound.analyse(raw, envelope_rcpt, app.keys, envelope_sender=envelope_sender)
+    async with app.db.write() as s:
+        return [await _apply_one(s, message, now, policy) for message in messages]
+
+
+async def _apply_one(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
+    verdict = message.verdict
     try:
-        return await _apply(app, verdict, raw, key, envelope_rcpt, now, policy)
+        async with s.begin_nested():
+            return await _apply(s, message, now, policy)
     except _Duplicate:
         return Handled("duplicate", "already recorded", verdict.delivery_id)
     except _UNAVAILABLE:
@@ -255,128 +304,99 @@ async def handle_message(
         )
         broken = dataclasses.replace(verdict, kind="unparsed", reason=why[:500], recipients=())
         try:
-            return await _unparsed(app, broken, b"", key, now, policy)
+            async with s.begin_nested():
+                return await _unparsed(s, dataclasses.replace(message, verdict=broken, raw=b""), now, policy)
         except _Duplicate:
             return Handled("duplicate", "already recorded", verdict.delivery_id)
 
 
-async def _apply(
-    app: bootstrap.App,
-    verdict: inbound.InboundVerdict,
-    raw: bytes,
-    key: str,
-    envelope_rcpt: str | None,
-    now: datetime,
-    policy: BouncePolicy,
-) -> Handled:
-    if verdict.kind == "unsubscribe":
-        result = await readers.handle_unsubscribe_mail(app, raw, envelope_rcpt, now)
-        async with app.db.write() as s:
-            await inbound_store.remember_inbound(s, key, "unsubscribe", now)
-        if result in ("unsubscribed", "already"):
-            return Handled("unsubscribe", f"mailto unsubscribe: {result}")
-        log.info("inbound: unsubscribe mail with an unknown token ignored")
-        return Handled("ignored", f"mailto unsubscribe: {result}")
+async def _apply(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
+    verdict = message.verdict
     if verdict.kind in ("ignored", "auto_reply"):
         outcome = "forged" if verdict.reason.startswith("forged") else str(verdict.kind)
-        async with app.db.write() as s:
-            await _remember(s, key, outcome, now)
+        await _remember(s, message.key, outcome, now)
         level = logging.WARNING if outcome == "forged" else logging.INFO
         log.log(level, "inbound: %s for delivery %s: %s", outcome, verdict.delivery_id, verdict.reason)
         return Handled(outcome, verdict.reason, verdict.delivery_id)
     if verdict.kind == "unparsed":
-        return await _unparsed(app, verdict, raw, key, now, policy)
+        return await _unparsed(s, message, now, policy)
     if verdict.kind == "complaint":
-        return await _complaint(app, verdict, raw, key, now, policy)
-    return await _bounce(app, verdict, raw, key, now, policy)
+        return await _complaint(s, message, now, policy)
+    return await _bounce(s, message, now, policy)
 
 
-async def _unparsed(
-    app: bootstrap.App,
-    verdict: inbound.InboundVerdict,
-    raw: bytes,
-    key: str,
-    now: datetime,
-    policy: BouncePolicy,
-) -> Handled:
+async def _unparsed(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
     """Record a message nobody could read on the reader its VERP address names, if any."""
-    async with app.db.write() as s:
-        await _remember(s, key, "unparsed", now)
-        found = await ledger.load_claimed(s, [verdict.delivery_id]) if verdict.delivery_id is not None else []
-        if found and found[0].subscriber is not None:
-            d = found[0].delivery
-            await readers_store.add_event(
-                s, "bounce_unparsed", now, subscriber_id=found[0].subscriber.id, delivery_id=d.id,
-                subscription_id=d.subscription_id, reason=verdict.reason[:500], edition_id=d.edition_id,
-                **(_raw_detail(raw, policy) if raw else {}),
-            )  # fmt: skip
+    verdict = message.verdict
+    await _remember(s, message.key, "unparsed", now)
+    found = await ledger.load_claimed(s, [verdict.delivery_id]) if verdict.delivery_id is not None else []
+    if found and found[0].subscriber is not None:
+        d = found[0].delivery
+        await readers_store.add_event(
+            s, "bounce_unparsed", now, subscriber_id=found[0].subscriber.id, delivery_id=d.id,
+            subscription_id=d.subscription_id, reason=verdict.reason[:500], edition_id=d.edition_id,
+            **(_raw_detail(message.raw, policy) if message.raw else {}),
+        )  # fmt: skip
     log.warning("inbound: unparsed message for delivery %s: %s", verdict.delivery_id, verdict.reason)
     return Handled("unparsed", verdict.reason, verdict.delivery_id)
 
 
-async def _bounce(
-    app: bootstrap.App,
-    verdict: inbound.InboundVerdict,
-    raw: bytes,
-    key: str,
-    now: datetime,
-    policy: BouncePolicy,
-) -> Handled:
+async def _bounce(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
+    verdict, key, raw = message.verdict, message.key, message.raw
     assert verdict.delivery_id is not None  # analyse only says bounce/delayed with a checked VERP id
-    async with app.db.write() as s:
-        found = await ledger.load_claimed(s, [verdict.delivery_id])
-        if not found:
-            await _remember(s, key, "unknown_delivery", now)
-            log.warning("inbound: bounce for delivery %s, which does not exist", verdict.delivery_id)
-            return Handled("unknown_delivery", "no such delivery", verdict.delivery_id)
-        c = found[0]
-        d, reader = c.delivery, c.subscriber
-        if d.status == DeliveryStatus.SENDING:
-            # A fast relay can bounce before the worker has committed "sent": come back later.
-            return Handled("in_flight", "the delivery's outcome is not recorded yet", d.id)
-        main = _main_report(verdict, d.address)
-        klass = main.bounce_class if main is not None else BounceClass.UNKNOWN
-        await _remember(s, key, "delayed" if klass is BounceClass.DELAYED else str(klass), now)
-        detail: dict[str, Any] = {
-            "at": "dsn",
-            "bounce_class": str(klass),
-            "bounce_reason": main.reason if main else "",
-            "why": (main.why if main else "")[:500],
-            "status": main.status if main else None,
-            "code": _code_of(main),
-            "diagnostic": (main.diagnostic if main else "")[:1000],
-            "final_recipient": main.recipient if main else None,
-            "recipients": _recipients(verdict),
-            "reason": verdict.reason[:500],
-            "edition_id": d.edition_id,
-            **_raw_detail(raw, policy),
-        }
-        ids = {"subscriber_id": reader.id if reader else None, "subscription_id": d.subscription_id}
-        if klass is BounceClass.DELAYED:
-            await readers_store.add_event(s, "delivery_delayed", now, delivery_id=d.id, **ids, **detail)
-            log.info("inbound: delivery %s delayed: %s", d.id, verdict.reason)
-            return Handled("delayed", verdict.reason, d.id)
+    found = await ledger.load_claimed(s, [verdict.delivery_id])
+    if not found:
+        await _remember(s, key, "unknown_delivery", now)
+        log.warning("inbound: bounce for delivery %s, which does not exist", verdict.delivery_id)
+        return Handled("unknown_delivery", "no such delivery", verdict.delivery_id)
+    c = found[0]
+    d, reader = c.delivery, c.subscriber
+    if d.status == DeliveryStatus.SENDING:
+        # A fast relay can bounce before the worker has committed "sent": come back later.
+        return Handled("in_flight", "the delivery's outcome is not recorded yet", d.id)
+    main = _main_report(verdict, d.address)
+    klass = main.bounce_class if main is not None else BounceClass.UNKNOWN
+    await _remember(s, key, "delayed" if klass is BounceClass.DELAYED else str(klass), now)
+    detail: dict[str, Any] = {
+        "at": "dsn",
+        "bounce_class": str(klass),
+        "bounce_reason": main.reason if main else "",
+        "why": (main.why if main else "")[:500],
+        "status": main.status if main else None,
+        "code": _code_of(main),
+        "diagnostic": (main.diagnostic if main else "")[:1000],
+        "final_recipient": main.recipient if main else None,
+        "recipients": _recipients(verdict),
+        "reason": verdict.reason[:500],
+        "edition_id": d.edition_id,
+        **_raw_detail(raw, policy),
+    }
+    ids = {"subscriber_id": reader.id if reader else None, "subscription_id": d.subscription_id}
+    if klass is BounceClass.DELAYED:
+        await readers_store.add_event(s, "delivery_delayed", now, delivery_id=d.id, **ids, **detail)
+        log.info("inbound: delivery %s delayed: %s", d.id, verdict.reason)
+        return Handled("delayed", verdict.reason, d.id)
 
-        reply = f"DSN {detail['status'] or 'no code'}: {detail['diagnostic']}".strip()
-        failed = await inbound_store.mark_delivery_bounced(s, d.id, detail["code"], reply, now)
-        scored = reader is not None and d.kind == DeliveryKind.DIGEST and klass in bounce_rules.SCORED
-        history = await inbound_store.bounce_history(s, reader.id) if scored and reader is not None else []
-        kind = "policy_rejection" if klass is BounceClass.POLICY else "bounced"
-        await readers_store.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
-        if klass is BounceClass.POLICY:
-            what = (
-                f"policy rejection reported for delivery {d.id} (edition {d.edition_id}, "
-                f"list {c.mailing_list.slug if c.mailing_list else '-'}): "
-                f"{detail['diagnostic'] or verdict.reason}; "
-                "the reader stays subscribed; check authentication and reputation"
-            )
-            log.warning("%s", what)
-            raise_alert(Alert("relay_policy", "a receiver reports a policy rejection", what, now))
-        suppressed = False
-        if scored and reader is not None:
-            suppressed = await _score(s, reader.id, reader.status, history, klass, detail, now, policy)
-        log.info("inbound: delivery %s bounced (%s): %s", d.id, klass, detail["why"] or verdict.reason)
-        return Handled(str(klass), verdict.reason, d.id, suppressed, failed)
+    reply = f"DSN {detail['status'] or 'no code'}: {detail['diagnostic']}".strip()
+    failed = await inbound_store.mark_delivery_bounced(s, d.id, detail["code"], reply, now)
+    scored = reader is not None and d.kind == DeliveryKind.DIGEST and klass in bounce_rules.SCORED
+    history = await inbound_store.bounce_history(s, reader.id) if scored and reader is not None else []
+    kind = "policy_rejection" if klass is BounceClass.POLICY else "bounced"
+    await readers_store.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
+    if klass is BounceClass.POLICY:
+        what = (
+            f"policy rejection reported for delivery {d.id} (edition {d.edition_id}, "
+            f"list {c.mailing_list.slug if c.mailing_list else '-'}): "
+            f"{detail['diagnostic'] or verdict.reason}; "
+            "the reader stays subscribed; check authentication and reputation"
+        )
+        log.warning("%s", what)
+        raise_alert(Alert("relay_policy", "a receiver reports a policy rejection", what, now))
+    suppressed = False
+    if scored and reader is not None:
+        suppressed = await _score(s, reader.id, reader.status, history, klass, detail, now, policy)
+    log.info("inbound: delivery %s bounced (%s): %s", d.id, klass, detail["why"] or verdict.reason)
+    return Handled(str(klass), verdict.reason, d.id, suppressed, failed)
 
 
 async def _score(
@@ -410,59 +430,52 @@ async def _score(
     return True
 
 
-async def _complaint(
-    app: bootstrap.App,
-    verdict: inbound.InboundVerdict,
-    raw: bytes,
-    key: str,
-    now: datetime,
-    policy: BouncePolicy,
-) -> Handled:
-    async with app.db.write() as s:
-        await _remember(s, key, "complaint", now)
-        d: Delivery | None = None
-        sub = None
-        if verdict.delivery_id is not None:
-            found = await ledger.load_claimed(s, [verdict.delivery_id])
-            if found:
-                d, sub = found[0].delivery, found[0].subscription
-        if sub is None and verdict.token:
-            sub = await readers_store.subscription_by_token(s, verdict.token)
-            if sub is None:
-                sub = await readers_store.subscription_by_token_casefold(s, verdict.token)
+async def _complaint(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
+    verdict, key, raw = message.verdict, message.key, message.raw
+    await _remember(s, key, "complaint", now)
+    d: Delivery | None = None
+    sub = None
+    if verdict.delivery_id is not None:
+        found = await ledger.load_claimed(s, [verdict.delivery_id])
+        if found:
+            d, sub = found[0].delivery, found[0].subscription
+    if sub is None and verdict.token:
+        sub = await readers_store.subscription_by_token(s, verdict.token)
         if sub is None:
-            log.warning("inbound: complaint about a message we cannot find: %s", verdict.reason)
-            return Handled("unknown_delivery", "names no known delivery or reader", verdict.delivery_id)
-        attributed = False
-        if d is None:
-            d = await inbound_store.last_sent_delivery(s, sub.id)
-            attributed = d is not None
-        reader = await readers_store.subscriber_by_id(s, sub.subscriber_id)
-        if reader is None:
-            return Handled("unknown_delivery", "the reader was erased", verdict.delivery_id)
-        await readers_store.add_event(
-            s,
-            "complained",
-            now,
-            subscriber_id=reader.id,
-            subscription_id=sub.id,
-            delivery_id=d.id if d else None,
-            reason=verdict.reason[:500],
-            attributed=attributed,
-            edition_id=d.edition_id if d else None,
-            **_raw_detail(raw, policy),
+            sub = await readers_store.subscription_by_token_casefold(s, verdict.token)
+    if sub is None:
+        log.warning("inbound: complaint about a message we cannot find: %s", verdict.reason)
+        return Handled("unknown_delivery", "names no known delivery or reader", verdict.delivery_id)
+    attributed = False
+    if d is None:
+        d = await inbound_store.last_sent_delivery(s, sub.id)
+        attributed = d is not None
+    reader = await readers_store.subscriber_by_id(s, sub.subscriber_id)
+    if reader is None:
+        return Handled("unknown_delivery", "the reader was erased", verdict.delivery_id)
+    await readers_store.add_event(
+        s,
+        "complained",
+        now,
+        subscriber_id=reader.id,
+        subscription_id=sub.id,
+        delivery_id=d.id if d else None,
+        reason=verdict.reason[:500],
+        attributed=attributed,
+        edition_id=d.edition_id if d else None,
+        **_raw_detail(raw, policy),
+    )
+    suppressed = False
+    if reader.status not in (SubscriberStatus.COMPLAINED, SubscriberStatus.SUPPRESSED):
+        await ledger.suppress_subscriber(
+            s, reader.id, SubscriberStatus.COMPLAINED, now, f"spam complaint: {verdict.reason}"
         )
-        suppressed = False
-        if reader.status not in (SubscriberStatus.COMPLAINED, SubscriberStatus.SUPPRESSED):
-            await ledger.suppress_subscriber(
-                s, reader.id, SubscriberStatus.COMPLAINED, now, f"spam complaint: {verdict.reason}"
-            )
-            suppressed = True
-        if sub.status != SubscriptionStatus.UNSUBSCRIBED:
-            await readers.unsubscribe(s, sub, "complaint", now)
-        paused = await complaint_rates.check_complaint_rates(
-            s, d, now, policy.complaint_warn, policy.complaint_pause
-        )
+        suppressed = True
+    if sub.status != SubscriptionStatus.UNSUBSCRIBED:
+        await readers.unsubscribe(s, sub, "complaint", now)
+    paused = await complaint_rates.check_complaint_rates(
+        s, d, now, policy.complaint_warn, policy.complaint_pause
+    )
     log.warning("inbound: spam complaint from reader %s (delivery %s)", reader.id, d.id if d else "-")
     return Handled("complaint", verdict.reason, d.id if d else None, suppressed, False, tuple(paused))
 
