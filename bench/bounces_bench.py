@@ -57,7 +57,10 @@ def build_mbox(path: Path, n: int) -> None:
     box = mailbox.mbox(str(path), create=True)
     for i in range(n):
         verp = verp_address(FIRST_ID + i, KEY, DOMAIN)
-        box.add(f"Delivered-To: {verp}\nMessage-ID: <bench-{i}@mx.example.net>\n".encode() + messages[i % len(messages)])
+        box.add(
+            f"Delivered-To: {verp}\nMessage-ID: <bench-{i}@mx.example.net>\n".encode()
+            + messages[i % len(messages)]
+        )
     box.close()
 
 
@@ -65,7 +68,7 @@ def baseline(path: Path) -> tuple[float, int]:
     started = time.perf_counter()
     box = mailbox.mbox(str(path), create=False)
     count = 0
-    for key in box.keys():
+    for key in box.iterkeys():
         email.message_from_bytes(box.get_bytes(key))
         count += 1
     box.close()
@@ -82,7 +85,11 @@ async def main(n: int) -> None:
         base, count = baseline(path)
         print(f"{count} messages, {path.stat().st_size / 1e6:.1f} MB mbox")
         print(f"baseline (mailbox.mbox + email.message_from_bytes): {base:.2f} s = {count / base:,.0f} msg/s")
-        for label, kwargs in (("first run (new mail)", {}), ("rerun", {}), ("rescan (all seen)", {"rescan": True})):
+        for label, kwargs in (
+            ("first run (new mail)", {}),
+            ("rerun", {}),
+            ("rescan (all seen)", {"rescan": True}),
+        ):
             started = time.perf_counter()
             result = await bounce_mailboxes.process_path(app, path, NOW, **kwargs)
             took = time.perf_counter() - started
