@@ -119,7 +119,7 @@ async def _handle_chunk(
         elif key in known:
             outcomes.append(Handled("duplicate", "already recorded"))
         else:
-            message = read_message(app, item.raw, None)
+            message = read_message(app, item.raw, None, key=key)
             outcomes.append(None)
             if message.verdict.kind == "unsubscribe":
                 outcomes[n] = await _guarded(report, [item], handle_unsubscribe(app, message, now))

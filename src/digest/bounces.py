@@ -176,6 +176,10 @@ class Handled:
     paused: tuple[int, ...] = ()
 
 
+# What _bounces applies in groups; complaints and unparsed mail are rare and go one at a time.
+_GROUPED = ("bounce", "delayed", "auto_reply", "ignored")
+
+
 class _Duplicate(Exception):
     """Another copy of this message was dealt with already: undo this one's transaction."""
 
@@ -200,7 +204,7 @@ def _raw_detail(raw: bytes, policy: BouncePolicy) -> dict[str, Any]:
 
 
 async def _remember(s: AsyncSession, key: str, outcome: str, now: datetime) -> None:
-    if not await inbound_store.remember_inbound(s, key, outcome, now):
+    if not await inbound_store.remember_many(s, [(key, outcome)], now):
         raise _Duplicate
 
 
@@ -239,11 +243,16 @@ class Inbound:
 
 
 def read_message(
-    app: bootstrap.App, raw: bytes, envelope_rcpt: str | None, *, envelope_sender: str | None = None
+    app: bootstrap.App,
+    raw: bytes,
+    envelope_rcpt: str | None,
+    *,
+    envelope_sender: str | None = None,
+    key: str | None = None,
 ) -> Inbound:
-    """Analyse one message (pure: never raises, touches no database)."""
+    """Analyse one message (pure: never raises, touches no database); `key` if already known."""
     verdict = inbound.analyse(raw, envelope_rcpt, app.keys, envelope_sender=envelope_sender)
-    return Inbound(inbound.inbound_key(raw, envelope_rcpt), verdict, raw, envelope_rcpt)
+    return Inbound(key or inbound.inbound_key(raw, envelope_rcpt), verdict, raw, envelope_rcpt)
 
 
 async def handle_message(
@@ -268,7 +277,7 @@ async def handle_unsubscribe(app: bootstrap.App, message: Inbound, now: datetime
     """A mailto unsubscribe: readers.py's own transaction (it never replies)."""
     result = await readers.handle_unsubscribe_mail(app, message.raw, message.envelope_rcpt, now)
     async with app.db.write() as s:
-        await inbound_store.remember_inbound(s, message.key, "unsubscribe", now)
+        await inbound_store.remember_many(s, [(message.key, "unsubscribe")], now)
     if result in ("unsubscribed", "already"):
         return Handled("unsubscribe", f"mailto unsubscribe: {result}")
     log.info("inbound: unsubscribe mail with an unknown token ignored")
@@ -285,7 +294,24 @@ async def apply_messages(
         raise ValueError("unsubscribe mail goes to handle_unsubscribe, in readers' own transaction")
     policy = policy or BouncePolicy.from_config(app.cfg)
     async with app.db.write() as s:
+        try:
+            async with s.begin_nested():
+                return await _apply_group(s, messages, now, policy)
+        except _UNAVAILABLE:
+            raise
+        except Exception:  # a duplicate, or a message that breaks the group: each alone instead
+            log.info("inbound: applying %d message(s) one at a time", len(messages))
         return [await _apply_one(s, message, now, policy) for message in messages]
+
+
+async def _apply_group(
+    s: AsyncSession, messages: list[Inbound], now: datetime, policy: BouncePolicy
+) -> list[Handled]:
+    """Reports, auto-replies and ignored mail together (_bounces); complaints and unparsed mail
+    one by one; in the order given."""
+    reports = [n for n, m in enumerate(messages) if m.verdict.kind in _GROUPED]
+    done = dict(zip(reports, await _bounces(s, [messages[n] for n in reports], now, policy), strict=True))
+    return [done[n] if n in done else await _apply(s, m, now, policy) for n, m in enumerate(messages)]
 
 
 async def _apply_one(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
@@ -312,17 +338,12 @@ async def _apply_one(s: AsyncSession, message: Inbound, now: datetime, policy: B
 
 async def _apply(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
     verdict = message.verdict
-    if verdict.kind in ("ignored", "auto_reply"):
-        outcome = "forged" if verdict.reason.startswith("forged") else str(verdict.kind)
-        await _remember(s, message.key, outcome, now)
-        level = logging.WARNING if outcome == "forged" else logging.INFO
-        log.log(level, "inbound: %s for delivery %s: %s", outcome, verdict.delivery_id, verdict.reason)
-        return Handled(outcome, verdict.reason, verdict.delivery_id)
     if verdict.kind == "unparsed":
         return await _unparsed(s, message, now, policy)
     if verdict.kind == "complaint":
         return await _complaint(s, message, now, policy)
-    return await _bounce(s, message, now, policy)
+    (handled,) = await _bounces(s, [message], now, policy)
+    return handled
 
 
 async def _unparsed(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
@@ -341,23 +362,114 @@ async def _unparsed(s: AsyncSession, message: Inbound, now: datetime, policy: Bo
     return Handled("unparsed", verdict.reason, verdict.delivery_id)
 
 
-async def _bounce(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
-    verdict, key, raw = message.verdict, message.key, message.raw
-    assert verdict.delivery_id is not None  # analyse only says bounce/delayed with a checked VERP id
-    found = await ledger.load_claimed(s, [verdict.delivery_id])
-    if not found:
-        await _remember(s, key, "unknown_delivery", now)
+@dataclass
+class _Writes:
+    """What a group of bounce reports writes, gathered so it takes a few statements, not a few per
+    message: a mailbox run applies hundreds at once."""
+
+    remembered: list[tuple[str, str]] = field(default_factory=list)  # (key, outcome)
+    failed: list[tuple[int, int | None, str]] = field(default_factory=list)  # (delivery, code, reply)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, columns and detail)
+    scores: dict[int, float] = field(default_factory=dict)
+    suppressions: dict[int, str] = field(default_factory=dict)  # reader → why
+
+
+async def _bounces(
+    s: AsyncSession, messages: list[Inbound], now: datetime, policy: BouncePolicy
+) -> list[Handled]:
+    """Bounce and delay reports (and auto-replies and ignored mail, which are only remembered):
+    every delivery and reader history read at once, then written in a few statements; a reader
+    bouncing twice in the group is scored over both."""
+    reports = [m for m in messages if m.verdict.kind in ("bounce", "delayed")]
+    ids = [m.verdict.delivery_id for m in reports if m.verdict.delivery_id is not None]
+    claimed = {c.delivery.id: c for c in await ledger.load_claimed(s, ids, {})}
+    readers = {c.subscriber.id: c.subscriber.status for c in claimed.values() if c.subscriber is not None}
+    histories = await inbound_store.bounce_histories(s, list(readers))
+    writes = _Writes()
+    out = [_plan_bounce(m, claimed, readers, histories, writes, now, policy) for m in messages]
+    if not await inbound_store.remember_many(s, writes.remembered, now):
+        raise _Duplicate  # another process recorded one of them meanwhile: one at a time instead
+    await inbound_store.mark_deliveries_bounced(s, writes.failed, now)
+    await readers_store.add_events(s, writes.events, now)
+    await inbound_store.set_bounce_scores(s, writes.scores, now)
+    await ledger.suppress_subscribers(s, writes.suppressions, SubscriberStatus.BOUNCED, now)
+    for reader_id, why in writes.suppressions.items():
+        log.info("reader %s suppressed: %s", reader_id, why)
+    return out
+
+
+def _plan_bounce(
+    message: Inbound,
+    claimed: dict[int, ledger.Claimed],
+    readers: dict[int, str],
+    histories: dict[int, list[tuple[datetime, str]]],
+    writes: _Writes,
+    now: datetime,
+    policy: BouncePolicy,
+) -> Handled:
+    """One report's outcome, its writes added to `writes`; `readers` and `histories` follow along."""
+    verdict, key = message.verdict, message.key
+    if verdict.kind in ("ignored", "auto_reply"):
+        outcome = "forged" if verdict.reason.startswith("forged") else str(verdict.kind)
+        writes.remembered.append((key, outcome))
+        level = logging.WARNING if outcome == "forged" else logging.INFO
+        log.log(level, "inbound: %s for delivery %s: %s", outcome, verdict.delivery_id, verdict.reason)
+        return Handled(outcome, verdict.reason, verdict.delivery_id)
+    c = claimed.get(verdict.delivery_id or 0)
+    if c is None:
+        writes.remembered.append((key, "unknown_delivery"))
         log.warning("inbound: bounce for delivery %s, which does not exist", verdict.delivery_id)
         return Handled("unknown_delivery", "no such delivery", verdict.delivery_id)
-    c = found[0]
     d, reader = c.delivery, c.subscriber
     if d.status == DeliveryStatus.SENDING:
         # A fast relay can bounce before the worker has committed "sent": come back later.
         return Handled("in_flight", "the delivery's outcome is not recorded yet", d.id)
     main = _main_report(verdict, d.address)
     klass = main.bounce_class if main is not None else BounceClass.UNKNOWN
-    await _remember(s, key, "delayed" if klass is BounceClass.DELAYED else str(klass), now)
-    detail: dict[str, Any] = {
+    writes.remembered.append((key, str(klass)))
+    detail = _bounce_detail(message, main, klass, d, policy)
+    columns = {
+        "subscriber_id": reader.id if reader else None,
+        "subscription_id": d.subscription_id,
+        "delivery_id": d.id,
+        **detail,
+    }
+    if klass is BounceClass.DELAYED:
+        writes.events.append(("delivery_delayed", columns))
+        log.info("inbound: delivery %s delayed: %s", d.id, verdict.reason)
+        return Handled("delayed", verdict.reason, d.id)
+    failed = d.status in (DeliveryStatus.SENT, DeliveryStatus.UNKNOWN)
+    if failed:
+        writes.failed.append(
+            (d.id, detail["code"], f"DSN {detail['status'] or 'no code'}: {detail['diagnostic']}")
+        )
+    writes.events.append(("policy_rejection" if klass is BounceClass.POLICY else "bounced", columns))
+    if klass is BounceClass.POLICY:
+        _policy_alert(c, detail["diagnostic"] or verdict.reason, now)
+    suppressed = False
+    if reader is not None and d.kind == DeliveryKind.DIGEST and klass in bounce_rules.SCORED:
+        history = histories.setdefault(reader.id, [])
+        score, why = _score(history, readers[reader.id], klass, detail, now, policy)
+        history.append((now, str(klass)))
+        writes.scores[reader.id] = score
+        if why is not None:
+            writes.suppressions[reader.id], readers[reader.id], suppressed = (
+                why,
+                SubscriberStatus.BOUNCED,
+                True,
+            )
+    log.info("inbound: delivery %s bounced (%s): %s", d.id, klass, detail["why"] or verdict.reason)
+    return Handled(str(klass), verdict.reason, d.id, suppressed, failed)
+
+
+def _bounce_detail(
+    message: Inbound,
+    main: inbound.RecipientReport | None,
+    klass: BounceClass,
+    d: Delivery,
+    policy: BouncePolicy,
+) -> dict[str, Any]:
+    return {
         "at": "dsn",
         "bounce_class": str(klass),
         "bounce_reason": main.reason if main else "",
@@ -366,50 +478,33 @@ async def _bounce(s: AsyncSession, message: Inbound, now: datetime, policy: Boun
         "code": _code_of(main),
         "diagnostic": (main.diagnostic if main else "")[:1000],
         "final_recipient": main.recipient if main else None,
-        "recipients": _recipients(verdict),
-        "reason": verdict.reason[:500],
+        "recipients": _recipients(message.verdict),
+        "reason": message.verdict.reason[:500],
         "edition_id": d.edition_id,
-        **_raw_detail(raw, policy),
+        **_raw_detail(message.raw, policy),
     }
-    ids = {"subscriber_id": reader.id if reader else None, "subscription_id": d.subscription_id}
-    if klass is BounceClass.DELAYED:
-        await readers_store.add_event(s, "delivery_delayed", now, delivery_id=d.id, **ids, **detail)
-        log.info("inbound: delivery %s delayed: %s", d.id, verdict.reason)
-        return Handled("delayed", verdict.reason, d.id)
-
-    reply = f"DSN {detail['status'] or 'no code'}: {detail['diagnostic']}".strip()
-    failed = await inbound_store.mark_delivery_bounced(s, d.id, detail["code"], reply, now)
-    scored = reader is not None and d.kind == DeliveryKind.DIGEST and klass in bounce_rules.SCORED
-    history = await inbound_store.bounce_history(s, reader.id) if scored and reader is not None else []
-    kind = "policy_rejection" if klass is BounceClass.POLICY else "bounced"
-    await readers_store.add_event(s, kind, now, delivery_id=d.id, **ids, **detail)
-    if klass is BounceClass.POLICY:
-        what = (
-            f"policy rejection reported for delivery {d.id} (edition {d.edition_id}, "
-            f"list {c.mailing_list.slug if c.mailing_list else '-'}): "
-            f"{detail['diagnostic'] or verdict.reason}; "
-            "the reader stays subscribed; check authentication and reputation"
-        )
-        log.warning("%s", what)
-        raise_alert(Alert("relay_policy", "a receiver reports a policy rejection", what, now))
-    suppressed = False
-    if scored and reader is not None:
-        suppressed = await _score(s, reader.id, reader.status, history, klass, detail, now, policy)
-    log.info("inbound: delivery %s bounced (%s): %s", d.id, klass, detail["why"] or verdict.reason)
-    return Handled(str(klass), verdict.reason, d.id, suppressed, failed)
 
 
-async def _score(
-    s: AsyncSession,
-    subscriber_id: int,
-    status: str,
+def _policy_alert(c: ledger.Claimed, said: str, now: datetime) -> None:
+    what = (
+        f"policy rejection reported for delivery {c.delivery.id} (edition {c.delivery.edition_id}, "
+        f"list {c.mailing_list.slug if c.mailing_list else '-'}): {said}; "
+        "the reader stays subscribed; check authentication and reputation"
+    )
+    log.warning("%s", what)
+    raise_alert(Alert("relay_policy", "a receiver reports a policy rejection", what, now))
+
+
+def _score(
     before: list[tuple[datetime, str]],
+    status: str,
     klass: BounceClass,
     detail: dict[str, Any],
     now: datetime,
     policy: BouncePolicy,
-) -> bool:
-    """Mailman scoring over the reader's earlier bounces and this one; True if this suppressed them."""
+) -> tuple[float, str | None]:
+    """Mailman scoring over the reader's earlier bounces and this one: the score, and why this
+    bounce suppresses an active reader (None if it does not)."""
     events: list[tuple[datetime, BounceClass]] = [(now, klass)]
     for when, name in before:
         with contextlib.suppress(ValueError):
@@ -417,17 +512,11 @@ async def _score(
     score, suppress = bounce_rules.bounce_score(
         events, now, hard=policy.hard, soft=policy.soft, limit=policy.limit, quiet=policy.quiet
     )
-    await inbound_store.set_bounce_score(s, subscriber_id, score, now)
     if not suppress or status != SubscriberStatus.ACTIVE:
-        return False
-    why = (
-        f"hard bounce ({detail['why'] or detail['status'] or 'DSN'}): {detail['diagnostic']}"
-        if klass is BounceClass.HARD
-        else f"bounce score {score:g} over {policy.limit:g} ({detail['why']}): {detail['diagnostic']}"
-    )
-    await ledger.suppress_subscriber(s, subscriber_id, SubscriberStatus.BOUNCED, now, why[:1000])
-    log.info("reader %s suppressed: %s", subscriber_id, why)
-    return True
+        return score, None
+    if klass is BounceClass.HARD:
+        return score, f"hard bounce ({detail['why'] or detail['status'] or 'DSN'}): {detail['diagnostic']}"
+    return score, f"bounce score {score:g} over {policy.limit:g} ({detail['why']}): {detail['diagnostic']}"
 
 
 async def _complaint(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:

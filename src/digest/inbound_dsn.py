@@ -157,11 +157,17 @@ def _flufl(msg: Message) -> tuple[frozenset[bytes], frozenset[bytes]]:
     return frozenset(temporary), frozenset(permanent)
 
 
+def _failure_code(line: str) -> bool:
+    code = enhanced_code(line)  # a version number such as "Mailman 2.0.12" is no failure
+    return code is not None and code[0] in (4, 5)
+
+
 def _diagnostic_line(text: str) -> str:
-    """The line of a text bounce to show: the first carrying an enhanced code, else a basic code."""
+    """The line of a text bounce to show: the first carrying a failure's enhanced code, else a
+    basic code."""
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return next(
-        (line for line in lines if enhanced_code(line)),
+        (line for line in lines if _failure_code(line)),
         next((line for line in lines if basic_code(line)), ""),
     )[:1000]
 

@@ -289,6 +289,8 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_subscriber", "subscriber_id", "created_at"),
         Index("ix_events_delivery", "delivery_id"),
+        # complaint rates and bounce reports select events by kind; a scan would read every raw bounce
+        Index("ix_events_kind", "kind", "created_at"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))

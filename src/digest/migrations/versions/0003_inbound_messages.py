@@ -1,4 +1,4 @@
-"""Messages the bounce inbox has dealt with, and how far each mbox has been read.
+"""Messages the bounce inbox has dealt with, how far each mbox has been read; events by kind.
 
 Revision ID: 0003
 Revises: 0002
@@ -34,8 +34,12 @@ def upgrade() -> None:
         sa.Column("updated_at", digest.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("path"),
     )
+    with op.batch_alter_table("events") as batch_op:
+        batch_op.create_index("ix_events_kind", ["kind", "created_at"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("events") as batch_op:
+        batch_op.drop_index("ix_events_kind")
     op.drop_table("mailbox_progress")
     op.drop_table("inbound_messages")
