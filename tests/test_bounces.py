@@ -25,6 +25,7 @@ from digest import (
     bounce_admin,
     bounce_listener,
     bounce_mailboxes,
+    bounce_outcomes,
     bounces,
     compose,
     delivery,
@@ -475,7 +476,7 @@ async def test_complaint_rate_warns_then_pauses_the_edition_and_alerts(
     async with project.db.read() as s:
         assert (await s.get(Edition, edition)).status == "sending"  # type: ignore[union-attr]
 
-    strict = dataclasses.replace(bounces.BouncePolicy(), complaint_pause=0.002)
+    strict = dataclasses.replace(bounce_outcomes.BouncePolicy(), complaint_pause=0.002)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="digest.bounces"):
         second = await bounces.handle_message(project, complaint(4002), None, NOW, policy=strict)

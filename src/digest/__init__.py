@@ -54,8 +54,9 @@ Domain operations (each about one thing; lower ones never import higher ones):
     outcomes    what a send means for the ledger, committed in groups; the circuit breaker
     delivery    the worker: one task group of feeder, connections, writer and lease renewal;
                 re-reads each row before sending, waits out database outages, stops cleanly
-    complaint_rates  per-edition and per-day complaint rates: warn, or pause and alert
-    bounces     applying one inbound message: bounce, score, complaint, unparsed; duplicates; raw trim
+    bounce_outcomes  what applying an inbound message produces; raw bytes in events; remembered messages
+    complaints  applying a complaint; per-edition and per-day complaint rates: warn, or pause and alert
+    bounces     applying inbound messages, a chunk at a time: bounce, score, auto-reply, unparsed; raw trim
     bounce_mailboxes  the new messages of a Maildir (then marked seen) or an mbox (read incrementally)
     bounce_listener   the bounce inbox: the SMTP listener for bounces+ and unsub+ mail
     bounce_admin      the bounce report by class and domain; lifting a suppression

@@ -36,15 +36,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from digest import bootstrap, inbound
-from digest.bounces import (
-    BouncePolicy,
-    Handled,
-    Inbound,
-    ProcessReport,
-    apply_messages,
-    handle_unsubscribe,
-    read_message,
-)
+from digest.bounce_outcomes import BouncePolicy, Handled, Inbound, ProcessReport
+from digest.bounces import apply_messages, handle_unsubscribe, read_message
 from digest.errors import UsageError
 from digest.store import inbound as inbound_store
 

@@ -33,14 +33,11 @@ Decisions, one line each:
 - An `unparsed` message (automatic mail nobody could read, or one whose recording failed) leaves a
   `bounce_unparsed` event on its reader when its VERP address names one, and changes nothing else.
 - A delayed DSN is recorded on the delivery and changes nothing else; auto-replies change nothing.
-- A complaint marks the reader `complained` (suppressed), unsubscribes the subscription it names
-  (method `complaint`), and is linked to its delivery; a complaint that names only a subscription
-  token is linked to that reader's latest digest that arrived (`attributed` in the detail).
-- Complaint rates (STANDARDS item 23) are checked after each complaint (complaint_rates.py); a
-  policy rejection raises an operator alert (alerting.py).
+- Complaints and their rates (STANDARDS item 23) are complaints.py's; a policy rejection raises
+  an operator alert (alerting.py).
 - A DSN for a delivery whose outcome the worker has not committed yet (`sending`) is `in_flight`:
   the listener waits up to 10 s, then answers 451 so the MTA retries; a mailbox run counts it and
-  can simply be run again.
+  leaves the message for its next run.
 - Every message dealt with is remembered (inbound_messages: its Message-ID, else its bytes, and the
   address it came to) in the transaction that applies it; a second copy is `duplicate` and changes
   nothing, even when two arrive at once, so a mailbox can be processed again safely.
@@ -55,12 +52,9 @@ Decisions, one line each:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import logging
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,17 +62,16 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import bootstrap, bounce_rules, complaint_rates, inbound, readers
+from digest import bootstrap, bounce_rules, complaints, inbound, readers
 from digest.alerting import Alert, raise_alert
+from digest.bounce_outcomes import BouncePolicy, Duplicate, Handled, Inbound, raw_detail, remember
 from digest.bounce_rules import BounceClass
-from digest.config import Config
 from digest.models import (
     INBOUND_EVENTS,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
     SubscriberStatus,
-    SubscriptionStatus,
 )
 from digest.store import inbound as inbound_store
 from digest.store import ledger
@@ -86,133 +79,18 @@ from digest.store import readers as readers_store
 
 log = logging.getLogger("digest.bounces")
 
-RAW_LIMIT = 64 * 1024
-# Outcomes of one message, in the order reports show them.
-OUTCOMES = (
-    "hard",
-    "soft",
-    "policy",
-    "unknown",
-    "delayed",
-    "complaint",
-    "unsubscribe",
-    "auto_reply",
-    "unparsed",
-    "duplicate",
-    "in_flight",
-    "forged",
-    "unknown_delivery",
-    "ignored",
-)
-_BASIC_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;\s*)?([245]\d\d)(?=[\s:-]|$)")
 # The database itself is unavailable (or locked): retrying later may work, so these are not the
 # message's fault and must not record it as unparsed.
 _UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, OSError, TimeoutError)
-
-
-@dataclass(frozen=True)
-class BouncePolicy:
-    """Scoring (STANDARDS item 32), complaint thresholds (item 23) and raw-message retention."""
-
-    hard: float = 1.0
-    soft: float = 0.5
-    limit: float = 5.0
-    quiet: timedelta = timedelta(days=7)
-    complaint_warn: float = 0.001
-    complaint_pause: float = 0.003
-    raw_limit: int = RAW_LIMIT
-    raw_retention: timedelta = timedelta(days=30)
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> BouncePolicy:
-        """`[bounce]` settings when the config defines them (soft_score, score_limit, quiet,
-        complaint_warn, complaint_pause, raw_retention), else the defaults."""
-        b: Any = cfg.bounce
-        d = cls()
-        return cls(
-            soft=float(getattr(b, "soft_score", d.soft)),
-            limit=float(getattr(b, "score_limit", d.limit)),
-            quiet=getattr(b, "quiet", d.quiet),
-            complaint_warn=float(getattr(b, "complaint_warn", d.complaint_warn)),
-            complaint_pause=float(getattr(b, "complaint_pause", d.complaint_pause)),
-            raw_retention=getattr(b, "raw_retention", d.raw_retention),
-        )
-
-
-@dataclass
-class ProcessReport:
-    """What a batch of inbound messages did: one outcome per message, and what followed."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    suppressed: int = 0
-    failed_deliveries: int = 0
-    paused_editions: list[int] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # messages left for a later run: the database failed
-    moved: int = 0  # Maildir messages marked or moved as processed
-
-    @property
-    def messages(self) -> int:
-        return sum(self.counts.values())
-
-    def add(self, other: Handled) -> None:
-        self.counts[other.outcome] += 1
-        self.suppressed += int(other.suppressed)
-        self.failed_deliveries += int(other.delivery_failed)
-        for e in other.paused:
-            if e not in self.paused_editions:
-                self.paused_editions.append(e)
-
-
-@dataclass(frozen=True)
-class Handled:
-    """The outcome of one inbound message."""
-
-    outcome: str
-    reason: str
-    delivery_id: int | None = None
-    suppressed: bool = False
-    delivery_failed: bool = False
-    paused: tuple[int, ...] = ()
 
 
 # What _bounces applies in groups; complaints and unparsed mail are rare and go one at a time.
 _GROUPED = ("bounce", "delayed", "auto_reply", "ignored")
 
 
-class _Duplicate(Exception):
-    """Another copy of this message was dealt with already: undo this one's transaction."""
-
-
-def bounce_domain(cfg: Config) -> str:
-    """The domain VERP return paths and unsub+ addresses use (delivery.py uses the same)."""
-    return cfg.bounce.domain or cfg.sender.domain
-
-
-def _raw_detail(raw: bytes, policy: BouncePolicy) -> dict[str, Any]:
-    cut = raw[: policy.raw_limit]
-    detail: dict[str, Any] = {"raw_truncated": len(raw) > policy.raw_limit}
-    try:
-        text = cut.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is None or "\x00" in text:
-        detail.update(raw=base64.b64encode(cut).decode("ascii"), raw_base64=True)
-    else:
-        detail["raw"] = text
-    return detail
-
-
-async def _remember(s: AsyncSession, key: str, outcome: str, now: datetime) -> None:
-    if not await inbound_store.remember_many(s, [(key, outcome)], now):
-        raise _Duplicate
-
-
 def _code_of(report: inbound.RecipientReport | None) -> int | None:
-    if report is None:
-        return None
-    m = _BASIC_CODE.match(report.diagnostic)
-    return int(m.group(1)) if m else None
+    code = bounce_rules.basic_code(report.diagnostic) if report is not None else None
+    return code if code is not None and code >= 400 else None
 
 
 def _main_report(verdict: inbound.InboundVerdict, address: str) -> inbound.RecipientReport | None:
@@ -230,16 +108,6 @@ def _recipients(verdict: inbound.InboundVerdict) -> list[dict[str, Any]]:
         {"recipient": r.recipient, "action": r.action, "status": r.status, "class": str(r.bounce_class)}
         for r in verdict.recipients[:20]
     ]
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """One message read at the inbox: its duplicate key and what it means (no database yet)."""
-
-    key: str
-    verdict: inbound.InboundVerdict
-    raw: bytes
-    envelope_rcpt: str | None = None
 
 
 def read_message(
@@ -319,7 +187,7 @@ async def _apply_one(s: AsyncSession, message: Inbound, now: datetime, policy: B
     try:
         async with s.begin_nested():
             return await _apply(s, message, now, policy)
-    except _Duplicate:
+    except Duplicate:
         return Handled("duplicate", "already recorded", verdict.delivery_id)
     except _UNAVAILABLE:
         raise
@@ -332,7 +200,7 @@ async def _apply_one(s: AsyncSession, message: Inbound, now: datetime, policy: B
         try:
             async with s.begin_nested():
                 return await _unparsed(s, dataclasses.replace(message, verdict=broken, raw=b""), now, policy)
-        except _Duplicate:
+        except Duplicate:
             return Handled("duplicate", "already recorded", verdict.delivery_id)
 
 
@@ -341,7 +209,7 @@ async def _apply(s: AsyncSession, message: Inbound, now: datetime, policy: Bounc
     if verdict.kind == "unparsed":
         return await _unparsed(s, message, now, policy)
     if verdict.kind == "complaint":
-        return await _complaint(s, message, now, policy)
+        return await complaints.apply_complaint(s, message, now, policy)
     (handled,) = await _bounces(s, [message], now, policy)
     return handled
 
@@ -349,14 +217,14 @@ async def _apply(s: AsyncSession, message: Inbound, now: datetime, policy: Bounc
 async def _unparsed(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
     """Record a message nobody could read on the reader its VERP address names, if any."""
     verdict = message.verdict
-    await _remember(s, message.key, "unparsed", now)
+    await remember(s, message.key, "unparsed", now)
     found = await ledger.load_claimed(s, [verdict.delivery_id]) if verdict.delivery_id is not None else []
     if found and found[0].subscriber is not None:
         d = found[0].delivery
         await readers_store.add_event(
             s, "bounce_unparsed", now, subscriber_id=found[0].subscriber.id, delivery_id=d.id,
             subscription_id=d.subscription_id, reason=verdict.reason[:500], edition_id=d.edition_id,
-            **(_raw_detail(message.raw, policy) if message.raw else {}),
+            **(raw_detail(message.raw, policy) if message.raw else {}),
         )  # fmt: skip
     log.warning("inbound: unparsed message for delivery %s: %s", verdict.delivery_id, verdict.reason)
     return Handled("unparsed", verdict.reason, verdict.delivery_id)
@@ -388,7 +256,7 @@ async def _bounces(
     writes = _Writes()
     out = [_plan_bounce(m, claimed, readers, histories, writes, now, policy) for m in messages]
     if not await inbound_store.remember_many(s, writes.remembered, now):
-        raise _Duplicate  # another process recorded one of them meanwhile: one at a time instead
+        raise Duplicate  # another process recorded one of them meanwhile: one at a time instead
     await inbound_store.mark_deliveries_bounced(s, writes.failed, now)
     await readers_store.add_events(s, writes.events, now)
     await inbound_store.set_bounce_scores(s, writes.scores, now)
@@ -481,7 +349,7 @@ def _bounce_detail(
         "recipients": _recipients(message.verdict),
         "reason": message.verdict.reason[:500],
         "edition_id": d.edition_id,
-        **_raw_detail(message.raw, policy),
+        **raw_detail(message.raw, policy),
     }
 
 
@@ -517,56 +385,6 @@ def _score(
     if klass is BounceClass.HARD:
         return score, f"hard bounce ({detail['why'] or detail['status'] or 'DSN'}): {detail['diagnostic']}"
     return score, f"bounce score {score:g} over {policy.limit:g} ({detail['why']}): {detail['diagnostic']}"
-
-
-async def _complaint(s: AsyncSession, message: Inbound, now: datetime, policy: BouncePolicy) -> Handled:
-    verdict, key, raw = message.verdict, message.key, message.raw
-    await _remember(s, key, "complaint", now)
-    d: Delivery | None = None
-    sub = None
-    if verdict.delivery_id is not None:
-        found = await ledger.load_claimed(s, [verdict.delivery_id])
-        if found:
-            d, sub = found[0].delivery, found[0].subscription
-    if sub is None and verdict.token:
-        sub = await readers_store.subscription_by_token(s, verdict.token)
-        if sub is None:
-            sub = await readers_store.subscription_by_token_casefold(s, verdict.token)
-    if sub is None:
-        log.warning("inbound: complaint about a message we cannot find: %s", verdict.reason)
-        return Handled("unknown_delivery", "names no known delivery or reader", verdict.delivery_id)
-    attributed = False
-    if d is None:
-        d = await inbound_store.last_sent_delivery(s, sub.id)
-        attributed = d is not None
-    reader = await readers_store.subscriber_by_id(s, sub.subscriber_id)
-    if reader is None:
-        return Handled("unknown_delivery", "the reader was erased", verdict.delivery_id)
-    await readers_store.add_event(
-        s,
-        "complained",
-        now,
-        subscriber_id=reader.id,
-        subscription_id=sub.id,
-        delivery_id=d.id if d else None,
-        reason=verdict.reason[:500],
-        attributed=attributed,
-        edition_id=d.edition_id if d else None,
-        **_raw_detail(raw, policy),
-    )
-    suppressed = False
-    if reader.status not in (SubscriberStatus.COMPLAINED, SubscriberStatus.SUPPRESSED):
-        await ledger.suppress_subscriber(
-            s, reader.id, SubscriberStatus.COMPLAINED, now, f"spam complaint: {verdict.reason}"
-        )
-        suppressed = True
-    if sub.status != SubscriptionStatus.UNSUBSCRIBED:
-        await readers.unsubscribe(s, sub, "complaint", now)
-    paused = await complaint_rates.check_complaint_rates(
-        s, d, now, policy.complaint_warn, policy.complaint_pause
-    )
-    log.warning("inbound: spam complaint from reader %s (delivery %s)", reader.id, d.id if d else "-")
-    return Handled("complaint", verdict.reason, d.id if d else None, suppressed, False, tuple(paused))
 
 
 async def trim_raw_bounces(app: bootstrap.App, now: datetime, *, keep: timedelta | None = None) -> int:

@@ -61,9 +61,9 @@ def process(
     """
     if not path.exists():
         fail(UsageError(f"{path}: no such file or folder"))
-    from digest import bounce_mailboxes, bounces
+    from digest import bounce_mailboxes, bounce_outcomes, bounces
 
-    async def go(application: bootstrap.App) -> bounces.ProcessReport:
+    async def go(application: bootstrap.App) -> bounce_outcomes.ProcessReport:
         now = datetime.now(UTC)
         result = await bounce_mailboxes.process_path(
             application, path, now, rescan=rescan, processed_folder=processed_folder
@@ -73,7 +73,7 @@ def process(
 
     result = with_app(go)
     table = Table("outcome", "messages", title=f"{path}")
-    for name in bounces.OUTCOMES:
+    for name in bounce_outcomes.OUTCOMES:
         if result.counts.get(name):
             table.add_row(name, str(result.counts[name]))
     out.print(table)
