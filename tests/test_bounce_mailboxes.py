@@ -7,7 +7,7 @@ import asyncio
 import mailbox
 import os
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiosmtplib
@@ -16,7 +16,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from conftest import free_port
-from digest import bootstrap, bounce_admin, bounce_listener, bounce_mailboxes
+from digest import bootstrap, bounce_admin, bounce_listener, bounce_mailboxes, bounces
 from digest.cli import app as cli_app
 from digest.inbound import analyse
 from digest.models import Event, Subscriber
@@ -306,3 +306,19 @@ def test_the_cli_shows_reasons_and_exits_0_over_a_mailbox_with_a_bad_message(tmp
     )
     assert shown.exit_code == 0 and "hard: user unknown (5.1.1 in the reply)" in shown.output
     assert "Empfänger unbekannt" in shown.output
+
+
+async def test_a_mailbox_that_keeps_failing_for_no_stated_reason_is_suppressed_in_the_end(
+    project: bootstrap.App,
+) -> None:
+    """`unknown` is no dead end: a permanent failure nobody can read scores like a soft bounce."""
+    await seed(project, {7000 + day: "mystery@example.org" for day in range(11)})
+    outcomes = []
+    for day in range(11):
+        raw = dsn(verp_address(7000 + day, KEY, DOMAIN), "mystery@example.org", status="5.0.0",
+                  diag="550 Requested action not taken", msgid=f"u{day}")  # fmt: skip
+        handled = await bounces.handle_message(project, raw, None, NOW + timedelta(days=day))
+        outcomes.append((handled.outcome, handled.suppressed))
+    assert outcomes[:10] == [("unknown", False)] * 10
+    assert outcomes[10] == ("unknown", True)
+    assert (await state(project, 7010))[1] == "bounced"

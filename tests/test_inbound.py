@@ -535,3 +535,52 @@ def test_complaint_thresholds_are_configurable_and_checked() -> None:
         complaint_action(0.0, warn=0.01, pause=0.001)
     with pytest.raises(ValueError, match="negative"):
         complaint_rate(-1, 10)
+
+
+# --- real-world shapes (the whole corpus is tests/test_bounce_corpus.py) ------------------------------
+
+REAL = FIXTURES / "real-world"
+
+
+def test_a_dsn_whose_only_recipient_is_in_the_first_block_is_read() -> None:
+    verdict = analyse((REAL / "aol-first-block-only.eml").read_bytes(), verp(1), [KEY])
+    assert [(r.recipient, r.bounce_class) for r in verdict.recipients] == [("gone@aol.com", HARD)]
+
+
+def test_the_recipient_recorded_is_the_one_we_sent_to_not_the_internal_final_one() -> None:
+    (report,) = analyse((FIXTURES / "flufl" / "dsn_01.txt").read_bytes(), verp(1), [KEY]).recipients
+    assert (report.recipient, report.final_recipient) == ("userx@example.com", "userx@sims-ms-daemon")
+    assert (report.bounce_class, report.reason) == (SOFT, "mailbox full")
+
+
+def test_exims_envelope_to_header_names_the_delivery_in_a_mailbox() -> None:
+    raw = (REAL / "exim-envelope-to.eml").read_bytes()
+    assert verp_target(None, parse(raw)) == verp(1101)
+    assert analyse(raw, None, [KEY]).delivery_id == 1101
+
+
+def test_a_latin1_byte_in_a_diagnostic_is_read_as_latin1() -> None:
+    (report,) = analyse((REAL / "latin1-diagnostic.eml").read_bytes(), verp(1), [KEY]).recipients
+    assert report.diagnostic.endswith("Empfänger unbekannt") and report.bounce_class is HARD
+
+
+def test_the_status_field_loses_to_what_the_remote_server_said() -> None:
+    for name, klass, reason in [
+        ("conflict-5.1.1-over-blacklisted-ip.eml", POLICY, "blocked by the receiver"),
+        ("conflict-5.1.1-over-quota.eml", SOFT, "mailbox full"),
+        ("conflict-5.1.3-spamhaus.eml", POLICY, "blocked by the receiver"),
+        ("gmail-5.2.1-rate-limited.eml", SOFT, "rate limited"),
+    ]:
+        (report,) = analyse((REAL / name).read_bytes(), verp(1), [KEY]).recipients
+        assert (report.bounce_class, report.reason) == (klass, reason), name
+        assert "in the reply" in report.why
+
+
+def test_a_provider_delivery_notice_is_not_a_bounce() -> None:
+    verdict = analyse((REAL / "ses-delivery-notice.eml").read_bytes(), None, [KEY])
+    assert verdict.kind == "ignored" and "Delivery" in verdict.reason
+
+
+def test_a_jmrp_report_is_a_complaint_identified_by_the_original_return_path() -> None:
+    verdict = analyse((REAL / "jmrp-complaint.eml").read_bytes(), None, [KEY])
+    assert (verdict.kind, verdict.delivery_id, verdict.token) == ("complaint", 1114, TOKEN)
