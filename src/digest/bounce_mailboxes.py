@@ -147,18 +147,19 @@ def _flags(name: str) -> str:
 
 
 def _maildir_items(root: Path, rescan: bool, target: Path, report: ProcessReport) -> Iterator[_Item]:
-    for sub in ("new", "cur"):
-        for path in sorted((root / sub).iterdir()):
-            if path.name.startswith(".") or not path.is_file():
-                continue  # dot files are not mail, by Maildir convention
-            if sub == "cur" and "S" in _flags(path.name) and not rescan and target == root:
-                continue  # seen: processed by an earlier run
-            try:
-                raw = path.read_bytes()
-            except OSError as exc:  # the MTA or a mail client moved it meanwhile
-                log.info("inbound: %s vanished before it was read: %s", path.name, exc)
-                continue
-            yield _Item(path.name, raw, _mover(path, target, report))
+    # Listed once, before anything moves: a message moved to cur/ by this run is not met again.
+    paths = [path for sub in ("new", "cur") for path in sorted((root / sub).iterdir())]
+    for path in paths:
+        if path.name.startswith(".") or not path.is_file():
+            continue  # dot files are not mail, by Maildir convention
+        if path.parent.name == "cur" and "S" in _flags(path.name) and not rescan and target == root:
+            continue  # seen: processed by an earlier run
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:  # the MTA or a mail client moved it meanwhile
+            log.info("inbound: %s vanished before it was read: %s", path.name, exc)
+            continue
+        yield _Item(path.name, raw, _mover(path, target, report))
 
 
 def _mover(path: Path, target: Path, report: ProcessReport) -> Callable[[], None]:
