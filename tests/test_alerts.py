@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 
 from conftest import SmtpSink, write_config
-from digest import alerting, alerts, bootstrap, bounces, compose, delivery, readers, sources, store
+from digest import (
+    alerting,
+    alerts,
+    bootstrap,
+    bounce_outcomes,
+    bounces,
+    compose,
+    delivery,
+    readers,
+    sources,
+    store,
+)
 from digest.config import load_config
 from digest.store import migrate
 from digest.store import sources as sources_store
@@ -166,7 +177,7 @@ async def test_bounce_detectors_raise_policy_and_complaint_alerts(
         with alerting.installed(raised.append):
             await bounces.handle_message(app, (FIXTURES / "yahoo-5.7.9-policy.eml").read_bytes(), None, NOW)
             await bounces.handle_message(app, complaint(4001), None, NOW)  # 1 in 400: a warning
-            strict = bounces.BouncePolicy(complaint_pause=0.002)
+            strict = bounce_outcomes.BouncePolicy(complaint_pause=0.002)
             await bounces.handle_message(app, complaint(4002), None, NOW, policy=strict)  # 2 in 400
         assert [a.kind for a in raised] == [
             "relay_policy",

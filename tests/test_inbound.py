@@ -93,16 +93,48 @@ def parse(raw: bytes) -> EmailMessage:
         (None, None, "smtp; 550-5.1.1 The email account that you tried to reach does not exist", HARD),
         (None, 550, "550 5.7.26 Unauthenticated email is not accepted", POLICY),
         (None, None, "Remote server returned '550 #5.1.10 RESOLVER.ADR.RecipientNotFound'", HARD),
-        # no enhanced code anywhere: the basic code leading the diagnostic decides
+        # no enhanced code anywhere: the basic code leading the diagnostic decides, unless words do
         (None, None, "smtp; 552 Mailbox full", SOFT),
-        (None, None, "smtp; 550 Requested action not taken: mailbox unavailable", UNKNOWN),
-        # a generic X.0.0 Status is refined by a specific code of the same class in the text
+        (None, None, "smtp; 550 Requested action not taken: mailbox unavailable", HARD),
+        (None, None, "smtp; 550 Requested action not taken", UNKNOWN),
+        # a generic X.0.0 code proves nothing: the remote server's words or specific code decide
         ("5.0.0", None, "550 5.1.1 <gone@example.net>: User unknown", HARD),
-        ("5.0.0", None, "550 User unknown", UNKNOWN),
-        ("4.0.0", None, "550 5.1.1 unknown", SOFT),
-        # a comment after the Status code; an IP address is not a status code
+        ("5.0.0", None, "550 User unknown", HARD),
+        ("5.0.0", None, "550 5.0.0 User unknown", HARD),
+        ("4.0.0", None, "550 5.1.1 unknown", HARD),
+        ("5.0.0", None, "550 Requested action not taken", UNKNOWN),
+        # a comment after the Status code counts as words; an IP address is not a status code
         ("5.1.1 (bad destination mailbox address)", None, "", HARD),
-        (None, None, "host [5.1.1.9] said: 550 mailbox unavailable", UNKNOWN),
+        ("5.0.0 (recipient reached disk quota)", None, "", SOFT),
+        (None, None, "host [5.1.1.9] said: 550 mailbox unavailable", HARD),
+        (None, None, "host [5.1.1.9] said: 550 sorry", UNKNOWN),
+        # the remote server's reply wins over a generic or conflicting Status
+        ("5.1.1", None, "550 5.7.1 IP address blacklisted", POLICY),
+        ("5.1.1", None, "552 5.2.2 Over quota", SOFT),
+        (
+            "5.1.3",
+            None,
+            "554 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            POLICY,
+        ),
+        (
+            "5.2.1",
+            None,
+            "550-5.2.1 The email account that you tried to reach is receiving mail at a rate that "
+            "prevents additional messages from being delivered",
+            SOFT,
+        ),
+        ("5.1.1", None, "550 Requested action not taken", HARD),
+        # providers' phrasings where no code says anything
+        ("5.5.0", None, "550 5.5.0 Requested action not taken: mailbox unavailable (S2017062302)", HARD),
+        ("5.4.1", None, "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)", HARD),
+        ("5.7.1", None, "554 5.7.1 <a@example.org>: Recipient address rejected: Access denied", POLICY),
+        (None, None, "550 5.4.1 Sorry, no mailbox here", HARD),
+        (None, None, "554 delivery error: dd This user doesn't have a yahoo.com account", HARD),
+        (None, None, "550 Account disabled", HARD),
+        (None, None, "421 4.7.0 Try again later, closing connection. (GREYLISTED)", SOFT),
+        (None, None, "550 Message rejected: your IP is listed at bl.example.net", POLICY),
+        (None, None, "550 Too many messages from your host, rate limited", SOFT),
     ],
 )
 def test_classifier_follows_item_31(
@@ -284,9 +316,10 @@ def test_out_of_office_reply_is_not_a_bounce() -> None:
     "marker",
     [
         "Auto-Submitted: auto-replied",
-        "Auto-Submitted: auto-generated",
         "X-Autoreply: yes",
         "Subject: Out of Office",
+        "Subject: Automatische Antwort: Ihre Nachricht",
+        "Precedence: auto_reply",
     ],
 )
 def test_auto_replies_to_the_return_path_are_recognised(marker: str) -> None:
@@ -295,12 +328,19 @@ def test_auto_replies_to_the_return_path_are_recognised(marker: str) -> None:
     assert (verdict.kind, verdict.delivery_id) == ("auto_reply", 7)
 
 
-def test_null_sender_without_a_report_is_an_auto_reply() -> None:
+@pytest.mark.parametrize(
+    ("marker", "sender"),
+    [("Auto-Submitted: auto-generated", None), ("X-Nothing: here", ""), ("Return-Path: <>", None)],
+)
+def test_an_automatic_message_that_says_nothing_readable_is_unparsed_not_an_auto_reply(
+    marker: str, sender: str | None
+) -> None:
     raw = headers(
-        f"To: {verp(7)}", "From: daemon@example.org", "Subject: Notice", body="Something happened.\n"
+        f"To: {verp(7)}", "From: daemon@example.org", "Subject: Notice", marker, body="Something.\n"
     )
-    assert analyse(raw, None, [KEY], envelope_sender="").kind == "auto_reply"
-    assert analyse(b"Return-Path: <>\n" + raw, None, [KEY]).kind == "auto_reply"
+    verdict = analyse(raw, None, [KEY], envelope_sender=sender)
+    assert (verdict.kind, verdict.delivery_id) == ("unparsed", 7)
+    assert "reports no failure we can read" in verdict.reason
 
 
 def test_human_reply_to_the_return_path_is_ignored() -> None:
@@ -441,9 +481,14 @@ def test_suppression_stays_once_reached() -> None:
     assert (score, suppress) == (0.0, True)
 
 
-def test_policy_unknown_and_delayed_events_do_not_score() -> None:
-    events = daily(20, klass=POLICY) + daily(20, klass=UNKNOWN) + daily(20, klass=DELAYED)
+def test_policy_and_delayed_events_do_not_score() -> None:
+    events = daily(20, klass=POLICY) + daily(20, klass=DELAYED)
     assert bounce_score(events, T0 + timedelta(days=20)) == (0.0, False)
+
+
+def test_a_mailbox_that_keeps_failing_for_unknown_reasons_is_suppressed_like_a_soft_one() -> None:
+    assert bounce_score(daily(10, klass=UNKNOWN), T0 + timedelta(days=9, hours=1)) == (5.0, False)
+    assert bounce_score(daily(11, klass=UNKNOWN), T0 + timedelta(days=10, hours=1)) == (5.5, True)
 
 
 def test_score_ignores_event_order_and_future_events() -> None:
@@ -490,3 +535,52 @@ def test_complaint_thresholds_are_configurable_and_checked() -> None:
         complaint_action(0.0, warn=0.01, pause=0.001)
     with pytest.raises(ValueError, match="negative"):
         complaint_rate(-1, 10)
+
+
+# --- real-world shapes (the whole corpus is tests/test_bounce_corpus.py) ------------------------------
+
+REAL = FIXTURES / "real-world"
+
+
+def test_a_dsn_whose_only_recipient_is_in_the_first_block_is_read() -> None:
+    verdict = analyse((REAL / "aol-first-block-only.eml").read_bytes(), verp(1), [KEY])
+    assert [(r.recipient, r.bounce_class) for r in verdict.recipients] == [("gone@aol.com", HARD)]
+
+
+def test_the_recipient_recorded_is_the_one_we_sent_to_not_the_internal_final_one() -> None:
+    (report,) = analyse((FIXTURES / "flufl" / "dsn_01.txt").read_bytes(), verp(1), [KEY]).recipients
+    assert (report.recipient, report.final_recipient) == ("userx@example.com", "userx@sims-ms-daemon")
+    assert (report.bounce_class, report.reason) == (SOFT, "mailbox full")
+
+
+def test_exims_envelope_to_header_names_the_delivery_in_a_mailbox() -> None:
+    raw = (REAL / "exim-envelope-to.eml").read_bytes()
+    assert verp_target(None, parse(raw)) == verp(1101)
+    assert analyse(raw, None, [KEY]).delivery_id == 1101
+
+
+def test_a_latin1_byte_in_a_diagnostic_is_read_as_latin1() -> None:
+    (report,) = analyse((REAL / "latin1-diagnostic.eml").read_bytes(), verp(1), [KEY]).recipients
+    assert report.diagnostic.endswith("Empfänger unbekannt") and report.bounce_class is HARD
+
+
+def test_the_status_field_loses_to_what_the_remote_server_said() -> None:
+    for name, klass, reason in [
+        ("conflict-5.1.1-over-blacklisted-ip.eml", POLICY, "blocked by the receiver"),
+        ("conflict-5.1.1-over-quota.eml", SOFT, "mailbox full"),
+        ("conflict-5.1.3-spamhaus.eml", POLICY, "blocked by the receiver"),
+        ("gmail-5.2.1-rate-limited.eml", SOFT, "rate limited"),
+    ]:
+        (report,) = analyse((REAL / name).read_bytes(), verp(1), [KEY]).recipients
+        assert (report.bounce_class, report.reason) == (klass, reason), name
+        assert "in the reply" in report.why
+
+
+def test_a_provider_delivery_notice_is_not_a_bounce() -> None:
+    verdict = analyse((REAL / "ses-delivery-notice.eml").read_bytes(), None, [KEY])
+    assert verdict.kind == "ignored" and "Delivery" in verdict.reason
+
+
+def test_a_jmrp_report_is_a_complaint_identified_by_the_original_return_path() -> None:
+    verdict = analyse((REAL / "jmrp-complaint.eml").read_bytes(), None, [KEY])
+    assert (verdict.kind, verdict.delivery_id, verdict.token) == ("complaint", 1114, TOKEN)

@@ -24,8 +24,12 @@ Pure core (no session, socket, environment or clock; `now` is a parameter):
     source_items  one article as a source describes it, made a NewArticle (trimmed, sanitized, dated)
     feeds       RSS, Atom and JSON Feed bytes → source items (encodings repaired, entities refused)
     article_files  .txt, .md (front matter) and .html article files → source items
-    bounce_rules  bounce classes from status codes, soft-bounce scoring, complaint rates
-    inbound     DSN / ARF / mailto parsing into a verdict: what a message at the bounce inbox means
+    bounce_reasons  enhanced status codes and providers' phrasings, each with its class and reason, as data
+    bounce_rules  a failure's class and reason from the most specific evidence; scoring; complaint rates
+    inbound_mail  reading mail that may be broken anywhere (any bytes, any charset); the verdict shapes
+    inbound_dsn   RFC 3464 DSNs block by block, and other MTAs' text bounces (flufl.bounce)
+    inbound_feedback  complaints (ARF, Microsoft JMRP) and providers' JSON notices
+    inbound     what a message at the bounce inbox means: the order of the above, auto-replies, unparsed
 
 Edges (never import the domain or the fronts):
     store/      engines and transactions; every query, named, in one room per domain:
@@ -50,8 +54,10 @@ Domain operations (each about one thing; lower ones never import higher ones):
     outcomes    what a send means for the ledger, committed in groups; the circuit breaker
     delivery    the worker: one task group of feeder, connections, writer and lease renewal;
                 re-reads each row before sending, waits out database outages, stops cleanly
-    bounces     applying one inbound message: bounce, score, complaint, complaint-rate pause; raw trim
-    bounce_mailboxes  the same for every message of a Maildir, an mbox or .eml files
+    bounce_outcomes  what applying an inbound message produces; raw bytes in events; remembered messages
+    complaints  applying a complaint; per-edition and per-day complaint rates: warn, or pause and alert
+    bounces     applying inbound messages, a chunk at a time: bounce, score, auto-reply, unparsed; raw trim
+    bounce_mailboxes  the new messages of a Maildir (then marked seen) or an mbox (read incrementally)
     bounce_listener   the bounce inbox: the SMTP listener for bounces+ and unsub+ mail
     bounce_admin      the bounce report by class and domain; lifting a suppression
     readers_io  subscriber CSV import and export

@@ -1,4 +1,5 @@
-"""What operators see and undo after bounces: the report by class and domain, lifting a suppression.
+"""What operators see and undo after bounces: the report by class, reason and domain, lifting a
+suppression.
 
 `digest bounces report` and `digest subscribers unsuppress`.
 """
@@ -44,11 +45,12 @@ async def unsuppress(app: bootstrap.App, email: str, reason: str, now: datetime)
 
 @dataclass(frozen=True)
 class BounceReport:
-    """Inbound events since a time, by class and by recipient domain."""
+    """Inbound events since a time, by class, by class and reason, and by recipient domain."""
 
     since: datetime
     by_class: dict[str, int]
     by_domain: dict[str, dict[str, int]]
+    by_reason: dict[tuple[str, str], int]  # (class, reason): why bounces were classed as they were
 
     @property
     def total(self) -> int:
@@ -62,7 +64,18 @@ def _class_of(kind: str, detail: dict[str, Any]) -> str:
         return "policy"
     if kind == "delivery_delayed":
         return "delayed"
+    if kind == "bounce_unparsed":
+        return "unparsed"
     return str(detail.get("bounce_class") or "unknown")
+
+
+def _reason_of(kind: str, detail: dict[str, Any]) -> str:
+    """The reason an event names: the classification's for DSNs, the reply's start at SMTP time."""
+    if detail.get("bounce_reason"):
+        return str(detail["bounce_reason"])
+    if detail.get("at") == "smtp" and detail.get("reply"):
+        return f"SMTP reply: {str(detail['reply'])[:60]}"
+    return str(detail.get("reason") or kind)[:80]
 
 
 async def report(app: bootstrap.App, since: datetime) -> BounceReport:
@@ -70,14 +83,17 @@ async def report(app: bootstrap.App, since: datetime) -> BounceReport:
     async with app.db.read() as s:
         rows = await inbound_store.inbound_events_since(s, INBOUND_EVENTS, since)
     by_class: Counter[str] = Counter()
+    by_reason: Counter[tuple[str, str]] = Counter()
     by_domain: dict[str, Counter[str]] = {}
     for kind, detail, address, reader in rows:
         klass = _class_of(kind, detail)
         domain = (address or reader or "?").rpartition("@")[2].lower() or "?"
         by_class[klass] += 1
+        by_reason[(klass, _reason_of(kind, detail))] += 1
         by_domain.setdefault(domain, Counter())[klass] += 1
     return BounceReport(
         since,
         dict(by_class.most_common()),
         {d: dict(c) for d, c in sorted(by_domain.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))},
+        dict(by_reason.most_common()),
     )

@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from digest import bootstrap
-from digest.bounces import ProcessReport, bounce_domain, handle_message
+from digest.bounce_outcomes import ProcessReport, bounce_domain
+from digest.bounces import handle_message
 from digest.errors import UsageError
 
 # The whole bounce pipeline logs under one name, the one operators filter and set levels by.

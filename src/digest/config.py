@@ -195,6 +195,7 @@ class BounceConfig(_Section):
     complaint_warn: float = Field(default=0.001, ge=0, le=1)
     complaint_pause: float = Field(default=0.003, ge=0, le=1)
     raw_retention: Duration = timedelta(days=30)  # raw bounce messages are trimmed after this
+    processed_folder: str | None = None  # Maildir++ folder for processed bounces; None: cur/ + Seen
 
     @model_validator(mode="after")
     def _thresholds(self) -> BounceConfig:

@@ -296,6 +296,8 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_subscriber", "subscriber_id", "created_at"),
         Index("ix_events_delivery", "delivery_id"),
+        # complaint rates and bounce reports select events by kind; a scan would read every raw bounce
+        Index("ix_events_kind", "kind", "created_at"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
@@ -307,8 +309,31 @@ class Event(Base):
 
 
 # Events about mail that came back (bounces at SMTP time or by DSN, policy rejections, delays,
-# complaints): what bounce reports and metrics count, and whose raw message retention trims.
-INBOUND_EVENTS = ("bounced", "policy_rejection", "delivery_delayed", "complained")
+# complaints, automatic mail nobody could read): what bounce reports and metrics count, and whose
+# raw message retention trims.
+INBOUND_EVENTS = ("bounced", "policy_rejection", "delivery_delayed", "complained", "bounce_unparsed")
+
+
+class InboundMessage(Base):
+    """One message the bounce inbox has dealt with: a second copy (a rerun over a mailbox, an MTA
+    sending again) is recognised by its key before anything is parsed."""
+
+    __tablename__ = "inbound_messages"
+    # sha256 of the Message-ID (or the bytes) and the address it came to: inbound.inbound_key
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(30))
+    created_at: Mapped[datetime]
+
+
+class MailboxProgress(Base):
+    """How far `digest bounces process` has read an mbox file, so a rerun reads only new mail."""
+
+    __tablename__ = "mailbox_progress"
+    path: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    # sha256 of the file's first bytes: a rotated or rewritten file is read from its start again
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime]
 
 
 class Setting(Base):

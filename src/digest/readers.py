@@ -243,7 +243,7 @@ async def handle_unsubscribe_mail(
     candidates = [envelope_rcpt] if envelope_rcpt else []
     if not candidates:
         msg = email.message_from_bytes(raw[:65536], policy=email.policy.compat32)
-        for name in ("Delivered-To", "X-Original-To", "To"):
+        for name in ("Delivered-To", "X-Original-To", "Envelope-to", "To"):
             candidates += [addr for _, addr in getaddresses([str(v) for v in msg.get_all(name, [])])]
     token = None
     for candidate in candidates:

@@ -1,7 +1,8 @@
 """What digest keeps, for how long, and erasure on request.
 
-`prune` applies `[retention]`: finished deliveries and audit events past their age are deleted,
-raw bounce messages are dropped from their events, finished editions lose their rendered bodies.
+`prune` applies `[retention]`: finished deliveries and audit events past their age are deleted
+(and the bounce inbox's memory of the messages it dealt with, with the events), raw bounce messages
+are dropped from their events, finished editions lose their rendered bodies.
 Each step works in batches of `[retention] batch_size` rows, one short transaction per batch, so
 senders and the web app never wait long for a lock. Suppressions and erasures are never pruned:
 they are what keeps a reader who left from being mailed again.
@@ -38,6 +39,7 @@ class PruneReport:
     deleted_deliveries: int = 0
     deleted_events: int = 0
     trimmed_raw_bounces: int = 0
+    forgotten_inbound: int = 0
     stripped_editions: int = 0
     batches: int = 0
     cutoffs: dict[str, datetime] = field(default_factory=dict)
@@ -47,6 +49,7 @@ class PruneReport:
             "deliveries deleted": self.deleted_deliveries,
             "events deleted": self.deleted_events,
             "raw bounces trimmed": self.trimmed_raw_bounces,
+            "inbound messages forgotten": self.forgotten_inbound,
             "edition bodies dropped": self.stripped_editions,
         }
 
@@ -72,6 +75,9 @@ async def prune(app: bootstrap.App, now: datetime, *, batch_size: int | None = N
         app, lambda s: retention_store.delete_old_events(s, now - r.events, KEPT_EVENTS, size)
     ):
         report.deleted_events += n
+        report.batches += 1
+    while n := await _batch(app, lambda s: retention_store.forget_inbound_messages(s, now - r.events, size)):
+        report.forgotten_inbound += n
         report.batches += 1
     bodies_before = now - r.edition_bodies
     while n := await _batch(

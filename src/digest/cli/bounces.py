@@ -13,7 +13,7 @@ from digest import bootstrap
 from digest.cli.output import err, fail, out
 from digest.cli.runner import with_app
 from digest.config import parse_duration
-from digest.errors import UsageError
+from digest.errors import DigestError, UsageError
 
 bounces_app = typer.Typer(
     help="Process bounces, complaints and mailto unsubscribes; report on them.", no_args_is_help=True
@@ -35,29 +35,45 @@ def process(
             metavar="PATH", help="A Maildir, an mbox file, an .eml file or a folder of .eml files."
         ),
     ],
+    rescan: Annotated[
+        bool,
+        typer.Option("--rescan", help="Read seen Maildir messages and an mbox from its start again."),
+    ] = False,
+    processed_folder: Annotated[
+        str | None,
+        typer.Option(
+            "--processed-folder",
+            metavar="NAME",
+            help="Move processed Maildir messages to this Maildir++ folder ([bounce] processed_folder).",
+        ),
+    ] = None,
 ) -> None:
-    """Read bounces from a mailbox your MTA delivers them to, and apply them.
+    """Read the new bounces in a mailbox your MTA delivers them to, and apply them.
 
-    Hard bounces suppress the reader; soft bounces are scored; complaints suppress.
+    Hard bounces suppress the reader; soft and unexplained ones are scored; complaints suppress.
     Forged or unknown VERP addresses change nothing; nor does a second run.
-    The VERP address is read from Delivered-To, X-Original-To or To.
+    The VERP address is read from Delivered-To, X-Original-To, Envelope-to or To.
+    Processed Maildir messages move to cur/ with the Seen flag; an mbox is read from where
+    the last run stopped, so a cron job does only the new mail.
 
     Example: digest bounces process /var/mail/bounces/Maildir
              digest bounces process bounces.mbox
     """
     if not path.exists():
         fail(UsageError(f"{path}: no such file or folder"))
-    from digest import bounce_mailboxes, bounces
+    from digest import bounce_mailboxes, bounce_outcomes, bounces
 
-    async def go(application: bootstrap.App) -> bounces.ProcessReport:
+    async def go(application: bootstrap.App) -> bounce_outcomes.ProcessReport:
         now = datetime.now(UTC)
-        result = await bounce_mailboxes.process_path(application, path, now)
+        result = await bounce_mailboxes.process_path(
+            application, path, now, rescan=rescan, processed_folder=processed_folder
+        )
         await bounces.trim_raw_bounces(application, now)
         return result
 
     result = with_app(go)
     table = Table("outcome", "messages", title=f"{path}")
-    for name in bounces.OUTCOMES:
+    for name in bounce_outcomes.OUTCOMES:
         if result.counts.get(name):
             table.add_row(name, str(result.counts[name]))
     out.print(table)
@@ -66,16 +82,21 @@ def process(
     paused = ", ".join(map(str, result.paused_editions)) or "none"
     out.print(
         f"{result.messages} message(s): {result.failed_deliveries} delivery(ies) marked failed, "
-        f"{result.suppressed} reader(s) suppressed, editions paused: {paused}",
+        f"{result.suppressed} reader(s) suppressed, editions paused: {paused}"
+        + (f", {result.moved} moved to processed" if result.moved else ""),
         highlight=False,
     )
+    if result.errors:
+        for line in result.errors[:20]:
+            err.print(line, highlight=False)
+        fail(DigestError(f"{len(result.errors)} message(s) could not be recorded; left for the next run"))
 
 
 @bounces_app.command("report")
 def report(
     since: Annotated[str, typer.Option("--since", help="How far back: 12h, 7d, 2w.")] = "7d",
 ) -> None:
-    """Bounces (SMTP-time and DSN), delays and complaints by class and by recipient domain.
+    """Bounces (SMTP-time and DSN), delays and complaints by class, by reason and by recipient domain.
 
     Example: digest bounces report --since 30d
     """
@@ -88,6 +109,10 @@ def report(
     for name, n in result.by_class.items():
         by_class.add_row(name, str(n))
     out.print(by_class)
+    by_reason = Table("class", "reason", "events", title="why: the reason each bounce was classed by")
+    for (klass, reason), n in result.by_reason.items():
+        by_reason.add_row(klass, reason, str(n))
+    out.print(by_reason)
     by_domain = Table("domain", *classes, "total", title="by recipient domain")
     for domain, counts in result.by_domain.items():
         by_domain.add_row(domain, *(str(counts.get(c, 0)) for c in classes), str(sum(counts.values())))

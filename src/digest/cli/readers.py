@@ -156,10 +156,14 @@ def show(email: str) -> None:
             table.add_row("unsubscribed", f"{_local(sub.unsubscribed_at, tz)} by {sub.unsubscribe_method}")
         table.add_row("watermark", str(sub.watermark))
         out.print(table)
-    events = Table("time (UTC)", "event", "detail", title="events")
+    events = Table("time (UTC)", "event", "why", "detail", title="events")
     for e in found.events:
-        shown = {k: v for k, v in e.detail.items() if k != "raw"}  # raw bounces can be 64 KB
-        events.add_row(f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.kind, json.dumps(shown, default=str))
+        # raw bounces can be 64 KB; `why` has its own column: how a bounce was classed, and on what
+        shown = {k: v for k, v in e.detail.items() if k not in ("raw", "why")}
+        why = str(e.detail.get("why") or "")
+        events.add_row(
+            f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.kind, escape(why), json.dumps(shown, default=str)
+        )
     out.print(events)
     deliveries = Table("id", "kind", "status", "attempts", "reply", "sent (UTC)", title="last deliveries")
     for d in found.deliveries:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
+    Table,
+    bindparam,
     func,
     or_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from digest.models import (
     Delivery,
@@ -21,63 +24,113 @@ from digest.models import (
     Edition,
     EditionStatus,
     Event,
+    InboundMessage,
+    MailboxProgress,
     Subscriber,
 )
+from digest.store import dialect_insert
 
 
-async def mark_delivery_bounced(
-    session: AsyncSession, delivery_id: int, code: int | None, reply: str, now: datetime
-) -> bool:
-    """A DSN proves a delivery we recorded as sent (or unknown) never arrived; the watermark stays."""
+async def mark_deliveries_bounced(
+    session: AsyncSession, failed: Sequence[tuple[int, int | None, str]], now: datetime
+) -> None:
+    """DSNs prove deliveries we recorded as sent (or unknown) never arrived: (id, code, reply) each,
+    in one statement; the watermark stays."""
+    if not failed:
+        return
+    table = cast(Table, Delivery.__table__)
     stmt = (
-        update(Delivery)
+        update(table)  # Core, not ORM: one executemany over the rows
         .where(
-            Delivery.id == delivery_id,
-            Delivery.status.in_([DeliveryStatus.SENT, DeliveryStatus.UNKNOWN]),
+            table.c.id == bindparam("delivery"),
+            or_(table.c.status == DeliveryStatus.SENT, table.c.status == DeliveryStatus.UNKNOWN),
         )
-        .values(status=DeliveryStatus.FAILED, smtp_code=code, smtp_reply=reply[:2000], updated_at=now)
+        .values(
+            status=DeliveryStatus.FAILED,
+            smtp_code=bindparam("code"),
+            smtp_reply=bindparam("reply"),
+            updated_at=now,
+        )
     )
-    return bool((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+    rows = [{"delivery": i, "code": code, "reply": reply[:2000]} for i, code, reply in failed]
+    await session.execute(stmt, rows)
 
 
-async def bounce_history(session: AsyncSession, subscriber_id: int) -> list[tuple[datetime, str]]:
-    """A reader's bounces since an operator last lifted their suppression, for the Mailman score."""
+async def bounce_histories(
+    session: AsyncSession, subscriber_ids: Sequence[int]
+) -> dict[int, list[tuple[datetime, str]]]:
+    """Readers' bounces (time, class) since an operator last lifted their suppression, oldest
+    first, for the Mailman score; the class is read out of the JSON, never the raw message."""
+    if not subscriber_ids:
+        return {}
+    lifted_events = aliased(Event)
     lifted = (
-        select(func.max(Event.created_at))
-        .where(Event.subscriber_id == subscriber_id, Event.kind == "unsuppressed")
+        select(func.max(lifted_events.created_at))
+        .where(lifted_events.subscriber_id == Event.subscriber_id, lifted_events.kind == "unsuppressed")
         .scalar_subquery()
     )
     stmt = (
-        select(Event.created_at, Event.detail)
+        select(Event.subscriber_id, Event.created_at, Event.detail["bounce_class"].as_string())
         .where(
-            Event.subscriber_id == subscriber_id,
+            Event.subscriber_id.in_(list(subscriber_ids)),
             Event.kind == "bounced",
             or_(lifted.is_(None), Event.created_at > lifted),
         )
         .order_by(Event.created_at, Event.id)
     )
-    rows = (await session.execute(stmt)).all()
-    return [(when, str((detail or {}).get("bounce_class") or "")) for when, detail in rows]
+    found: dict[int, list[tuple[datetime, str]]] = {}
+    for reader, when, klass in (await session.execute(stmt)).all():
+        found.setdefault(int(reader), []).append((when, str(klass or "")))
+    return found
 
 
-async def set_bounce_score(session: AsyncSession, subscriber_id: int, score: float, now: datetime) -> None:
-    """Keep the reader's current soft-bounce score where operators (and `subscribers show`) see it."""
-    await session.execute(
-        update(Subscriber).where(Subscriber.id == subscriber_id).values(bounce_score=score, updated_at=now)
+async def set_bounce_scores(session: AsyncSession, scores: dict[int, float], now: datetime) -> None:
+    """Keep readers' current bounce scores where operators (and `subscribers show`) see them."""
+    if not scores:
+        return
+    table = cast(Table, Subscriber.__table__)
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("reader"))
+        .values(bounce_score=bindparam("score"), updated_at=now)
     )
+    await session.execute(stmt, [{"reader": r, "score": score} for r, score in scores.items()])
 
 
-async def inbound_seen(
-    session: AsyncSession, inbound_id: str, subscriber_id: int | None, delivery_id: int | None
-) -> bool:
-    """A mailbox processed twice (or a DSN the MTA sent twice) must not count the same message twice."""
-    cond = [Event.detail["inbound_id"].as_string() == inbound_id]
-    if subscriber_id is not None:
-        cond.append(Event.subscriber_id == subscriber_id)  # uses ix_events_subscriber
-    elif delivery_id is not None:
-        cond.append(Event.delivery_id == delivery_id)
-    stmt = select(Event.id).where(*cond).limit(1)
-    return (await session.execute(stmt)).first() is not None
+async def known_inbound(session: AsyncSession, keys: Sequence[str]) -> set[str]:
+    """Which of these inbound messages were dealt with before: a rerun skips them unread."""
+    if not keys:
+        return set()
+    stmt = select(InboundMessage.key).where(InboundMessage.key.in_(list(keys)))
+    return set((await session.execute(stmt)).scalars().all())
+
+
+async def remember_many(session: AsyncSession, rows: Sequence[tuple[str, str]], now: datetime) -> bool:
+    """Record inbound messages as dealt with, (key, outcome) each; False if any was already: the
+    caller rolls back what it did, so the same bounce never counts twice, even concurrently."""
+    if not rows:
+        return True
+    table = cast(Table, InboundMessage.__table__)
+    stmt = dialect_insert(session, table).on_conflict_do_nothing().returning(table.c.key)
+    result = await session.execute(stmt, [{"key": k, "outcome": o, "created_at": now} for k, o in rows])
+    return len(result.all()) == len(rows)
+
+
+async def mailbox_progress(session: AsyncSession, path: str) -> tuple[int, str] | None:
+    """(offset, fingerprint) up to which an mbox file was processed, or None for a new one."""
+    found = await session.get(MailboxProgress, path)
+    return (found.offset, found.fingerprint) if found is not None else None
+
+
+async def save_mailbox_progress(
+    session: AsyncSession, path: str, offset: int, fingerprint: str, now: datetime
+) -> None:
+    """Where the next `bounces process` of this mbox starts reading."""
+    found = await session.get(MailboxProgress, path)
+    if found is None:
+        session.add(MailboxProgress(path=path, offset=offset, fingerprint=fingerprint, updated_at=now))
+    else:
+        found.offset, found.fingerprint, found.updated_at = offset, fingerprint, now
 
 
 async def last_sent_delivery(session: AsyncSession, subscription_id: int) -> Delivery | None:

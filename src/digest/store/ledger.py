@@ -29,7 +29,7 @@ from digest.models import (
     Subscriber,
     Subscription,
 )
-from digest.store.readers import add_event
+from digest.store.readers import add_event, add_events
 
 HELD_EDITIONS = (EditionStatus.PAUSED, EditionStatus.CANCELLED)
 
@@ -329,6 +329,23 @@ async def suppress_subscriber(
     await add_event(
         session, "suppressed", now, subscriber_id=subscriber_id, status=status, reason=reason[:500]
     )
+
+
+async def suppress_subscribers(
+    session: AsyncSession, reasons: dict[int, str], status: str, now: datetime
+) -> None:
+    """Stop all mail to many readers at once (a mailbox of bounces): one statement, an event each.
+    Core, not ORM: Subscriber objects already loaded in the session keep their old status."""
+    if not reasons:
+        return
+    table = cast(Table, Subscriber.__table__)
+    stmt = update(table).where(table.c.id == bindparam("reader")).values(status=status, updated_at=now)
+    await session.execute(stmt, [{"reader": reader} for reader in reasons])
+    events = [
+        ("suppressed", {"subscriber_id": r, "status": status, "reason": why[:500]})
+        for r, why in reasons.items()
+    ]
+    await add_events(session, events, now)
 
 
 async def skip_outstanding(session: AsyncSession, subscription_id: int, now: datetime, reason: str) -> int:

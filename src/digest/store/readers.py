@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
+    Table,
     delete,
     func,
+    insert,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -100,6 +102,26 @@ async def add_event(
             created_at=now,
         )
     )
+
+
+async def add_events(
+    session: AsyncSession, events: Sequence[tuple[str, dict[str, Any]]], now: datetime
+) -> None:
+    """Many events in one statement (a mailbox of bounces): (kind, fields) each, where fields holds
+    subscriber_id, subscription_id and delivery_id and the rest is the detail."""
+    if not events:
+        return
+    ids = ("subscriber_id", "subscription_id", "delivery_id")
+    rows = [
+        {
+            **{k: fields.get(k) for k in ids},
+            "kind": kind,
+            "detail": {k: v for k, v in fields.items() if k not in ids},
+            "created_at": now,
+        }
+        for kind, fields in events
+    ]
+    await session.execute(insert(cast(Table, Event.__table__)), rows)  # Core: no ORM objects to track
 
 
 async def events_of(session: AsyncSession, subscriber_id: int, limit: int = 50) -> Sequence[Event]:

@@ -24,6 +24,7 @@ from digest.models import (
     Edition,
     EditionStatus,
     Event,
+    InboundMessage,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -121,6 +122,17 @@ async def delete_old_events(session: AsyncSession, before: datetime, keep: Seque
     if not found:
         return 0
     await session.execute(delete(Event).where(Event.id.in_(found)))
+    return len(found)
+
+
+async def forget_inbound_messages(session: AsyncSession, before: datetime, limit: int) -> int:
+    """One batch of remembered inbound messages past retention: a copy arriving later than that
+    would be applied again, which is why they live as long as the events they made."""
+    keys = select(InboundMessage.key).where(InboundMessage.created_at < before).limit(limit)
+    found = list((await session.execute(keys)).scalars().all())
+    if not found:
+        return 0
+    await session.execute(delete(InboundMessage).where(InboundMessage.key.in_(found)))
     return len(found)
 
 
