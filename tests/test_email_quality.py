@@ -57,8 +57,7 @@ from digest.rendering import (
     render_welcome,
 )
 from digest.tokens import TEST_TOKEN, new_subscription_token
-from digest.views import WelcomeList, WelcomeView
-from digest.views import ArticleView, Branding, ConfirmView, EditionView, Rendered
+from digest.views import ArticleView, Branding, ConfirmView, EditionView, Rendered, WelcomeList, WelcomeView
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "email"

@@ -5,6 +5,7 @@ stories intact. Real flows: ingest, compose and deliver to a real SMTP server, p
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
@@ -16,8 +17,10 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, SmtpSink
 from digest import bootstrap, compose, personal, readers, sources
+from digest.cli import app
 from digest.feeds import parse_feed
 from digest.rendering import Templates, default_templates_dir, render_edition
+from digest.stories import source_label
 from digest.views import ArticleView, Branding, EditionView
 from test_web import BASE, EXTRA, Site, open_site
 
@@ -133,8 +136,6 @@ def test_a_feeds_own_title_is_kept_and_the_config_title_wins() -> None:
     rss = (ROOT / "tests" / "fixtures" / "feeds" / "real-world" / "rss2email-fastmailstatus.rss").read_bytes()
     parsed = parse_feed("status", rss, now=datetime(2026, 3, 2, tzinfo=UTC))
     assert parsed.title and parsed.title != "status"
-    from digest.stories import source_label
-
     assert source_label("status", {"status": parsed.title}, "https://x.example/a") == parsed.title
     assert source_label("desk", {}, "https://www.northgate.example/a") == "northgate.example"
     assert source_label("desk", {}, None) == ""
@@ -197,13 +198,8 @@ def test_an_arabic_story_in_an_english_digest_starts_at_the_right() -> None:
 def test_the_demo_shows_every_sample_story_and_a_real_looking_footer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from digest.cli import app
-
     monkeypatch.chdir(tmp_path)
-    for name in ("DIGEST_CONFIG",):
-        monkeypatch.delenv(name, raising=False)
-    import shutil
-
+    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
     shutil.copytree(ROOT / "seeds", tmp_path / "seeds")
     runner = CliRunner()
     for args in (["init"], ["ingest"]):

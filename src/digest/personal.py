@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from digest.display_text import clean, long_date, short_date, shorten
@@ -27,7 +28,7 @@ NAME_MARKER = "__DIGEST_NAME__"
 NAME_MAX = 100
 NAME_MAX_BYTES = NAME_MAX * 6
 
-_DATE = re.compile(r"__DIGEST_DATE_([LS])(\d{1,12})__")
+_DATE = re.compile(r"__DIGEST_DATE_([LS])(-?\d{1,12})__")
 
 # The greeting line of the HTML part (a paragraph holding the marker) and of the text part (the
 # line holding it, with the blank line after it): dropped whole for a reader without a name.
@@ -53,27 +54,41 @@ def display_name(name: str) -> str:
 def for_reader(text: str, html_body: str, *, name: str, zone: str) -> tuple[str, str]:
     """The text and HTML of an edition as one reader gets them."""
     shown = display_name(name)
-    tz = ZoneInfo(zone)
-    return _fill(text, shown, tz, escape=False), _fill(html_body, shown, tz, escape=True)
+    return _fill(text, shown, zone, escape=False), _fill(html_body, shown, zone, escape=True)
 
 
 def public_copy(html_body: str, zone: str) -> str:
     """The HTML of an edition as the web copy shows it: no greeting, dates in the list's zone."""
-    return _fill(html_body, "", ZoneInfo(zone), escape=True)
+    return _fill(html_body, "", zone, escape=True)
 
 
-def _fill(body: str, name: str, tz: ZoneInfo, *, escape: bool) -> str:
+_MARKERS = re.compile(r"(" + NAME_MARKER + r"|__DIGEST_DATE_[LS]-?\d{1,12}__)")
+
+
+def _fill(body: str, name: str, zone: str, *, escape: bool) -> str:
     if not has_markers(body):
         return body
-    if name:
-        shown = html.escape(name, quote=True) if escape else name
-        body = body.replace(NAME_MARKER, shown)
-    else:
-        line = _HTML_GREETING if escape else _TEXT_GREETING
-        body = line.sub("", body).replace(NAME_MARKER, "")
-    return _DATE.sub(lambda m: _local(m[1], int(m[2]), tz), body)
+    shown = html.escape(name, quote=True) if escape else name
+    pieces = _pieces(body, bool(name), escape)
+    out = list(pieces)
+    for i in range(1, len(out), 2):  # odd places hold the markers
+        out[i] = shown if out[i] == NAME_MARKER else _local(out[i], zone)
+    return "".join(out)
 
 
-def _local(style: str, epoch: int, tz: ZoneInfo) -> str:
-    day: date = datetime.fromtimestamp(epoch, UTC).astimezone(tz).date()
-    return long_date(day) if style == "L" else short_date(day)
+@lru_cache(maxsize=64)
+def _pieces(body: str, named: bool, escape: bool) -> tuple[str, ...]:
+    """The body split around its markers, once per edition body rather than once per reader: a
+    worker fills the same few bodies for thousands of readers (the body's hash is cached by str)."""
+    if not named:
+        body = (_HTML_GREETING if escape else _TEXT_GREETING).sub("", body)
+    return tuple(_MARKERS.split(body))
+
+
+@lru_cache(maxsize=4096)
+def _local(marker: str, zone: str) -> str:
+    m = _DATE.fullmatch(marker)
+    if m is None:
+        return ""
+    day: date = datetime.fromtimestamp(int(m[2]), UTC).astimezone(ZoneInfo(zone)).date()
+    return long_date(day) if m[1] == "L" else short_date(day)

@@ -62,8 +62,16 @@ async def unsubscribe_page(request: Request, token: str, app: DigestApp) -> HTML
     )
 
 
-def unsubscribed_page(request: Request, token: str, name: str) -> HTMLResponse:
+def unsubscribed_page(request: Request, token: str, name: str, *, one_click: bool = False) -> HTMLResponse:
     base_url = web_state(request).base_url
+    if one_click:
+        # A mail provider's RFC 8058 call: no form, so no cookie is set on a cookie-less client.
+        return message(
+            request,
+            "You are unsubscribed",
+            f"You will get no more digests from {name}.",
+            link={"url": f"{base_url}/u/{token}", "text": "Changed your mind? Resubscribe"},
+        )
     return message(
         request,
         "You are unsubscribed",
@@ -146,7 +154,7 @@ async def unsubscribe(request: Request, token: str, app: DigestApp, now: Now) ->
     name = await preferences.unsubscribe_token(app, token, "one-click" if one_click else "link", now)
     if name is None:
         return unknown(request)
-    return unsubscribed_page(request, token, name)
+    return unsubscribed_page(request, token, name, one_click=one_click)
 
 
 async def preferences_page(
