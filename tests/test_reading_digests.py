@@ -132,7 +132,7 @@ async def test_readers_see_titles_of_sources_and_authors_never_internal_names(pa
     assert "coastline-post.example · Eilidh Mackay · 30 May 2024" in every and "seeds" not in every
 
 
-def test_a_feeds_own_title_is_kept_and_the_config_title_wins() -> None:
+def test_a_source_shows_as_its_feeds_title_else_its_site_never_its_internal_name() -> None:
     rss = (ROOT / "tests" / "fixtures" / "feeds" / "real-world" / "rss2email-fastmailstatus.rss").read_bytes()
     parsed = parse_feed("status", rss, now=datetime(2026, 3, 2, tzinfo=UTC))
     assert parsed.title and parsed.title != "status"
