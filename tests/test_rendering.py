@@ -275,15 +275,16 @@ def test_html_title_equals_subject(templates: Templates, which: str) -> None:
     assert parse(rendered.html).findtext(".//title") == rendered.subject
 
 
-def test_more_stories_button_links_the_archive_with_descriptive_text(templates: Templates) -> None:
-    rendered = render_edition(templates, edition(more_count=5))
+def test_more_stories_button_opens_the_page_of_every_new_story(templates: Templates) -> None:
+    every = f"{BASE_URL}/archive/harbour-weekly/17/stories?r=0-9-0-0123456789abcdef"
+    rendered = render_edition(templates, edition(more_count=5, more_url=every))
     doc = parse(rendered.html)
     button = doc.xpath("//td[@bgcolor]/a[contains(@style, 'inline-block')]")
     assert len(button) == 1
-    assert button[0].get("href") == f"{BASE_URL}/lists/harbour-weekly"
-    assert "archive" in button[0].text_content()
+    assert button[0].get("href") == every
+    assert button[0].text_content() == "See all 8 new stories"
     assert "And 5 more new stories." in doc.text_content()
-    assert f"And 5 more new stories: {BASE_URL}/lists/harbour-weekly" in rendered.text
+    assert f"And 5 more new stories. See all 8: {every}" in rendered.text
 
 
 def test_no_more_stories_row_when_everything_fits(templates: Templates) -> None:
@@ -302,7 +303,7 @@ def test_edition_without_articles_still_renders(templates: Templates) -> None:
 
 
 def test_one_more_story_is_singular(templates: Templates) -> None:
-    assert "And 1 more new story:" in render_edition(templates, edition(more_count=1)).text
+    assert "And 1 more new story." in render_edition(templates, edition(more_count=1)).text
 
 
 def test_no_link_text_is_generic(templates: Templates) -> None:

@@ -16,7 +16,8 @@ from digest.config import load_config
 
 @pytest.fixture
 def project(tmp_path: Path, smtp_sink: SmtpSink) -> CliProject:
-    """Ann and Cleo got the demo digest; Bob's mailbox does not exist; Dan has not confirmed."""
+    """Ann and Cleo got the demo digest; Bob's mailbox does not exist; Dan has not confirmed (he was
+    mailed a confirmation, as every reader an operator adds unconfirmed is)."""
     project = CliProject(tmp_path, smtp_sink.port)
     project.run("init")
     for name in ("ann", "bob", "cleo"):
@@ -48,9 +49,9 @@ async def test_the_admin_overview_shows_lists_editions_sends_per_hour_and_bounce
     hours = overview.sends_per_hour
     assert len(hours) == 24 and hours[-1].hour == now.replace(minute=0, second=0, microsecond=0)
     assert all(b.hour - a.hour == timedelta(hours=1) for a, b in itertools.pairwise(hours))
-    assert sum(h.sent for h in hours) == 2
+    assert sum(h.sent for h in hours) == 3  # two digests and Dan's confirmation
     assert [(e.kind, e.address) for e in overview.events] == [("bounced", "bob@example.com")]
-    assert overview.queue.depth == 0 and overview.queue.sent_last_minute == 2
+    assert overview.queue.depth == 0 and overview.queue.sent_last_minute == 3
 
 
 async def test_sends_older_than_the_chart_are_not_counted(sent: bootstrap.App) -> None:
@@ -63,7 +64,15 @@ async def test_status_and_metrics_count_the_same_ledger(sent: bootstrap.App) -> 
     now = datetime.now(UTC)
     status = await reports.status(sent, now)
     metrics = await reports.metrics(sent, now)
-    assert status.deliveries == metrics.deliveries == {("digest", "sent"): 2, ("digest", "failed"): 1}
+    assert (
+        status.deliveries
+        == metrics.deliveries
+        == {
+            ("digest", "sent"): 2,
+            ("digest", "failed"): 1,
+            ("transactional", "sent"): 1,
+        }
+    )
     assert status.queue == metrics.queue
     assert metrics.subscriptions["demo"].confirmed_by_cadence == {"default": 3}
     assert [s.name for s in metrics.sources] == ["seeds"]

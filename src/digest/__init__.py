@@ -18,6 +18,7 @@ Pure core (no session, socket, environment or clock; `now` is a parameter):
     views       what templates are given and give back
     rendering   Jinja2 templates → subject, HTML (premailer, once per edition) and text
       palette, display_text, email_samples   colours, text as readers see it, template samples
+    personal    what differs per reader in a shared edition: greeting by name, dates in their zone
     messages    message bytes: shared headers once per edition, per-reader assembly
     tokens      subscription tokens and VERP return paths
     extract     canonical URLs, fingerprints, sanitizing, boilerplate trimming, summaries
@@ -44,9 +45,11 @@ Domain operations (each about one thing; lower ones never import higher ones):
     bootstrap   the App: config, database, templates and keys, opened once per process
     readers     addresses, preferences, consent, subscribe and unsubscribe (also by mail)
     signup_form what a signup form says, cleaned and checked
-    signup      double opt-in: confirmation mail, confirm tokens, stale signups
-    preferences the reader's own page: preferences, leaving one list or all
+    welcome     the mail after confirming: what comes next, in the reader's zone
+    signup      double opt-in: confirmation mail (web and operator), confirm tokens, stale signups
+    preferences the reader's own page: preferences, leaving one list or all, coming back
     sources     ingest every configured source, one broken source never stopping the rest
+    stories     sources as readers know them; every new story of an edition ("and N more")
     compose     the one place a draft becomes an edition (digests and test sends)
     editions    pause, resume, cancel and resend
     relays      failover between relays and an adaptive rate per relay (per process)

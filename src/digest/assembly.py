@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from digest import messages, tokens
+from digest import messages, personal, tokens
 from digest.config import Config
 from digest.dkim_sign import DkimKey, load_key
 from digest.models import DeliveryKind
@@ -72,6 +73,9 @@ class Assembler:
             if cfg.bounce.listen:
                 unsub += f", <mailto:unsub+{token}@{bounce_domain}>"
         name = c.subscriber.name if c.subscriber is not None else ""
+        if c.edition is not None and c.mailing_list is not None:
+            zone = (c.subscription.timezone if c.subscription else None) or c.mailing_list.timezone
+            tpl = _for_reader(tpl, name, zone)
         rcpt = messages.wire_address(d.address)
         raw = messages.assemble(
             tpl,
@@ -84,6 +88,26 @@ class Assembler:
         if self.signer is not None:
             raw = self.signer.sign(raw)
         return env_from, rcpt, raw
+
+
+def _for_reader(tpl: messages.MessageTemplate, name: str, zone: str) -> messages.MessageTemplate:
+    """The edition's parts with this reader's greeting and dates (see `personal`)."""
+    text, html = personal.for_reader(tpl.text, tpl.html, name=name, zone=zone)
+    return dataclasses.replace(
+        tpl,
+        text=text,
+        html=html,
+        text_cte=_still_7bit(tpl.text_cte, text),
+        html_cte=_still_7bit(tpl.html_cte, html),
+    )
+
+
+def _still_7bit(cte: str, body: str) -> str:
+    # The encoding was chosen for the shared parts; a name can bring the first non-ASCII
+    # character (or a long line) into a part that was plain 7-bit until then.
+    if cte == "7bit" and not (body.isascii() and all(len(line) <= 76 for line in body.split("\n"))):
+        return "quoted-printable"
+    return cte
 
 
 def dkim_key(cfg: Config) -> DkimKey | None:

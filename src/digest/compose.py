@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import messages, rendering, schedule, selection, views
+from digest import messages, personal, rendering, schedule, selection, stories, tokens, views
 from digest.bootstrap import App
 from digest.errors import UsageError
 from digest.models import (
@@ -39,15 +39,8 @@ def _article_url(app: App, article_id: int, url: str | None) -> str:
     return url or f"{app.base_url}/articles/{article_id}"
 
 
-def edition_view(
-    app: App,
-    lst: MailingList,
-    picked: Sequence[compose_store.Candidate],
-    more: int,
-    now: datetime,
-    web_url: str,
-) -> views.EditionView:
-    b = app.cfg.branding
+def edition_view(app: App, d: Draft, now: datetime, web_url: str, more_url: str = "") -> views.EditionView:
+    b, lst = app.cfg.branding, d.lst
     contact = (
         lst.reply_to or app.cfg.sender.reply_to or messages.address_of(lst.from_addr or app.cfg.sender.from_)
     )
@@ -62,20 +55,23 @@ def edition_view(
             views.ArticleView(
                 title=c.article.title,
                 url=_article_url(app, c.article.id, c.article.url),
-                source=c.source_name,
+                source=stories.source_label(c.source_name, d.titles, c.article.url),
                 published_at=c.article.published_at,
                 summary=c.article.summary,
                 image_url=c.article.image_url,
+                author=c.article.author,
             )
-            for c in picked
+            for c in d.picked
         ],
-        more_count=more,
+        more_count=d.more,
         archive_url=f"{app.base_url}/archive/{lst.slug}",
         web_url=web_url,
         base_url=app.base_url,
         postal_address=app.cfg.sender.postal_address,
         contact=contact,
         branding=views.Branding(accent=b.accent, logo_url=b.logo_url, footer_text=b.footer_text),
+        more_url=more_url,
+        composed_at=now,
     )
 
 
@@ -88,6 +84,8 @@ class Draft:
     upto_seq: int
     picked: tuple[compose_store.Candidate, ...]
     more: int
+    since: datetime  # stories published before this are too old for the list (max_age)
+    titles: Mapping[str, str]  # source name → the title readers see
 
     @property
     def empty(self) -> bool:
@@ -100,11 +98,18 @@ async def draft(
     since = now - timedelta(seconds=lst.max_age_seconds)
     candidates = await compose_store.new_articles_for_list(s, lst.id, after_seq, upto_seq, since)
     chosen = selection.select_articles(candidates, lst.min_articles, lst.max_articles)
-    return Draft(lst, after_seq, upto_seq, chosen.chosen, chosen.more)
+    titles = await stories.source_titles(app, s)
+    return Draft(lst, after_seq, upto_seq, chosen.chosen, chosen.more, since, titles)
 
 
-def render_draft(app: App, d: Draft, now: datetime, web_url: str) -> views.Rendered:
-    return rendering.render_edition(app.templates, edition_view(app, d.lst, d.picked, d.more, now, web_url))
+def render_draft(app: App, d: Draft, now: datetime, web_url: str, more_url: str = "") -> views.Rendered:
+    return rendering.render_edition(app.templates, edition_view(app, d, now, web_url, more_url))
+
+
+def stories_url(app: App, d: Draft, edition_id: int) -> str:
+    """The page listing every new story of an edition, those "and N more" counted included."""
+    signed = tokens.stories_range(app.keys[0], edition_id, d.after_seq, d.upto_seq, int(d.since.timestamp()))
+    return f"{app.base_url}/archive/{d.lst.slug}/{edition_id}/stories?r={signed}"
 
 
 @dataclass
@@ -219,7 +224,8 @@ async def _new_edition(
         status=EditionStatus.SENDING,
     )
     await ledger.add_edition(s, edition)
-    rendered = render_draft(app, d, now, f"{app.base_url}/archive/{d.lst.slug}/{edition.id}")
+    web_url = f"{app.base_url}/archive/{d.lst.slug}/{edition.id}"
+    rendered = render_draft(app, d, now, web_url, stories_url(app, d, edition.id))
     subject = f"[Test] {rendered.subject}" if kind == DeliveryKind.TEST else rendered.subject
     await ledger.set_edition_body(s, edition, subject, rendered.html, rendered.text)
     return edition.id
@@ -250,16 +256,18 @@ async def preview(
     app: App, lst: MailingList, now: datetime, address: str | None = None
 ) -> tuple[Draft, views.Rendered]:
     """Exactly the digest a reader (or a new reader) would get next; changes nothing."""
-    watermark = 0
+    watermark, name, zone = 0, "", lst.timezone
     if address:
-        sub, _ = await reader_subscription(app, lst, address)
-        watermark = sub.watermark
+        sub, reader = await reader_subscription(app, lst, address)
+        watermark, name, zone = sub.watermark, reader.name, sub.timezone or lst.timezone
     async with app.db.read() as s:
         upto = await compose_store.list_max_seq(s, lst.id)
         d = await draft(app, s, lst, watermark, upto, now)
     if d.empty:
         return d, views.Rendered("", "", "")
-    return d, render_draft(app, d, now, f"{app.base_url}/archive/{lst.slug}")
+    rendered = render_draft(app, d, now, f"{app.base_url}/archive/{lst.slug}")
+    text, html = personal.for_reader(rendered.text, rendered.html, name=name, zone=zone)
+    return d, views.Rendered(rendered.subject, html, text)
 
 
 async def queue_test(app: App, lst: MailingList, address: str, now: datetime) -> int:

@@ -229,6 +229,8 @@ class TemplatesConfig(_Section):
 
 class SourceConfig(_Section):
     name: str = Field(min_length=1, max_length=100)
+    # What readers see as the story's source; a feed's own title when not set, never the name.
+    title: str | None = Field(default=None, max_length=200)
     kind: Literal["feed", "directory", "api"]
     url: str | None = None
     path: str | None = None
@@ -383,7 +385,10 @@ class Config(_Section):
         return next((lst for lst in self.lists if lst.slug == slug), None)
 
 
+# The first digest a newcomer sees should be a whole one: the sample stories go back to 2024, so
+# the demo list looks back ten years, and its footer carries an address of the sample town.
 EMBEDDED_DEFAULT: dict[str, Any] = {
+    "sender": {"postal_address": "Demo Digest, 1 Harbour Street, Kingsport"},
     "sources": [{"name": "seeds", "kind": "directory", "path": "seeds", "interval": "10m"}],
     "lists": [
         {
@@ -393,6 +398,7 @@ EMBEDDED_DEFAULT: dict[str, Any] = {
             "sources": ["seeds"],
             "schedule": "0 7 * * *",
             "timezone": "UTC",
+            "max_age": "3650d",
         }
     ],
 }

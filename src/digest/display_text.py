@@ -108,14 +108,26 @@ def is_https(url: str) -> bool:
     return parts.scheme == "https" and bool(parts.netloc)
 
 
-_LONG_WORD = re.compile(r"[^\s\u200b]{25,}")
+# The first strong character decides a paragraph's direction (the Unicode bidi algorithm, rule P2):
+# Hebrew, Arabic, Syriac, Thaana, NKo, Samaritan, Mandaic and their presentation forms are
+# right-to-left; a Latin, Greek, Cyrillic or CJK letter is left-to-right.
+_RTL = "\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc"
+_STRONG = re.compile(rf"[{_RTL}]|[^\W\d_{_RTL}]")
+_RTL_CHAR = re.compile(rf"[{_RTL}]")
 
 
-def breakable(text: str) -> str:
-    """Text with a zero-width space every 20 characters of any run longer than 24.
+def direction_of(*texts: str) -> str:
+    """ "rtl" or "ltr": the direction of the first of `texts` that has a strong character."""
+    for text in texts:
+        m = _STRONG.search(text)
+        if m:
+            return "rtl" if _RTL_CHAR.match(m[0]) else "ltr"
+    return "ltr"
 
-    A table cell is never narrower than its longest word, so one 200-character "word" in a
-    feed title would widen the whole digest past a phone's screen; CSS to prevent that
-    (overflow-wrap: anywhere) is missing from most email clients.
-    """
-    return _LONG_WORD.sub(lambda m: "\u200b".join(m[0][i : i + 20] for i in range(0, len(m[0]), 20)), text)
+
+def host_of(url: str | None) -> str:
+    """The site a story came from, as a reader knows it ("example.org" for https://www.example.org/x)."""
+    if not url:
+        return ""
+    host = (urlsplit(url).hostname or "").lower()
+    return host.removeprefix("www.")

@@ -1,10 +1,11 @@
-"""Sample editions and confirmations: what template checks render when an operator changes a template."""
+"""Sample editions, confirmations and welcomes: what template checks render when an operator
+changes a template."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from digest.views import ArticleView, Branding, ConfirmView, EditionView
+from digest.views import ArticleView, Branding, ConfirmView, EditionView, WelcomeList, WelcomeView
 
 _SAMPLE_BASE = "https://news.example.com"
 
@@ -26,11 +27,15 @@ def sample_edition(count: int, *, full: bool = True) -> EditionView:
                 published_at=datetime(2026, 1, 5, 6, 0, tzinfo=UTC),
                 summary="A sample summary of a story, one sentence long." if full or n % 2 else "",
                 image_url=f"{_SAMPLE_BASE}/static/sample-{n}.jpg" if full or n % 2 else None,
+                author="Sam Ple" if full else None,
+                direction="rtl" if full and n == 1 else "",
             )
             for n in range(count)
         ],
         more_count=3 if full else 0,
         archive_url=f"{_SAMPLE_BASE}/archive/sample",
+        more_url=f"{_SAMPLE_BASE}/archive/sample/1/stories" if full else "",
+        composed_at=datetime(2026, 1, 5, 7, 0, tzinfo=UTC) if full else None,
         web_url=f"{_SAMPLE_BASE}/editions/1",
         base_url=_SAMPLE_BASE,
         postal_address="Sample Street 1\n1000 Sample Town",
@@ -54,3 +59,22 @@ def sample_confirmation() -> ConfirmView:
         postal_address="Sample Street 1\n1000 Sample Town",
         sender_name="Sample News",
     )
+
+
+def sample_welcomes() -> list[WelcomeView]:
+    """A named reader of two lists, one of which has sent before, and a reader without a name."""
+    first = datetime(2026, 1, 6, 7, 0, tzinfo=UTC)
+    weekly = WelcomeList(
+        "Sample Weekly",
+        "A sample list",
+        "every Monday at 07:00 (UTC)",
+        first,
+        f"{_SAMPLE_BASE}/archive/sample/1",
+    )
+    daily = WelcomeList("Sample Daily", "", "every day at 07:00 (UTC)", None, None)
+    return [
+        WelcomeView(
+            "Sam Ple", "Europe/Berlin", [weekly, daily], _SAMPLE_BASE, "Sample Street 1", "Sample News"
+        ),
+        WelcomeView("", "UTC", [daily], _SAMPLE_BASE, "Sample Street 1\n1000 Sample Town", "Sample News"),
+    ]

@@ -110,17 +110,19 @@ def parse_feed(
     if repaired:
         warnings.append(f"{name}: feed has bytes that are not valid in its encoding; replaced them")
     if data.lstrip().startswith(b"{"):
-        items = _json_feed_items(name, data, base_url)
+        title, items = _json_feed_items(name, data, base_url)
     else:
         _refuse_entities(name, data)
-        items = _feedparser_items(name, data, base_url, media, warnings)
+        title, items = _feedparser_items(name, data, base_url, media, warnings)
     articles, refused = build_articles(name, items, now, warnings)
-    return Parsed(articles, refused, warnings)
+    shown = " ".join(html_to_text(title).split())[:200] if title.strip() else ""
+    return Parsed(articles, refused, warnings, title=shown or None)
 
 
 def _feedparser_items(
     name: str, data: bytes, base_url: str | None, media: str | None, warnings: list[str]
-) -> list[SourceItem]:
+) -> tuple[str, list[SourceItem]]:
+    """The feed's title and its items."""
     # The bytes are UTF-8 by now, whatever the server said: tell feedparser so, with the media type.
     headers = {"content-type": f"{media or 'application/xml'}; charset=utf-8"}
     if base_url:
@@ -132,7 +134,7 @@ def _feedparser_items(
         if head.startswith((b"<!doctype html", b"<html")):
             raise SourceError(f"source {name!r}: got an HTML page, not a feed")
         if parsed.version:
-            return []  # a valid feed with nothing in it (yet)
+            return str(parsed.feed.get("title", "")), []  # a valid feed with nothing in it (yet)
         if parsed.bozo:
             raise SourceError(f"source {name!r}: cannot parse feed: {parsed.get('bozo_exception')}")
         raise SourceError(f"source {name!r}: not an RSS, Atom or JSON feed")
@@ -141,7 +143,8 @@ def _feedparser_items(
             f"{name}: feed is not well-formed ({parsed.get('bozo_exception')}); read it leniently"
         )
     feed_link = parsed.feed.get("link") or base_url
-    return [_feedparser_item(entry, feed_link, index) for index, entry in enumerate(parsed.entries)]
+    items = [_feedparser_item(entry, feed_link, index) for index, entry in enumerate(parsed.entries)]
+    return str(parsed.feed.get("title", "")), items
 
 
 def _feedparser_item(entry: Any, feed_link: str | None, index: int) -> SourceItem:
@@ -194,7 +197,8 @@ def _feedparser_image(entry: Any) -> str | None:
     return None
 
 
-def _json_feed_items(name: str, data: bytes, base_url: str | None) -> list[SourceItem]:
+def _json_feed_items(name: str, data: bytes, base_url: str | None) -> tuple[str, list[SourceItem]]:
+    """The feed's title and its items."""
     try:
         feed = json.loads(data)
     except ValueError as exc:
@@ -206,11 +210,12 @@ def _json_feed_items(name: str, data: bytes, base_url: str | None) -> list[Sourc
     ):
         raise SourceError(f"source {name!r}: JSON but not a JSON Feed 1.x (no version or items)")
     base = _text(feed.get("home_page_url")) or _text(feed.get("feed_url")) or base_url
-    return [
+    items = [
         _json_feed_item(item, base, index)
         for index, item in enumerate(feed["items"])
         if isinstance(item, dict)
     ]
+    return _text(feed.get("title")) or "", items
 
 
 def _json_feed_item(item: dict[str, Any], base: str | None, index: int) -> SourceItem:

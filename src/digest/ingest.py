@@ -46,6 +46,7 @@ class FetchResult:
     not_modified: bool
     warnings: list[str]
     refused: list[str] = field(default_factory=list)  # one line per item not taken, saying why
+    title: str | None = None  # the feed's title: what readers are shown instead of the source's name
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,13 @@ async def fetch_source(
         parse_feed, name, download.body, now=now, base_url=download.url, content_type=download.content_type
     )
     return FetchResult(
-        parsed.articles, download.etag, download.last_modified, False, parsed.warnings, parsed.refused
+        parsed.articles,
+        download.etag,
+        download.last_modified,
+        False,
+        parsed.warnings,
+        parsed.refused,
+        title=parsed.title,
     )
 
 

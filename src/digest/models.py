@@ -337,7 +337,8 @@ class MailboxProgress(Base):
 
 
 class Setting(Base):
-    """Values the service generates once and shares between processes (e.g. a signing key)."""
+    """Values the service generates or learns and shares between processes (a signing key,
+    counters, the titles feeds give themselves)."""
 
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)

@@ -8,8 +8,10 @@ from datetime import datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from digest import bootstrap, readers, schedule
-from digest.models import MailingList, SubscriptionStatus
+from digest.models import MailingList, Subscription, SubscriptionStatus
 from digest.signup import request_confirmation
 from digest.signup_form import Signup
 from digest.store import readers as readers_store
@@ -56,7 +58,10 @@ async def reader_for_token(app: bootstrap.App, token: str) -> Reader | None:
 class PrefsOutcome:
     changed: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
+    back: list[str] = field(default_factory=list)  # lists the reader had confirmed and rejoined at once
     confirmation_for: list[str] = field(default_factory=list)
+    # Lists still awaiting the confirmation mailed less than a day ago (its link still works).
+    waiting: list[tuple[str, datetime]] = field(default_factory=list)
 
 
 class _LastDigest(readers.Scheduled, Protocol):
@@ -142,11 +147,75 @@ async def change_preferences(
             outcome.changed.append(lst.slug)
         address = reader.email
     joining = tuple(slug for slug in wanted if slug not in have)
-    if joining:
-        signup = Signup(address, joining, replace(prefs, name=""), consent)
+    # A list this reader confirmed before takes them back at once: following their own link
+    # proves the mailbox, as the confirmation did. Lists new to them are confirmed by mail first.
+    outcome.back = await _rejoin(app, token, joining, now, consent)
+    asking = tuple(slug for slug in joining if slug not in outcome.back)
+    if asking:
+        signup = Signup(address, asking, replace(prefs, name=""), consent)
         done = await request_confirmation(app, signup, now, method="preferences", hourly_budget=hourly_budget)
         outcome.confirmation_for = done.mailed
+        outcome.waiting = done.waiting
     return outcome
+
+
+async def _rejoin(
+    app: bootstrap.App, token: str, slugs: Sequence[str], now: datetime, consent: readers.Consent
+) -> list[str]:
+    """Of `slugs`, the lists this reader had confirmed and left, restored; their slugs."""
+    back: list[str] = []
+    async with app.db.write() as s:
+        base = await readers_store.subscription_by_token_for_update(s, token)
+        reader = await readers_store.subscriber_by_id(s, base.subscriber_id) if base else None
+        if base is None or reader is None or reader.status != "active":
+            return back
+        for sub, lst in await readers_store.subscriptions_of(s, reader.id):
+            if lst.slug in slugs and lst.active and await _restore(s, sub, lst, now, consent):
+                back.append(lst.slug)
+    return back
+
+
+async def _restore(
+    s: AsyncSession, sub: Subscription, lst: MailingList, now: datetime, consent: readers.Consent
+) -> bool:
+    if sub.status != SubscriptionStatus.UNSUBSCRIBED or sub.confirmed_at is None:
+        return False
+    await readers_store.restore_subscription(s, sub, readers.next_slot(sub, lst, now))
+    await readers_store.add_event(
+        s,
+        "resubscribed",
+        now,
+        subscriber_id=sub.subscriber_id,
+        subscription_id=sub.id,
+        list=lst.slug,
+        ip=consent.ip,
+        user_agent=consent.user_agent,
+        consent_text_version=consent.text_version,
+    )
+    return True
+
+
+async def resubscribe_token(
+    app: bootstrap.App, token: str, now: datetime, consent: readers.Consent
+) -> tuple[str, str] | None:
+    """Come back to the token's list from its unsubscribe page: (list name, what happened), or None
+    for an unknown token. What happened is "back" (at once: the reader had confirmed the list);
+    else a confirmation was "mailed", or one mailed less than a day ago is still "waiting", or
+    "refused" (the address bounced or was suppressed)."""
+    async with app.db.write() as s:
+        sub = await readers_store.subscription_by_token_for_update(s, token)
+        lst = await reports_store.list_by_id(s, sub.list_id) if sub else None
+        reader = await readers_store.subscriber_by_id(s, sub.subscriber_id) if sub else None
+        if sub is None or lst is None or reader is None:
+            return None
+        if sub.status == SubscriptionStatus.CONFIRMED:
+            return lst.name, "back"
+        if reader.status == "active" and await _restore(s, sub, lst, now, consent):
+            return lst.name, "back"
+        address, slug = reader.email, lst.slug
+    signup = Signup(address, (slug,), readers.ReaderPrefs(), consent)
+    done = await request_confirmation(app, signup, now, method="resubscribe", hourly_budget=None)
+    return lst.name, "mailed" if done.mailed else "waiting" if done.waiting else "refused"
 
 
 async def unsubscribe_token(app: bootstrap.App, token: str, method: str, now: datetime) -> str | None:

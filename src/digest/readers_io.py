@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO
 
-from digest import bootstrap, readers
+from digest import bootstrap, readers, signup
 from digest.errors import DigestError
 from digest.models import MailingList
 from digest.schedule import WEEKDAYS
@@ -56,6 +56,8 @@ class ImportReport:
     unchanged: int = 0
     updated: int = 0
     bad: list[tuple[int, str]] = field(default_factory=list)
+    asked: int = 0  # pending readers a confirmation email was queued for
+    waiting: int = 0  # pending readers sent one less than a day ago (its link still works)
 
 
 def _weekday(value: str) -> int | None:
@@ -111,13 +113,17 @@ async def import_csv(
     now: datetime,
     chunk: int = 500,
 ) -> ImportReport:
-    """Import readers; a dry run (apply=False) validates and counts inside a rolled-back transaction."""
+    """Import readers; a dry run (apply=False) validates and counts inside a rolled-back transaction.
+
+    Readers imported without `confirmed` are pending: each is mailed a confirmation, under the
+    same limits as a signup on the web (only when applying)."""
     report = ImportReport()
     rows = read_rows(handle)
     while True:
         batch = [r for _, r in zip(range(chunk), rows, strict=False)]
         if not batch:
             return report
+        imported: list[str] = []
         try:
             async with app.db.write() as s:
                 for item in batch:
@@ -139,6 +145,7 @@ async def import_csv(
                     except DigestError as exc:
                         report.bad.append((item.line, str(exc)))
                         continue
+                    imported.append(item.address)
                     if result.created:
                         report.added += 1
                     elif result.changed:
@@ -148,7 +155,12 @@ async def import_csv(
                 if not apply:
                     raise _DryRun
         except _DryRun:
-            pass
+            continue
+        if not confirmed:
+            for address in imported:
+                asked = await signup.ask_pending(app, address, [lst.slug], now)
+                report.asked += bool(asked.mailed)
+                report.waiting += bool(asked.waiting)
 
 
 class _DryRun(Exception):

@@ -1,8 +1,9 @@
-"""Render an edition or a confirmation into subject, HTML and text.
+"""Render an edition, a confirmation or a welcome into subject, HTML and text.
 
 Pure: no database, sockets, clock or environment. Dates arrive in the views, and the
 per-reader token stays a placeholder (`TOKEN_PLACEHOLDER`) that the sender substitutes
-in the decoded parts, so one rendering (and one premailer pass) serves a whole edition.
+in the decoded parts, so one rendering (and one premailer pass) serves a whole edition. The
+reader's name and every date (in the reader's zone) are markers that `personal` fills in.
 
 Templates live in `<dir>/email/<name>/{subject.txt, body.txt, body.html}`; operators may
 point the config at their own copy of `templates/`.
@@ -20,17 +21,19 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import cssutils
 import jinja2
 from premailer import Premailer
 
 from digest.display_text import (
-    breakable,
     clean,
     clean_lines,
+    direction_of,
     is_https,
     is_web_url,
     join_names,
@@ -40,10 +43,11 @@ from digest.display_text import (
     short_date,
     shorten,
 )
-from digest.email_samples import sample_confirmation, sample_edition, sample_editions
+from digest.email_samples import sample_confirmation, sample_edition, sample_editions, sample_welcomes
 from digest.errors import TemplateError
 from digest.palette import DARK_PALETTE, LIGHT_PALETTE, link_colour, readable_on
-from digest.views import ArticleView, ConfirmView, EditionView, Rendered
+from digest.personal import NAME_MARKER, NAME_MAX_BYTES, date_marker, for_reader
+from digest.views import ArticleView, ConfirmView, EditionView, Rendered, WelcomeView
 
 log = logging.getLogger("digest.rendering")
 
@@ -60,7 +64,7 @@ cssutils.ser.prefs.minimizeColorHash = False
 _TEMPLATE_FILES = ("subject.txt", "body.txt", "body.html")
 
 
-_REQUIRED_EMAILS = ("digest", "confirm")
+_REQUIRED_EMAILS = ("digest", "confirm", "welcome")
 
 
 # Gmail clips a message whose HTML passes about 102 KB (STANDARDS item 48).
@@ -125,9 +129,8 @@ class Templates:
             lstrip_blocks=True,
         )
         for env in (self._html_env, self._text_env):
-            env.filters["long_date"] = long_date
-            env.filters["short_date"] = short_date
-        self._html_env.filters["breakable"] = breakable
+            env.filters["long_date"] = _long_date
+            env.filters["short_date"] = _short_date
         names = sorted({*_REQUIRED_EMAILS, *(p.name for p in emails.iterdir() if p.is_dir())})
         self._compiled = {
             (name, filename): self._compile(name, filename) for name in names for filename in _TEMPLATE_FILES
@@ -139,6 +142,8 @@ class Templates:
         for view in sample_editions():
             _render_parts(self, "digest", _edition_context(view, view.articles, view.more_count))
         _render_parts(self, "confirm", _confirm_context(sample_confirmation()))
+        for welcome in sample_welcomes():
+            _render_parts(self, "welcome", _welcome_context(welcome))
 
     def _compile(self, name: str, filename: str) -> jinja2.Template:
         path = self.directory / "email" / name / filename
@@ -213,6 +218,18 @@ def render_edition(templates: Templates, view: EditionView) -> Rendered:
         )
         html = _inline_css(parts.html, base_url=view.base_url.rstrip("/"))
     return Rendered(subject=parts.subject, html=html, text=parts.text)
+
+
+def render_welcome(templates: Templates, view: WelcomeView) -> Rendered:
+    """The mail after confirming, for one reader: greeted by name, times in their zone."""
+    parts = _render_parts(templates, "welcome", _welcome_context(view))
+    text, html = for_reader(
+        parts.text,
+        _inline_css(parts.html, base_url=view.base_url.rstrip("/")),
+        name=view.reader_name,
+        zone=view.zone,
+    )
+    return Rendered(subject=parts.subject, html=html, text=text)
 
 
 def render_confirmation(templates: Templates, view: ConfirmView) -> Rendered:
@@ -291,9 +308,19 @@ def _within_image_ratio(view: EditionView, articles: Sequence[ArticleView]) -> l
 
 
 def _budget_size(html: str) -> int:
-    """Bytes of the HTML once the longest token we allow replaces every placeholder."""
+    """Bytes of the HTML once the longest token and name we allow replace their placeholders."""
     grow = html.count(TOKEN_PLACEHOLDER) * (MAX_TOKEN_LENGTH - len(TOKEN_PLACEHOLDER))
+    grow += html.count(NAME_MARKER) * NAME_MAX_BYTES
     return len(html.encode()) + grow
+
+
+def _long_date(value: date) -> str:
+    """A day as "2 March 2026": a moment becomes a marker, shown in each reader's own zone."""
+    return date_marker(value, "L") if isinstance(value, datetime) else long_date(value)
+
+
+def _short_date(value: date) -> str:
+    return date_marker(value, "S") if isinstance(value, datetime) else short_date(value)
 
 
 def _edition_context(view: EditionView, articles: Sequence[ArticleView], more_count: int) -> dict[str, Any]:
@@ -311,10 +338,14 @@ def _edition_context(view: EditionView, articles: Sequence[ArticleView], more_co
         "start": "right" if view.direction == "rtl" else "left",
         "end": "left" if view.direction == "rtl" else "right",
         "edition_date": view.edition_date,
+        # The header's day, in each reader's own zone once `personal` fills it in.
+        "edition_day": _long_date(view.composed_at) if view.composed_at else long_date(view.edition_date),
+        "reader_name": NAME_MARKER,
         "articles": list(articles),
         "more_count": more_count,
         "total_count": len(articles) + more_count,
         "archive_url": view.archive_url,
+        "more_url": view.more_url or view.archive_url,
         "web_url": view.web_url,
         "base_url": base_url,
         "unsubscribe_url": f"{base_url}/u/{TOKEN_PLACEHOLDER}",
@@ -356,6 +387,41 @@ def _confirm_context(view: ConfirmView) -> dict[str, Any]:
         "preheader": preheader(
             [f"Confirm your subscription to {lists}. The link expires in 48 hours."],
             "If you did not ask for this, ignore this email.",
+        ),
+    }
+
+
+def _welcome_context(view: WelcomeView) -> dict[str, Any]:
+    zone = ZoneInfo(view.zone)
+    lists = [
+        {
+            "name": clean(item.name),
+            "description": clean(item.description),
+            "schedule": clean(item.schedule),
+            "first_day": long_date(item.first_at.astimezone(zone).date()) if item.first_at else None,
+            "first_time": f"{item.first_at.astimezone(zone):%H:%M}" if item.first_at else None,
+            "latest_url": item.latest_url if item.latest_url and is_web_url(item.latest_url) else None,
+        }
+        for item in view.lists
+    ]
+    names = join_names([clean(item.name) for item in view.lists])
+    base_url = view.base_url.rstrip("/")
+    return {
+        "lists": lists,
+        "list_names": names,
+        "zone": view.zone,
+        "reader_name": NAME_MARKER,
+        "preferences_url": f"{base_url}/p/{TOKEN_PLACEHOLDER}",
+        "base_url": base_url,
+        "postal_address": clean_lines(view.postal_address),
+        "sender_name": clean(view.sender_name),
+        "accent": LIGHT_PALETTE.link,
+        "accent_text": readable_on(LIGHT_PALETTE.link),
+        "light": LIGHT_PALETTE,
+        "dark": DARK_PALETTE,
+        "preheader": preheader(
+            [f"You are subscribed to {names}. Here is what comes next and how to change it."],
+            "Welcome aboard.",
         ),
     }
 
@@ -405,10 +471,14 @@ def _clean_article(article: ArticleView) -> ArticleView:
     image = article.image_url
     if not image or not is_https(image) or len(image) > _IMAGE_URL_MAX:
         image = None
+    title = shorten(clean(article.title), TITLE_MAX)
+    summary = shorten(clean(article.summary), SUMMARY_MAX)
     return dataclasses.replace(
         article,
-        title=shorten(clean(article.title), TITLE_MAX),
+        title=title,
         source=shorten(clean(article.source), 100),
-        summary=shorten(clean(article.summary), SUMMARY_MAX),
+        summary=summary,
         image_url=image,
+        author=shorten(clean(article.author), 100) if article.author else None,
+        direction=article.direction if article.direction in ("ltr", "rtl") else direction_of(title, summary),
     )

@@ -24,7 +24,7 @@ from typing import Any
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy.exc import IntegrityError
 
-from digest import bootstrap, messages, readers, rendering, views
+from digest import bootstrap, messages, readers, rendering, views, welcome
 from digest.alerting import Alert, raise_alert
 from digest.models import DeliveryKind, DeliveryStatus, MailingList, Subscription, SubscriptionStatus
 from digest.signup_form import MAX_LISTS, TEXT_MAX, Signup, clean_text
@@ -119,6 +119,8 @@ class SignupResult:
     subscription_ids: list[int] = field(default_factory=list)
     mailed: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
+    # Lists still awaiting a confirmation mailed less than a day ago (its link still works), with when.
+    waiting: list[tuple[str, datetime]] = field(default_factory=list)
     delivery_id: int | None = None
 
 
@@ -146,7 +148,7 @@ async def _request_confirmation(
 ) -> SignupResult:
     result = SignupResult()
     async with app.db.write() as s:
-        to_confirm: list[tuple[Subscription, MailingList]] = []
+        asking: list[tuple[Subscription, MailingList]] = []
         for slug in signup.lists:
             lst = await sources_store.list_by_slug(s, slug)
             if lst is None or not lst.active:
@@ -161,39 +163,57 @@ async def _request_confirmation(
             result.subscription_ids.append(sub.id)
             if sub.status == SubscriptionStatus.CONFIRMED:
                 result.already.append(slug)
-                continue
-            last = await readers_store.last_confirmation_sent(s, sub.id)
-            if last is not None and now - last < CONFIRM_EVERY:
-                continue
-            to_confirm.append((sub, lst))
-        if not to_confirm:
-            return result
-        reader = await readers_store.subscriber_by_id(s, to_confirm[0][0].subscriber_id)
-        if reader is None or reader.status != "active":
-            return result  # bounced, complained or suppressed: never mail them again
-        if hourly_budget is not None:
-            sent = await readers_store.transactional_count_since(s, now - timedelta(hours=1))
-            if sent >= hourly_budget:
-                what = (
-                    f"{sent} confirmation emails in the last hour reached the budget of {hourly_budget}; "
-                    f"the signup of {reader.email} waits (possible list bombing)"
-                )
-                log.error("ALERT: %s", what)
-                raise_alert(Alert("operator", what, what, now))
-                return result
-        result.delivery_id = await _queue_confirmation(app, s, reader.email, to_confirm, now)
-        for sub, lst in to_confirm:
-            await readers_store.add_event(
-                s,
-                "confirmation_sent",
-                now,
-                subscriber_id=sub.subscriber_id,
-                subscription_id=sub.id,
-                delivery_id=result.delivery_id,
-                list=lst.slug,
-            )
-            result.mailed.append(lst.slug)
+            else:
+                asking.append((sub, lst))
+        await ask_to_confirm(app, s, asking, now, hourly_budget, result)
     return result
+
+
+async def ask_to_confirm(
+    app: bootstrap.App,
+    s: Any,
+    pending: Sequence[tuple[Subscription, MailingList]],
+    now: datetime,
+    hourly_budget: int | None,
+    result: SignupResult,
+) -> None:
+    """Queue one confirmation email for the pending subscriptions (of one reader) that may have one:
+    at most one per signup and list a day while unanswered, never to a bounced or suppressed reader,
+    and within the hourly budget. `result.mailed` and `result.waiting` say which lists got one."""
+    to_confirm: list[tuple[Subscription, MailingList]] = []
+    for sub, lst in pending:
+        last = await readers_store.last_confirmation_sent(s, sub)
+        if last is not None and now - last < CONFIRM_EVERY:
+            result.waiting.append((lst.slug, last))
+        else:
+            to_confirm.append((sub, lst))
+    if not to_confirm:
+        return
+    reader = await readers_store.subscriber_by_id(s, to_confirm[0][0].subscriber_id)
+    if reader is None or reader.status != "active":
+        return  # bounced, complained or suppressed: never mail them again
+    if hourly_budget is not None:
+        sent = await readers_store.confirmations_since(s, now - timedelta(hours=1))
+        if sent >= hourly_budget:
+            what = (
+                f"{sent} confirmation emails in the last hour reached the budget of {hourly_budget}; "
+                f"the signup of {reader.email} waits (possible list bombing)"
+            )
+            log.error("ALERT: %s", what)
+            raise_alert(Alert("operator", what, what, now))
+            return
+    result.delivery_id = await _queue_confirmation(app, s, reader.email, to_confirm, now)
+    for sub, lst in to_confirm:
+        await readers_store.add_event(
+            s,
+            "confirmation_sent",
+            now,
+            subscriber_id=sub.subscriber_id,
+            subscription_id=sub.id,
+            delivery_id=result.delivery_id,
+            list=lst.slug,
+        )
+        result.mailed.append(lst.slug)
 
 
 def sender_name(app: bootstrap.App) -> str:
@@ -246,6 +266,8 @@ async def _queue_confirmation(
 class Confirmed:
     lists: tuple[str, ...]  # names of the lists now confirmed (newly or before)
     token: str | None  # one subscription's token, for a link to the preferences page
+    name: str = ""  # the reader's name, for the page's greeting
+    welcomed: bool = False  # a welcome mail was queued (the lists were newly confirmed)
 
 
 async def confirm(
@@ -256,9 +278,10 @@ async def confirm(
     ip: str | None,
     user_agent: str | None,
 ) -> Confirmed:
-    """Confirm the pending subscriptions a valid token names. Idempotent."""
+    """Confirm the pending subscriptions a valid token names, and welcome the reader. Idempotent."""
     names: list[str] = []
-    token = None
+    token, reader = None, None
+    newly: list[tuple[Subscription, MailingList]] = []
     async with app.db.write() as s:
         for sub_id, stamp in pairs:
             sub = await readers_store.subscription_for_update(s, sub_id)
@@ -281,10 +304,15 @@ async def confirm(
                     method="link",
                     ip=ip,
                 )
+                newly.append((sub, lst))
             if sub.status == SubscriptionStatus.CONFIRMED:
                 names.append(lst.name)
                 token = token or sub.token
-    return Confirmed(tuple(names), token)
+                reader = reader or await readers_store.subscriber_by_id(s, sub.subscriber_id)
+        welcomed = None
+        if reader is not None and newly:
+            welcomed = await welcome.queue_welcome(app, s, reader, newly, now, sender=sender_name(app))
+    return Confirmed(tuple(names), token, reader.name if reader else "", welcomed is not None)
 
 
 async def resend_confirmation(
@@ -308,6 +336,30 @@ async def resend_confirmation(
     # Re-asking through the signup path keeps every rule in one place; a pending row is left as it is.
     signup = Signup(address, tuple(slugs), readers.ReaderPrefs(), readers.Consent())
     return await request_confirmation(app, signup, now, method="resend", hourly_budget=hourly_budget)
+
+
+async def ask_pending(
+    app: bootstrap.App, address: str, slugs: Sequence[str] | None, now: datetime
+) -> SignupResult:
+    """Mail a confirmation for a reader's pending subscriptions (all, or those of `slugs`) under the
+    web's limits: what `subscribers add` and `import` do for readers added unconfirmed, and what
+    `subscribers confirm-again` does when a reader lost the mail."""
+    result = SignupResult()
+    _, key = readers.normalize_address(address)
+    async with app.db.write() as s:
+        reader = await readers_store.subscriber_by_email(s, key)
+        if reader is None:
+            return result
+        pending = [
+            (sub, lst)
+            for sub, lst in await readers_store.subscriptions_of(s, reader.id)
+            if sub.status == SubscriptionStatus.PENDING
+            and lst.active
+            and (slugs is None or lst.slug in slugs)
+        ]
+        result.subscription_ids = [sub.id for sub, _ in pending]
+        await ask_to_confirm(app, s, pending, now, None, result)
+    return result
 
 
 async def purge_stale_signups(

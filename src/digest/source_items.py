@@ -37,6 +37,7 @@ class Parsed:
     articles: list[NewArticle]
     refused: list[str]
     warnings: list[str]
+    title: str | None = None  # the feed's own name for itself ("Harbour Town Gazette"), if it gives one
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,8 @@ async def ingest_one(
             last_modified=result.last_modified,
             keep_validators=result.not_modified,
         )
+        if result.title:
+            await sources_store.set_feed_title(s, name, result.title)
     return IngestReport(
         name,
         new=stored.new,

@@ -43,3 +43,30 @@ def parse_verp(address: str, keys: Sequence[str]) -> int | None:
     if any(hmac.compare_digest(mac, _mac(k, delivery_id)) for k in keys):
         return delivery_id
     return None
+
+
+# The "every new story" page of an edition: which stories it lists (the list's articles first seen
+# in (after, upto] and published since a time) travels in its link, signed so that the page
+# lists exactly what the edition's "and N more" counted, and nothing a link could make up.
+_STORIES = re.compile(r"^(\d{1,18})-(\d{1,18})-(\d{1,12})-([0-9a-f]{16})$")
+
+
+def _stories_mac(key: str, edition_id: int, after: int, upto: int, since: int) -> str:
+    message = f"stories:{edition_id}:{after}:{upto}:{since}".encode()
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()[:16]
+
+
+def stories_range(key: str, edition_id: int, after: int, upto: int, since: int) -> str:
+    """The signed range for the link to an edition's page of every new story."""
+    return f"{after}-{upto}-{since}-{_stories_mac(key, edition_id, after, upto, since)}"
+
+
+def parse_stories_range(value: str, edition_id: int, keys: Sequence[str]) -> tuple[int, int, int] | None:
+    """(after, upto, since) of a signed range for this edition, or None if it is not one."""
+    m = _STORIES.match(value)
+    if not m:
+        return None
+    after, upto, since = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    if any(hmac.compare_digest(m.group(4), _stories_mac(k, edition_id, after, upto, since)) for k in keys):
+        return after, upto, since
+    return None

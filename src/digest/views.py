@@ -38,6 +38,10 @@ class ArticleView:
     published_at: datetime
     summary: str
     image_url: str | None
+    author: str | None = None
+    # "ltr" or "rtl", from the story's own text (rendering works it out when left empty): an
+    # Arabic story in an English digest is laid out right-to-left, aligned to the right.
+    direction: str = ""
 
     def __post_init__(self) -> None:
         if not is_web_url(self.url):
@@ -62,6 +66,10 @@ class EditionView:
     postal_address: str
     contact: str
     branding: Branding
+    # The page listing every new story of the edition, those left out included ("and N more").
+    more_url: str = ""
+    # When the edition was composed: the header shows that day in each reader's own zone.
+    composed_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("ltr", "rtl"):
@@ -76,6 +84,27 @@ class EditionView:
 class ConfirmView:
     list_names: Sequence[str]
     confirm_url: str
+    base_url: str
+    postal_address: str
+    sender_name: str
+
+
+@dataclass(frozen=True)
+class WelcomeList:
+    """One list a reader just confirmed, as the welcome mail describes it."""
+
+    name: str
+    description: str
+    schedule: str  # "every day at 07:00 (UTC)"
+    first_at: datetime | None  # the reader's first slot
+    latest_url: str | None  # the web copy of the list's latest digest, if it has sent one
+
+
+@dataclass(frozen=True)
+class WelcomeView:
+    reader_name: str
+    zone: str  # the reader's time zone: every time in the mail is shown in it
+    lists: Sequence[WelcomeList]
     base_url: str
     postal_address: str
     sender_name: str

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from digest import bootstrap, readers, readers_io, reports
+from digest import bootstrap, readers, readers_io, reports, signup
 from digest.cli.output import err, fail, minute, out
 from digest.cli.runner import with_app
 from digest.errors import UsageError
@@ -56,8 +56,9 @@ def add(
         name=name, cadence=cadence, weekday=_weekday_option(weekday), send_hour=hour, timezone=timezone
     )
 
-    async def go(application: bootstrap.App) -> readers.AddResult:
+    async def go(application: bootstrap.App) -> tuple[readers.AddResult, signup.SignupResult | None]:
         lst = await bootstrap.get_list(application, list_slug)
+        now = datetime.now(UTC)
         async with application.db.write() as s:
             _, key = readers.normalize_address(email)
             if await readers_store.subscriber_by_email(
@@ -66,22 +67,59 @@ def add(
                 raise UsageError(
                     f"{email} was erased on request: only the reader can subscribe again (double opt-in)"
                 )
-            return await readers.add_subscription(
-                s,
-                lst,
-                email,
-                prefs,
-                confirmed=confirmed,
-                now=datetime.now(UTC),
-                consent=readers.Consent(source="cli"),
+            added = await readers.add_subscription(
+                s, lst, email, prefs, confirmed=confirmed, now=now, consent=readers.Consent(source="cli")
             )
+        # Pending means asked: the confirmation goes out under the web's limits.
+        asked = None if confirmed else await signup.ask_pending(application, email, [lst.slug], now)
+        return added, asked
 
-    result = with_app(go)
-    state = "confirmed" if confirmed else "pending (awaiting confirmation)"
+    result, asked = with_app(go)
     if result.created or result.changed:
-        out.print(f"{email} subscribed to {list_slug}: {state}", highlight=False)
+        out.print(f"{email} subscribed to {list_slug}: {_state(confirmed, asked)}", highlight=False)
     else:
         out.print(f"{email} was already subscribed to {list_slug}; nothing changed", highlight=False)
+        if asked is not None and (asked.mailed or asked.waiting):
+            out.print(_state(confirmed, asked), highlight=False)
+
+
+def _state(confirmed: bool, asked: signup.SignupResult | None) -> str:
+    if confirmed or asked is None:
+        return "confirmed"
+    if asked.mailed:
+        return "pending; a confirmation email is queued (a running `digest run`, `web` or `worker` sends it)"
+    if asked.waiting:
+        when = min(at for _, at in asked.waiting)
+        return (
+            f"pending; a confirmation email went out at {minute(when)} UTC and its link still works"
+            " (at most one a day: `digest subscribers resend-confirmation` after that)"
+        )
+    return "pending; no confirmation email: this address is suppressed"
+
+
+@subscribers_app.command("resend-confirmation")
+def resend_confirmation(
+    email: str,
+    list_slug: Annotated[
+        str | None, typer.Option("--list", help="Only this list (default: every pending one).")
+    ] = None,
+) -> None:
+    """Mail a pending reader a fresh confirmation link (at most one a day per list, as on the web).
+
+    Example: digest subscribers resend-confirmation ann@example.com --list demo
+    """
+
+    async def go(application: bootstrap.App) -> signup.SignupResult:
+        if list_slug:
+            await bootstrap.get_list(application, list_slug)
+        return await signup.ask_pending(
+            application, email, [list_slug] if list_slug else None, datetime.now(UTC)
+        )
+
+    asked = with_app(go)
+    if not asked.subscription_ids:
+        fail(UsageError(f"{email} has no pending subscription{' to ' + list_slug if list_slug else ''}"))
+    out.print(f"{email}: {_state(False, asked)}", highlight=False)
 
 
 async def _export_rows(application: bootstrap.App, list_slug: str | None) -> list[dict[str, str]]:
@@ -211,6 +249,12 @@ def import_(
         f"{len(report.bad)} bad row(s)",
         highlight=False,
     )
+    if apply and not confirmed:
+        out.print(
+            f"confirmation emails queued for {report.asked} pending reader(s)"
+            + (f"; {report.waiting} had one less than a day ago" if report.waiting else ""),
+            highlight=False,
+        )
 
 
 @subscribers_app.command("export")

@@ -183,21 +183,24 @@ async def subscriber_by_id(session: AsyncSession, subscriber_id: int) -> Subscri
     return await session.get(Subscriber, subscriber_id)
 
 
-async def last_confirmation_sent(session: AsyncSession, subscription_id: int) -> datetime | None:
-    """When this subscription was last mailed a confirmation: at most one per address and list a day."""
+async def last_confirmation_sent(session: AsyncSession, sub: Subscription) -> datetime | None:
+    """When this signup was last mailed a confirmation: at most one per address and list a day
+    while it is unanswered. A signup that starts afresh (the reader left and signs up again)
+    starts a new count, so a returning reader is not locked out by the link they already used."""
     stmt = select(func.max(Event.created_at)).where(
-        Event.subscription_id == subscription_id, Event.kind == "confirmation_sent"
+        Event.subscription_id == sub.id,
+        Event.kind == "confirmation_sent",
+        Event.created_at >= sub.signup_at,
     )
     found: datetime | None = (await session.execute(stmt)).scalar_one_or_none()
     return found
 
 
-async def transactional_count_since(session: AsyncSession, since: datetime) -> int:
-    """Confirmation emails queued since a time, for the global hourly budget against list bombing."""
-    stmt = (
-        select(func.count())
-        .select_from(Delivery)
-        .where(Delivery.kind == "transactional", Delivery.created_at >= since)
+async def confirmations_since(session: AsyncSession, since: datetime) -> int:
+    """Confirmation emails queued since a time, for the global hourly budget against list bombing
+    (one email covers several lists; welcome mails, which only a confirmation leads to, do not count)."""
+    stmt = select(func.count(func.distinct(Event.delivery_id))).where(
+        Event.kind == "confirmation_sent", Event.created_at >= since
     )
     return int((await session.execute(stmt)).scalar_one())
 
@@ -300,3 +303,14 @@ async def set_subscription_schedule(
 
 async def rename_subscriber(session: AsyncSession, reader: Subscriber, name: str, now: datetime) -> None:
     reader.name, reader.updated_at = name, now
+
+
+async def restore_subscription(session: AsyncSession, sub: Subscription, next_due: datetime) -> None:
+    """A reader who had confirmed and left comes back: confirmed again, from their next slot, with
+    their consent record and watermark as they were."""
+    sub.status, sub.unsubscribed_at, sub.unsubscribe_method, sub.next_due_at = (
+        SubscriptionStatus.CONFIRMED,
+        None,
+        None,
+        next_due,
+    )

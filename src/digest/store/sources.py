@@ -22,9 +22,10 @@ from digest.models import (
     ListSource,
     MailingList,
     NewArticle,
+    Setting,
     Source,
 )
-from digest.store import is_postgres
+from digest.store import dialect_insert, is_postgres
 
 # Any constant works; it only has to be the same in every process that assigns seq values.
 SEQ_LOCK_KEY = 7_141_957
@@ -277,3 +278,25 @@ async def record_fetch(
 
 async def article_count(session: AsyncSession) -> int:
     return int((await session.execute(select(func.count()).select_from(Article))).scalar_one())
+
+
+# A feed's title is learned at each fetch and read by every composer: it lives beside the other
+# values processes share, one row per source, so the sources table keeps its shape.
+_FEED_TITLE = "feed-title:"
+
+
+async def set_feed_title(session: AsyncSession, source_name: str, title: str) -> None:
+    key = _FEED_TITLE + source_name
+    found = await session.get(Setting, key)
+    if found is None:
+        await session.execute(
+            dialect_insert(session, Setting).values(key=key, value=title).on_conflict_do_nothing()
+        )
+    elif found.value != title:
+        found.value = title
+
+
+async def feed_titles(session: AsyncSession) -> dict[str, str]:
+    """Source name → the title its feed gives itself, for every feed that gave one."""
+    rows = await session.execute(select(Setting).where(Setting.key.startswith(_FEED_TITLE, autoescape=True)))
+    return {row.key.removeprefix(_FEED_TITLE): row.value for row in rows.scalars()}

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digest import bootstrap, signup
 from digest.errors import DigestError
-from digest.web import account, admin, api, archive, confirm, csrf, health, limits, subscribe
+from digest.web import account, admin, api, archive, confirm, csrf, health, limits, stories, subscribe
 from digest.web.deps import WebState
 from digest.web.errors import ApiError, error_json, wants_json
 from digest.web.guard import Guard
@@ -107,7 +107,7 @@ def create_app(
         },
     )
     asgi.state.web = state
-    for area in (health, subscribe, confirm, account, archive, admin, api):
+    for area in (health, subscribe, confirm, account, archive, stories, admin, api):
         asgi.include_router(area.router)
     asgi.add_middleware(Guard, base_origin="/".join(app.base_url.split("/")[:3]))
     return asgi

@@ -62,16 +62,79 @@ async def unsubscribe_page(request: Request, token: str, app: DigestApp) -> HTML
     )
 
 
-def unsubscribed_page(request: Request, token: str, name: str) -> HTMLResponse:
+def unsubscribed_page(request: Request, token: str, name: str, *, one_click: bool = False) -> HTMLResponse:
+    base_url = web_state(request).base_url
+    if one_click:
+        # A mail provider's RFC 8058 call: no form, so no cookie is set on a cookie-less client.
+        return message(
+            request,
+            "You are unsubscribed",
+            f"You will get no more digests from {name}.",
+            link={"url": f"{base_url}/u/{token}", "text": "Changed your mind? Resubscribe"},
+        )
     return message(
         request,
         "You are unsubscribed",
         f"You will get no more digests from {name}.",
-        link={
-            "url": f"{web_state(request).base_url}/p/{token}",
-            "text": "Changed your mind? Your preferences",
-        },
+        "Changed your mind? One click brings you back, with the settings you had.",
+        form_action=f"{base_url}/u/{token}/resubscribe",
+        button=f"Resubscribe to {name}",
+        link={"url": f"{base_url}/p/{token}", "text": "Or open your preferences"},
     )
+
+
+@router.post("/u/{token}/resubscribe", response_class=HTMLResponse, tags=["pages"])
+async def resubscribe(request: Request, token: str, web: Web, now: Now) -> HTMLResponse:
+    """Come back from the unsubscribe page: following the link from the digest proved the mailbox."""
+    if (shown := inert(request, token)) is not None:
+        return shown
+    if not TOKEN.fullmatch(token):
+        return unknown(request)
+    form = await read_form(request)
+    if form is None or not csrf_ok(request, form):
+        return message(
+            request,
+            "Please press the button again",
+            "The form had expired (or your browser did not send back its cookie).",
+            status=403,
+            form_action=f"{web.base_url}/u/{token}/resubscribe",
+            button="Resubscribe",
+        )
+    consent = readers.Consent(
+        ip=client_ip(request),
+        user_agent=user_agent(request),
+        source=f"{web.base_url}/u",
+        text_version=web.consent_version,
+    )
+    found = await preferences.resubscribe_token(web.app, token, now, consent)
+    if found is None:
+        return unknown(request)
+    name, state = found
+    if state == "mailed" and web.wake is not None:
+        web.wake.set()
+    prefs = {"url": f"{web.base_url}/p/{token}", "text": "Your preferences"}
+    if state == "back":
+        return message(
+            request, "Welcome back", f"You are subscribed to {name} again.", COMING_BACK, link=prefs
+        )
+    return message(request, *_RESUBSCRIBE_PAGES[state], link=prefs)
+
+
+COMING_BACK = "Your digests come on your usual schedule, starting with the next one."
+
+_RESUBSCRIBE_PAGES = {
+    "mailed": ("Check your inbox", "We have sent you a confirmation link: open it to start again."),
+    "waiting": (
+        "Check your inbox",
+        "We sent you a confirmation link less than a day ago, and it still works: open it to start "
+        "again. We send at most one a day.",
+    ),
+    "refused": (
+        "We cannot send to this address",
+        "Mail to this address bounced or was stopped, so we cannot subscribe it again. "
+        "Please contact us if that is a mistake.",
+    ),
+}
 
 
 @router.post("/u/{token}", response_class=HTMLResponse, tags=["pages"])
@@ -91,7 +154,7 @@ async def unsubscribe(request: Request, token: str, app: DigestApp, now: Now) ->
     name = await preferences.unsubscribe_token(app, token, "one-click" if one_click else "link", now)
     if name is None:
         return unknown(request)
-    return unsubscribed_page(request, token, name)
+    return unsubscribed_page(request, token, name, one_click=one_click)
 
 
 async def preferences_page(
@@ -138,6 +201,7 @@ async def preferences_page(
         title="Your preferences",
         token=token,
         email=reader.email,
+        name=reader.name,
         lists=lists,
         values=shown,
         chosen=shown.get("list", []),
@@ -195,12 +259,29 @@ async def preferences_save(request: Request, token: str, web: Web, now: Now) -> 
     )
     if outcome is None:
         return unknown(request)
+    if outcome.confirmation_for and web.wake is not None:
+        web.wake.set()
+    return await preferences_page(request, web.app, token, notice=" ".join(_saved_notes(outcome)))
+
+
+def _saved_notes(outcome: preferences.PrefsOutcome) -> list[str]:
+    """What saving did, and only that: no mail is claimed unless one was queued."""
     notes = ["Your preferences are saved."]
     if outcome.left:
         notes.append(f"You left {', '.join(outcome.left)}.")
+    if outcome.back:
+        notes.append(f"You are back on {', '.join(outcome.back)}: {COMING_BACK.lower()}")
     if outcome.confirmation_for:
-        notes.append("We sent a confirmation link for the lists you added; they start once you confirm.")
-    return await preferences_page(request, web.app, token, notice=" ".join(notes))
+        notes.append(
+            f"We sent a confirmation link for {', '.join(outcome.confirmation_for)}: "
+            "it starts once you confirm."
+        )
+    for slug, at in outcome.waiting:
+        notes.append(
+            f"{slug} is waiting for you to confirm: use the link we sent at {at:%H:%M} UTC on "
+            f"{at:%d %b}; it still works. We send at most one a day."
+        )
+    return notes
 
 
 @router.post("/p/{token}/leave", response_class=HTMLResponse, tags=["pages"])

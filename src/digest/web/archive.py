@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from markupsafe import Markup
 
-from digest import extract, tokens
+from digest import extract, personal, tokens
 from digest.rendering import TOKEN_PLACEHOLDER
 from digest.store import reports as reports_store
 from digest.store import sources as sources_store
@@ -56,5 +56,6 @@ async def edition(request: Request, slug: str, edition_id: int, app: DigestApp) 
         token = "archive"  # noqa: S105 (a marker, not a secret)
     else:
         return message(request, "No such digest", status=404)
-    # Neutral links: the stored HTML holds only the placeholder, never a reader's token.
-    return HTMLResponse(found.html.replace(TOKEN_PLACEHOLDER, token))
+    # Neutral links: the stored HTML holds only the placeholder, never a reader's token; no
+    # greeting, and dates in the list's zone.
+    return HTMLResponse(personal.public_copy(found.html, lst.timezone).replace(TOKEN_PLACEHOLDER, token))

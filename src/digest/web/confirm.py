@@ -126,10 +126,14 @@ async def confirm_post(request: Request, token: str, web: Web, now: Now) -> HTML
     done = await signup.confirm(web.app, pairs, now, ip=client_ip(request), user_agent=user_agent(request))
     if not done.lists:
         return gone(request)
+    if done.welcomed and web.wake is not None:
+        web.wake.set()  # the welcome goes out now, not at the delivery loop's next poll
+    thanks = f"Thank you, {done.name}" if done.name else "Thank you"
     return message(
         request,
         "You are subscribed",
-        f"Thank you: your subscription to {join_names(list(done.lists))} is confirmed.",
+        f"{thanks}: your subscription to {join_names(list(done.lists))} is confirmed.",
+        *(["A welcome email with what comes next is on its way to you."] if done.welcomed else []),
         link={"url": f"{web.base_url}/p/{done.token}", "text": "Choose how often you hear from us"}
         if done.token
         else None,

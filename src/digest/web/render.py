@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 
-from digest import signup_form, tokens
+from digest import signup, signup_form, tokens
 from digest.rendering import TOKEN_PLACEHOLDER
 from digest.web import csrf
 from digest.web.deps import client_ip, web_state
@@ -59,6 +59,9 @@ def page(
             "csrf_field": csrf.FIELD,
             "csrf_token": web.forms.token_for(cookie) if form else "",
             "notice": None,
+            # Every page says whose it is, and carries the same postal address as the mail.
+            "publication": signup.sender_name(web.app),
+            "postal_address": web.app.cfg.sender.postal_address,
             **context,
         },
         status_code=status,

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
@@ -38,7 +38,12 @@ from digest.web.render import (
 
 router = APIRouter()
 
-ACCEPTED_TEXT = "Check your inbox: if this address can receive mail, a confirmation link is on its way."
+# The same words whatever the address's state (no enumeration), and true in every state: nothing
+# is sent to a reader already subscribed, nor a second link within a day of an unanswered one.
+ACCEPTED_TEXT = (
+    "Check your inbox: if this address can receive mail and is not subscribed yet, a confirmation "
+    "link is on its way (or, if we sent one in the last 24 hours, that one still works)."
+)
 
 
 class SignupIn(BaseModel):
@@ -117,6 +122,13 @@ def signup_page(
     )
 
 
+@router.get("/", include_in_schema=False)
+@router.head("/", include_in_schema=False)
+async def home(web: Web) -> RedirectResponse:
+    """The site's front door is the signup page (a fixed target, never one from the request)."""
+    return RedirectResponse(f"{web.base_url}/subscribe", status_code=303)
+
+
 @readable(router, "/subscribe")
 async def subscribe_page(request: Request, app: DigestApp, now: Now) -> HTMLResponse:
     """The signup form for every public list."""
@@ -137,8 +149,10 @@ def accepted_page(request: Request, address: str, task: BackgroundTask | None) -
     response = message(
         request,
         "Check your inbox",
-        f"We have sent a confirmation link to {address}, if it can receive mail.",
-        "Open the link in that email to confirm. Nothing is sent to you until you do. "
+        f"If {address} can receive mail and is not subscribed yet, a confirmation link is on its way "
+        "to it. If we sent one there in the last 24 hours, that link still works: we send at most one "
+        "a day. If you are already subscribed, nothing changes.",
+        "Open the link in that email to confirm. Nothing else is sent to you until you do. "
         "If it does not arrive within a few minutes, look in your spam folder.",
     )
     response.background = task
@@ -259,5 +273,11 @@ async def subscribe_form(request: Request, web: WebState, now: datetime) -> Resp
         item = signup_form.parse_signup(fields, known, consent)
     except signup_form.SignupInvalid as exc:
         return signup_page(request, now, lists, single, values=values, errors=exc.fields, status=422, ref=ref)
-    bot = bool(form.get("website")) or web.forms.too_fast(form.get(csrf.STAMP_FIELD), now, web.min_fill)
-    return accepted_page(request, item.address, None if bot else signup_task(web, item, "web", now))
+    if form.get("website"):  # the honeypot: only a robot fills a field it cannot see
+        return accepted_page(request, item.address, None)
+    if web.forms.too_fast(form.get(csrf.STAMP_FIELD), now, web.min_fill):
+        # Robots post at once; a person with a form filler can too. Ask for the button once more
+        # (the form comes back filled in) rather than drop the signup without a word.
+        again = {"form": "That was quick! Please check your details and press Subscribe again."}
+        return signup_page(request, now, lists, single, values=values, errors=again, status=422, ref=ref)
+    return accepted_page(request, item.address, signup_task(web, item, "web", now))
