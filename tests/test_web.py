@@ -875,3 +875,21 @@ async def test_events_record_every_reader_action(lite: Site) -> None:
     async with lite.app.db.read() as s:
         kinds = [e.kind for e in (await s.execute(select(Event).order_by(Event.id))).scalars()]
     assert kinds == ["subscribed", "confirmation_sent", "confirmed", "preferences_changed", "unsubscribed"]
+
+
+async def test_a_test_send_is_a_draft_its_copy_opens_only_from_its_own_link(site: Site) -> None:
+    lst = await bootstrap.get_list(site.app, "demo")
+    await sources.ingest_sources(site.app, site.clock())
+    await compose.queue_test(site.app, lst, "tester@example.org", site.clock())
+    await site.deliver()
+    text = site.mail_to("tester@example.org")[-1].get_body(("plain",))
+    assert text is not None
+    link = re.search(re.escape(BASE) + r"(/archive/demo/(\d+)\?t=\w+)", text.get_content())
+    assert link, text.get_content()
+    path, edition_id = link.group(1), link.group(2)
+    assert (await site.client.get(path)).status_code == 200
+    # Counting through /archive/SLUG/ID, or forging the signature, finds nothing.
+    assert (await site.client.get(f"/archive/demo/{edition_id}")).status_code == 404
+    assert (await site.client.get(f"/archive/demo/{edition_id}?t=0123456789abcdef")).status_code == 404
+    archive = await site.client.get("/archive/demo")
+    assert f"/archive/demo/{edition_id}" not in archive.text

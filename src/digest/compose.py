@@ -225,6 +225,8 @@ async def _new_edition(
     )
     await ledger.add_edition(s, edition)
     web_url = f"{app.base_url}/archive/{d.lst.slug}/{edition.id}"
+    if kind == DeliveryKind.TEST:
+        web_url += f"?t={tokens.draft_copy_signature(app.keys[0], edition.id)}"
     rendered = render_draft(app, d, now, web_url, stories_url(app, d, edition.id))
     subject = f"[Test] {rendered.subject}" if kind == DeliveryKind.TEST else rendered.subject
     await ledger.set_edition_body(s, edition, subject, rendered.html, rendered.text)

@@ -70,3 +70,13 @@ def parse_stories_range(value: str, edition_id: int, keys: Sequence[str]) -> tup
     if any(hmac.compare_digest(m.group(4), _stories_mac(k, edition_id, after, upto, since)) for k in keys):
         return after, upto, since
     return None
+
+
+def draft_copy_signature(key: str, edition_id: int) -> str:
+    """What the web-copy link of a test send carries: a test edition is a draft, shown only to
+    whoever was sent it, never to someone counting through /archive/SLUG/ID."""
+    return hmac.new(key.encode(), f"test-copy:{edition_id}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def is_draft_copy_signature(value: str, edition_id: int, keys: Sequence[str]) -> bool:
+    return bool(value) and any(hmac.compare_digest(value, draft_copy_signature(k, edition_id)) for k in keys)

@@ -44,13 +44,16 @@ async def archive(request: Request, slug: str, app: DigestApp) -> HTMLResponse:
 
 
 @router.get("/archive/{slug}/{edition_id}", response_class=HTMLResponse)
-async def edition(request: Request, slug: str, edition_id: int, app: DigestApp) -> Response:
+async def edition(request: Request, slug: str, edition_id: int, app: DigestApp, t: str = "") -> Response:
     async with app.db.read() as s:
         lst = await sources_store.list_by_slug(s, slug)
         found = await reports_store.edition_by_id(s, edition_id) if 0 < edition_id < 2**62 else None
     if lst is None or found is None or found.list_id != lst.id:
         return message(request, "No such digest", status=404)
     if found.kind == "test":
+        # A test send is a draft: only the link in that test mail (signed) opens its copy.
+        if not tokens.is_draft_copy_signature(t, found.id, app.keys):
+            return message(request, "No such digest", status=404)
         token = tokens.TEST_TOKEN
     elif lst.public:
         token = "archive"  # noqa: S105 (a marker, not a secret)
