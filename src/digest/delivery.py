@@ -216,7 +216,7 @@ class Worker:
         self.assembler = Assembler(self.cfg, app.keys, dkim_key(self.cfg))
         self.editions: dict[int, tuple[Edition, MailingList | None]] = {}  # once per edition
         self.busy = 0  # connections between taking a message and getting its outcome committed
-        self.writer = OutcomeWriter(app.db, self.cfg, self.owner, lambda: self.busy)
+        self.writer = OutcomeWriter(app.db, self.cfg, self.owner)
         self.checks = SendChecks(app.db, self.owner)
         self.queue: asyncio.Queue[ledger.Claimed | None] = asyncio.Queue()
         self.held: set[int] = set()  # claimed by this worker and not yet settled

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,12 +21,11 @@ from digest.alerting import Alert
 from digest.config import Config
 from digest.models import DeliveryKind, DeliveryStatus, SubscriberStatus
 from digest.smtp import SendOutcome
-from digest.store import ledger
+from digest.store import ledger, sent_outcomes
 from digest.store import readers as readers_store
 
 log = logging.getLogger("digest.delivery")
 
-GROUP_WAIT = 0.02  # seconds an outcome may wait for others to share its transaction (limit: 50 ms)
 OUTAGE_LOG_EVERY = 5.0  # seconds between "still waiting for the database" lines
 
 
@@ -74,44 +73,33 @@ def settle(cfg: Config, o: Outcome) -> tuple[str, dict[str, Any], bounce_rules.B
 
 
 class OutcomeWriter:
-    """Commits outcomes in groups, one transaction per group, each outcome within 50 ms.
+    """Commits outcomes in groups, one transaction per group, continuously.
 
-    Every connection waits for its outcome before its next message, so once as many outcomes
-    are queued as there are connections sending, nothing more can arrive: the group is
-    committed at once. Otherwise it is committed when the oldest outcome has waited GROUP_WAIT.
+    When nothing is being committed, an outcome is committed at once; the outcomes that arrive
+    while a commit runs form the next group. Every connection waits for its outcome before its
+    next message, so a group is never larger than the number of connections, and no outcome
+    waits longer than one commit for its turn. A group of messages that all went out is one
+    statement on a connection of its own (store.sent_outcomes); anything else goes through a
+    session, with its events, watermarks and suppressions.
     """
 
-    def __init__(self, app_db: store.Database, cfg: Config, owner: str, senders: Callable[[], int]) -> None:
+    def __init__(self, app_db: store.Database, cfg: Config, owner: str) -> None:
         self.db, self.cfg, self.owner = app_db, cfg, owner
-        self.senders = senders  # how many connections are busy right now
         self.queue: asyncio.Queue[Outcome | None] = asyncio.Queue()
         self.backlog = 0  # outcomes taken from the queue and not yet committed
         self.healthy = asyncio.Event()  # cleared while the database refuses outcomes
         self.healthy.set()
+        self.sent = sent_outcomes.sent_recorder(app_db.url)
 
     async def record(self, o: Outcome) -> str:
-        await self.queue.put(o)
+        self.queue.put_nowait(o)
         return await o.done
 
-    async def _group(self, first: Outcome) -> tuple[list[Outcome], bool]:
+    def _group(self, first: Outcome) -> tuple[list[Outcome], bool]:
+        """The first outcome and every one that arrived while the last group was committed."""
         batch = [first]
-        deadline = time.monotonic() + GROUP_WAIT
-        while len(batch) < max(self.senders(), 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            # Not asyncio.wait_for(queue.get()): on Python 3.11 a timeout that races the get
-            # drops the item, and an outcome nobody commits would hang its connection.
-            getter = asyncio.ensure_future(self.queue.get())
-            done, _ = await asyncio.wait({getter}, timeout=remaining)
-            if getter not in done:
-                getter.cancel()
-                try:
-                    item = await getter  # it may have completed while being cancelled
-                except asyncio.CancelledError:
-                    break
-            else:
-                item = getter.result()
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
             if item is None:
                 return batch, True
             batch.append(item)
@@ -122,18 +110,22 @@ class OutcomeWriter:
         return self.queue.empty() and self.backlog == 0
 
     async def run(self) -> None:
-        while True:
-            first = await self.queue.get()
-            if first is None:
-                return
-            batch, stop = await self._group(first)
-            self.backlog = len(batch)
-            results = await self._commit_until_recorded(batch)
-            self.backlog = 0
-            for o, status in zip(batch, results, strict=True):
-                o.done.set_result(status)
-            if stop:
-                return
+        try:
+            while True:
+                first = await self.queue.get()
+                if first is None:
+                    return
+                batch, stop = self._group(first)
+                self.backlog = len(batch)
+                results = await self._commit_until_recorded(batch)
+                self.backlog = 0
+                for o, status in zip(batch, results, strict=True):
+                    o.done.set_result(status)
+                if stop:
+                    return
+        finally:
+            if self.sent is not None:
+                await self.sent.close()
 
     async def _commit_until_recorded(self, batch: Sequence[Outcome]) -> list[str]:
         """Commit, riding out an outage of any length: these messages went out, and their outcome
@@ -172,6 +164,8 @@ class OutcomeWriter:
 
     async def _commit(self, batch: Sequence[Outcome]) -> list[str]:
         settled = [(o, *settle(self.cfg, o)) for o in batch]
+        if self.sent is not None and all(status == DeliveryStatus.SENT for _, status, _, _ in settled):
+            return await self._commit_sent(settled)
         async with self.db.write() as s:
             lost = await ledger.finish_deliveries(
                 s, self.owner, [(o.claimed.delivery.id, v) for o, _, v, _ in settled]
@@ -179,12 +173,7 @@ class OutcomeWriter:
             results = []
             for o, status, _, klass in settled:
                 if o.claimed.delivery.id in lost:
-                    log.warning(
-                        "delivery %s: lease lost before its outcome (%s) was recorded: possible duplicate",
-                        o.claimed.delivery.id,
-                        status,
-                    )
-                    results.append("lost_leases")
+                    results.append(_lost_lease(o, status))
                 else:
                     results.append(await self._apply(s, o, status, klass))
             deferred = [
@@ -195,6 +184,24 @@ class OutcomeWriter:
                 # such a row waits as pending for `editions resume`, not for a retry timer.
                 await ledger.hold_for_paused_editions(s, deferred, batch[0].now)
         return results
+
+    async def _commit_sent(
+        self, settled: Sequence[tuple[Outcome, str, dict[str, Any], bounce_rules.BounceClass | None]]
+    ) -> list[str]:
+        """A group where every message went out: no events, watermarks or suppressions follow."""
+        assert self.sent is not None
+        lost = await self.sent.record_sent(
+            self.owner,
+            [
+                sent_outcomes.Sent(
+                    o.claimed.delivery.id, v["attempts"], v["smtp_code"], v["smtp_reply"], v["relay"], o.now
+                )
+                for o, _, v, _ in settled
+            ],
+        )
+        return [
+            _lost_lease(o, status) if o.claimed.delivery.id in lost else status for o, status, _, _ in settled
+        ]
 
     async def _apply(self, s: Any, o: Outcome, status: str, klass: bounce_rules.BounceClass | None) -> str:
         """What follows from an outcome besides the delivery row: watermark, events, suppression."""
@@ -229,6 +236,15 @@ class OutcomeWriter:
 
     async def stop(self) -> None:
         await self.queue.put(None)
+
+
+def _lost_lease(o: Outcome, status: str) -> str:
+    log.warning(
+        "delivery %s: lease lost before its outcome (%s) was recorded: possible duplicate",
+        o.claimed.delivery.id,
+        status,
+    )
+    return "lost_leases"
 
 
 class Breaker:

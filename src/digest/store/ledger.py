@@ -14,12 +14,14 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from digest.models import (
+    DUE_STATUSES_SQL,
     OUTSTANDING,
     Delivery,
     DeliveryStatus,
@@ -51,7 +53,7 @@ async def claim_deliveries(
     due = (
         select(Delivery.id)
         .where(
-            Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
+            text(f"deliveries.{DUE_STATUSES_SQL}"),  # literal, so ix_deliveries_due serves the order
             Delivery.next_attempt_at <= now,
             ~select(Edition.id)
             .where(Edition.id == Delivery.edition_id, Edition.status.in_(list(HELD_EDITIONS)))
