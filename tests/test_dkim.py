@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from conftest import SmtpSink, write_config
 from digest import bootstrap, compose, delivery, readers, sources, store
 from digest.config import load_config
-from digest.dkim_sign import load_key, public_record
+from digest.dkim_sign import DkimKey, load_key, public_record
 from digest.errors import ConfigError
 from digest.store import migrate
 
@@ -126,3 +127,23 @@ def test_a_short_or_missing_key_stops_the_service_at_start(tmp_path: Path) -> No
         load_key("news.example.com", "s", make_key(tmp_path / "short.pem", 1024))
     with pytest.raises(ConfigError, match="cannot read"):
         load_key("news.example.com", "s", tmp_path / "missing.pem")
+
+
+@pytest.fixture
+def signing_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each DKIM signature is made in."""
+    threads: list[str] = []
+    real = DkimKey.sign
+
+    def sign(self: DkimKey, message: bytes) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real(self, message)
+
+    monkeypatch.setattr(DkimKey, "sign", sign)
+    return threads
+
+
+def test_signing_runs_off_the_event_loop(signing_threads: list[str], signed_mail: tuple[bytes, str]) -> None:
+    raw, record = signed_mail
+    assert verify(raw, record)
+    assert len(signing_threads) == 1 and signing_threads[0] != threading.main_thread().name

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from digest import ingest
 from digest.errors import SourceError
 from digest.ingest import FetchLimits, FetchResult, fetch_source
 
@@ -156,6 +158,23 @@ async def test_feed_from_file_url_and_missing_file() -> None:
     assert len(result.articles) == 2
     with pytest.raises(SourceError, match="source 'gone': cannot read"):
         await fetch_source("gone", "feed", str(FEEDS / "nope.xml"), now=NOW)
+
+
+async def test_feeds_and_folders_are_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+
+    def on_thread(real: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(ingest, "parse_feed", on_thread(ingest.parse_feed))
+    monkeypatch.setattr(ingest, "read_directory", on_thread(ingest.read_directory))
+    await fetch_source("gazette", "feed", (FEEDS / "rss2_cdata.xml").as_uri(), now=NOW)
+    await fetch_source("seeds", "directory", str(SEEDS), now=NOW)
+    assert len(threads) == 2 and threading.main_thread().name not in threads
 
 
 async def test_unknown_kind_and_scheme_are_refused() -> None:

@@ -213,7 +213,10 @@ class Worker:
         self.breaker, self.kinds = breaker, kinds
         self.owner = worker_id()
         self.stats = DeliverStats()
-        self.assembler = Assembler(self.cfg, app.keys, dkim_key(self.cfg))
+        # Signed here, in a thread, not by the assembler: dkimpy's RSA is pure Python and would
+        # stop every connection on the event loop for the milliseconds each signature takes.
+        self.signer = dkim_key(self.cfg)
+        self.assembler = Assembler(self.cfg, app.keys)
         self.editions: dict[int, tuple[Edition, MailingList | None]] = {}  # once per edition
         self.busy = 0  # connections between taking a message and getting its outcome committed
         self.writer = OutcomeWriter(app.db, self.cfg, self.owner)
@@ -334,6 +337,8 @@ class Worker:
         fails that delivery alone, with the reason."""
         try:
             env_from, rcpt, raw = self.assembler.message(c, self.cfg.web.base_url, self.clock())
+            if self.signer is not None:
+                raw = await asyncio.to_thread(self.signer.sign, raw)
         except Exception as exc:
             log.exception("delivery %s: cannot build the message", c.delivery.id)
             return SendOutcome("failed", None, f"cannot build the message: {exc}", "")
