@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO
 
 from digest import bootstrap, readers, signup
 from digest.errors import DigestError
-from digest.models import MailingList
+from digest.models import MailingList, Subscriber, Subscription
 from digest.schedule import WEEKDAYS
 from digest.store import readers as readers_store
 
@@ -167,30 +167,55 @@ class _DryRun(Exception):
     """Rolls back a dry run's transaction."""
 
 
+EXPORT_PAGE = 1000  # subscriptions read per query while exporting
+
+
 async def export_rows(app: bootstrap.App, list_id: int | None) -> list[dict[str, str]]:
+    return [row async for row in stream_export_rows(app, list_id)]
+
+
+async def stream_export_rows(
+    app: bootstrap.App, list_id: int | None, page: int = EXPORT_PAGE
+) -> AsyncIterator[dict[str, str]]:
+    """Every subscription as an export row, read `page` rows at a time in address order."""
+    after: tuple[str, str] | None = None
+    while True:
+        async with app.db.read() as s:
+            rows = await readers_store.readers_after(s, list_id, after, page)
+        for reader, sub, lst in rows:
+            yield _export_row(reader, sub, lst)
+        if len(rows) < page:
+            return
+        last_reader, _, last_list = rows[-1]
+        after = (last_reader.email_key, last_list.slug)
+
+
+async def export_page(
+    app: bootstrap.App, list_id: int | None, status: str | None, limit: int, offset: int
+) -> tuple[list[dict[str, str]], int]:
+    """One page of export rows (the API's listing) and the number of rows in all."""
     async with app.db.read() as s:
-        rows = await readers_store.readers(s, list_id)
-    out = []
-    for reader, sub, lst in rows:
-        out.append(
-            {
-                "email": reader.email,
-                "name": reader.name,
-                "list": lst.slug,
-                "status": sub.status,
-                "reader_status": reader.status,
-                "cadence": sub.cadence,
-                "weekday": WEEKDAYS[sub.weekday] if sub.weekday is not None else "",
-                "send_hour": "" if sub.send_hour is None else str(sub.send_hour),
-                "timezone": sub.timezone or "",
-                "signup_at": sub.signup_at.isoformat() if sub.signup_at else "",
-                "signup_ip": sub.signup_ip or "",
-                "signup_source": sub.signup_source or "",
-                "consent_text_version": sub.consent_text_version or "",
-                "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else "",
-                "confirm_ip": sub.confirm_ip or "",
-                "unsubscribed_at": sub.unsubscribed_at.isoformat() if sub.unsubscribed_at else "",
-                "unsubscribe_method": sub.unsubscribe_method or "",
-            }
-        )
-    return out
+        rows, total = await readers_store.readers_page(s, list_id, status, limit, offset)
+    return [_export_row(*row) for row in rows], total
+
+
+def _export_row(reader: Subscriber, sub: Subscription, lst: MailingList) -> dict[str, str]:
+    return {
+        "email": reader.email,
+        "name": reader.name,
+        "list": lst.slug,
+        "status": sub.status,
+        "reader_status": reader.status,
+        "cadence": sub.cadence,
+        "weekday": WEEKDAYS[sub.weekday] if sub.weekday is not None else "",
+        "send_hour": "" if sub.send_hour is None else str(sub.send_hour),
+        "timezone": sub.timezone or "",
+        "signup_at": sub.signup_at.isoformat() if sub.signup_at else "",
+        "signup_ip": sub.signup_ip or "",
+        "signup_source": sub.signup_source or "",
+        "consent_text_version": sub.consent_text_version or "",
+        "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else "",
+        "confirm_ip": sub.confirm_ip or "",
+        "unsubscribed_at": sub.unsubscribed_at.isoformat() if sub.unsubscribed_at else "",
+        "unsubscribe_method": sub.unsubscribe_method or "",
+    }

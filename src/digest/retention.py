@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from digest import bootstrap, readers
 from digest.errors import UsageError
 from digest.models import INBOUND_EVENTS
+from digest.store import inbound as inbound_store
 from digest.store import readers as readers_store
 from digest.store import retention as retention_store
 
@@ -67,7 +68,7 @@ async def prune(app: bootstrap.App, now: datetime, *, batch_size: int | None = N
         }
     )
     while n := await _batch(
-        app, lambda s: retention_store.trim_raw_batch(s, INBOUND_EVENTS, now - r.raw_bounces, size)
+        app, lambda s: inbound_store.trim_raw_batch(s, INBOUND_EVENTS, now - r.raw_bounces, size)
     ):
         report.trimmed_raw_bounces += n
         report.batches += 1

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     func,
+    literal_column,
     or_,
     select,
     update,
@@ -28,7 +29,7 @@ from digest.models import (
     MailboxProgress,
     Subscriber,
 )
-from digest.store import dialect_insert
+from digest.store import dialect_insert, is_postgres
 
 
 async def mark_deliveries_bounced(
@@ -206,21 +207,44 @@ async def lift_suppression(session: AsyncSession, subscriber_id: int, now: datet
     )
 
 
+RAW_TRIM_BATCH = 500  # events per statement when raw bounce messages are dropped
+
+
 async def trim_event_raw(session: AsyncSession, kinds: Sequence[str], before: datetime) -> int:
     """Raw bounce messages are kept 30 days for diagnosis, then dropped from their events."""
-    stmt = select(Event).where(
-        Event.kind.in_(kinds),
-        Event.created_at < before,
-        Event.detail["raw"].as_string().is_not(None),
-    )
     trimmed = 0
-    for found in (await session.execute(stmt)).scalars().all():
-        detail = {k: v for k, v in (found.detail or {}).items() if k != "raw"}
-        detail["raw_trimmed"] = True
-        found.detail = detail
-        trimmed += 1
-    await session.flush()
+    while n := await trim_raw_batch(session, kinds, before, RAW_TRIM_BATCH):
+        trimmed += n
     return trimmed
+
+
+async def trim_raw_batch(session: AsyncSession, kinds: Sequence[str], before: datetime, limit: int) -> int:
+    """One batch of bounce events whose raw message is past retention: the message is dropped and
+    the facts kept, inside the database (the raw messages, up to 64 KB each, are never loaded)."""
+    ids = (
+        select(Event.id)
+        .where(Event.kind.in_(kinds), Event.created_at < before, Event.detail["raw"].as_string().is_not(None))
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    found = list((await session.execute(ids)).scalars().all())
+    if not found:
+        return 0
+    if is_postgres(session):
+        without_raw: Any = literal_column(
+            """(detail::jsonb - 'raw' || '{"raw_trimmed": true}'::jsonb)::json"""
+        )
+    else:
+        without_raw = func.json_set(
+            func.json_remove(Event.detail, "$.raw"), "$.raw_trimmed", func.json("true")
+        )
+    await session.execute(
+        update(Event)
+        .where(Event.id.in_(found))
+        .values(detail=without_raw)
+        .execution_options(synchronize_session=False)
+    )
+    return len(found)
 
 
 async def inbound_events_since(

@@ -7,11 +7,13 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    Select,
     Table,
     delete,
     func,
     insert,
     select,
+    tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -67,19 +69,38 @@ async def subscriptions_of(
     return [(s, lst) for s, lst in (await session.execute(stmt)).all()]
 
 
-async def readers(
-    session: AsyncSession, list_id: int | None
-) -> list[tuple[Subscriber, Subscription, MailingList]]:
-    """Every subscription (optionally of one list) with its reader, for listing and export."""
+def _readers_query(list_id: int | None, status: str | None) -> Select[Subscriber, Subscription, MailingList]:
     stmt = (
         select(Subscriber, Subscription, MailingList)
         .join(Subscription, Subscription.subscriber_id == Subscriber.id)
         .join(MailingList, MailingList.id == Subscription.list_id)
-        .order_by(Subscriber.email_key, MailingList.slug)
     )
     if list_id is not None:
         stmt = stmt.where(Subscription.list_id == list_id)
-    return [(a, b, c) for a, b, c in (await session.execute(stmt)).all()]
+    if status is not None:
+        stmt = stmt.where(Subscription.status == status)
+    return stmt
+
+
+async def readers_after(
+    session: AsyncSession, list_id: int | None, after: tuple[str, str] | None, limit: int
+) -> list[tuple[Subscriber, Subscription, MailingList]]:
+    """The next `limit` subscriptions after (address key, list slug): an export reads its rows
+    page by page in this order, so memory holds one page whatever the number of readers."""
+    stmt = _readers_query(list_id, None).order_by(Subscriber.email_key, MailingList.slug).limit(limit)
+    if after is not None:
+        stmt = stmt.where(tuple_(Subscriber.email_key, MailingList.slug) > tuple_(*after))
+    return [(r[0], r[1], r[2]) for r in (await session.execute(stmt)).all()]
+
+
+async def readers_page(
+    session: AsyncSession, list_id: int | None, status: str | None, limit: int, offset: int
+) -> tuple[list[tuple[Subscriber, Subscription, MailingList]], int]:
+    """One page of subscriptions (the API's listing) and how many there are in all."""
+    stmt = _readers_query(list_id, status)
+    total = int((await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one())
+    page = stmt.order_by(Subscriber.email_key, MailingList.slug).limit(limit).offset(offset)
+    return [(r[0], r[1], r[2]) for r in (await session.execute(page)).all()], total
 
 
 async def add_event(

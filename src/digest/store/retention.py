@@ -136,23 +136,6 @@ async def forget_inbound_messages(session: AsyncSession, before: datetime, limit
     return len(found)
 
 
-async def trim_raw_batch(session: AsyncSession, kinds: Sequence[str], before: datetime, limit: int) -> int:
-    """One batch of bounce events whose raw message is past retention: drop the message, keep the facts."""
-    stmt = (
-        select(Event)
-        .where(Event.kind.in_(kinds), Event.created_at < before, Event.detail["raw"].as_string().is_not(None))
-        .order_by(Event.id)
-        .limit(limit)
-    )
-    found = (await session.execute(stmt)).scalars().all()
-    for e in found:
-        detail = {k: v for k, v in (e.detail or {}).items() if k != "raw"}
-        detail["raw_trimmed"] = True
-        e.detail = detail
-    await session.flush()
-    return len(found)
-
-
 async def strip_edition_bodies(session: AsyncSession, before: datetime, note: str, limit: int) -> int:
     """One batch of finished editions past retention: their rendered bodies become a short note."""
     ids = (

@@ -9,11 +9,12 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from digest import bootstrap, extract, readers, readers_io, signup, signup_form, source_items
@@ -85,24 +86,32 @@ async def api_subscribers(
     offset: int = 0,
 ) -> dict[str, Any]:
     """Subscriptions with their consent record, one row per reader and list."""
-    rows = await readers_io.export_rows(app, await list_or_404(app, list_slug))
-    if status:
-        rows = [r for r in rows if r["status"] == status]
     limit, offset = max(0, min(limit, 10_000)), max(0, offset)
-    return {"subscribers": rows[offset : offset + limit], "total": len(rows)}
+    rows, total = await readers_io.export_page(
+        app, await list_or_404(app, list_slug), status or None, limit, offset
+    )
+    return {"subscribers": rows, "total": total}
 
 
 @router.get("/api/subscribers/export")
 async def api_export(app: DigestApp, list_slug: str | None = Query(default=None, alias="list")) -> Response:
     """Every subscription as CSV (the columns of `digest subscribers export`)."""
-    rows = await readers_io.export_rows(app, await list_or_404(app, list_slug))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=readers_io.EXPORT_COLUMNS)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_safe(v) for k, v in row.items()})
-    return Response(
-        out.getvalue(),
+    list_id = await list_or_404(app, list_slug)
+
+    async def csv_lines() -> AsyncIterator[str]:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=readers_io.EXPORT_COLUMNS)
+        writer.writeheader()
+        async for row in readers_io.stream_export_rows(app, list_id):
+            writer.writerow({k: _csv_safe(v) for k, v in row.items()})
+            if out.tell() >= 65536:
+                yield out.getvalue()
+                out.seek(0)
+                out.truncate()
+        yield out.getvalue()
+
+    return StreamingResponse(
+        csv_lines(),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="subscribers.csv"'},
     )
