@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+BENCH_READERS ?= 10000  # `make bench BENCH_READERS="10000 100000"` adds the 100k rows
 
 .PHONY: run test lint typecheck pytest test-long soak bench clean
 
@@ -46,7 +47,7 @@ soak: $(BIN)/.installed-test
 
 ## Benchmarks (not tests): see bench/README.md.
 bench: $(BIN)/.installed-test
-	$(BIN)/python bench/delivery_bench.py --readers 10000 100000
+	$(BIN)/python bench/delivery_bench.py --readers $(BENCH_READERS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,12 +1,15 @@
 """Delivery engine throughput against Postfix's C smtp-sink, as a ratio of the raw SMTP ceiling.
 
-For each database (SQLite, PostgreSQL) and each N, in one run:
+For each database (SQLite, PostgreSQL), each N and each edition size (about 14 KB and 50 KB), in
+one run:
   ceiling  plain aiosmtplib pushing the same pre-built bytes over the same number of connections;
   engine   `digest worker --once` (a separate process) delivering an edition composed for N readers.
-Reported: messages/s, engine/ceiling, CPU seconds per 1,000 messages and peak RSS of the worker.
-DKIM-on is measured separately (--dkim).
+Reported: messages/s, engine/ceiling, CPU milliseconds per message and peak RSS of the worker
+process alone (os.wait4 on its pid, not RUSAGE_CHILDREN, which would mix in every earlier child).
+DKIM-on is a separate row per database (--dkim-readers readers, 14 KB; 0 leaves it out).
 
-    python bench/delivery_bench.py --readers 10000 100000 --connections 8 [--dkim] [--db sqlite postgres]
+    python bench/delivery_bench.py --readers 10000 [100000] --connections 8 [--dkim-readers 2000]
+        [--sizes 14 50] [--db sqlite postgres]
 
 Needs /usr/sbin/smtp-sink (Debian package postfix; the postfix daemon is not started) and, for
 PostgreSQL, a server at $DIGEST_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import secrets
 import shutil
 import socket
@@ -95,8 +97,27 @@ def drop_database(name: str | None) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def write_config(directory: Path, url: str, port: int, connections: int, dkim: Path | None) -> Path:
+# Paragraphs for the extra stories that bring an edition to about 50 KB (the seeds give about 14 KB).
+FILLER = (
+    "The council met on Tuesday evening to discuss the proposal, which would change how the harbour "
+    "is run for the next decade. Residents who spoke said they welcomed the investment but worried "
+    "about traffic on the narrow streets near the quay, and asked for a second consultation. "
+)
+
+
+def write_stories(seeds: Path, count: int) -> None:
+    for i in range(count):
+        (seeds / f"9{i:02d}_bench-story.txt").write_text(
+            f"Bench story {i}: the harbour plan, part {i}\n\n" + "\n\n".join([FILLER * 3] * 4) + "\n"
+        )
+
+
+def write_config(
+    directory: Path, url: str, port: int, connections: int, dkim: Path | None, size_kb: int = 14
+) -> Path:
     shutil.copytree(ROOT / "seeds", directory / "seeds", dirs_exist_ok=True)
+    if size_kb > 14:
+        write_stories(directory / "seeds", (size_kb - 14) * 7 // 10)  # about 1.4 KB each
     text = (
         f'[database]\nurl = "{url}"\n\n[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
         f"concurrency = {connections}\nmax_per_connection = 100\n\n[capture]\nenabled = false\n\n"
@@ -106,6 +127,7 @@ def write_config(directory: Path, url: str, port: int, connections: int, dkim: P
         'postal_address = "1 Example Street"\n\n'
         f'[[sources]]\nname = "seeds"\nkind = "directory"\npath = "{directory}/seeds"\n\n'
         '[[lists]]\nslug = "demo"\nname = "Demo Digest"\nsources = ["seeds"]\nmax_age = "3650d"\n'
+        "max_articles = 40\n"
     )
     if dkim:
         text += f'\n[dkim]\ndomain = "news.example.com"\nselector = "bench"\nkey_path = "{dkim}"\n'
@@ -182,68 +204,81 @@ async def populate(config: Path, readers: int) -> tuple[bytes, float]:
 
 
 def engine(config: Path, readers: int) -> tuple[float, float, float]:
-    """(messages/s, CPU s per 1,000, peak RSS MB) of one `digest worker --once` process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "digest", "--config", str(config), "worker", "--once"],
-        capture_output=True,
-        text=True,
-    )
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0 or f"{readers} sent" not in done.stdout:
-        raise SystemExit(f"worker failed: {done.stdout} {done.stderr[-500:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return readers / elapsed, cpu / readers * 1000, after.ru_maxrss / 1024
+    """(messages/s, CPU ms per message, peak RSS MB) of one `digest worker --once` process."""
+    with tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "digest", "--config", str(config), "worker", "--once"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own usage, reaped here
+        elapsed = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        output = out.read().decode(errors="replace")
+    if proc.returncode != 0 or f"{readers} sent" not in output:
+        raise SystemExit(f"worker failed: {output[-1500:]}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return readers / elapsed, cpu / readers * 1000, usage.ru_maxrss / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--readers", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--readers", type=int, nargs="+", default=[10_000])
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--db", nargs="+", default=["sqlite", "postgres"])
-    parser.add_argument("--dkim", action="store_true", help="sign every message (dkimpy, 2048-bit RSA)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[14, 50], help="edition sizes, KB")
+    parser.add_argument(
+        "--dkim-readers", type=int, default=2000, help="readers for the DKIM-on row (dkimpy, 2048-bit RSA)"
+    )
     args = parser.parse_args()
+    runs = [
+        (kind, readers, size, False) for kind in args.db for readers in args.readers for size in args.sizes
+    ]
+    if args.dkim_readers:
+        runs += [(kind, args.dkim_readers, 14, True) for kind in args.db]
     port = free_port()
     sink = start_sink(port)
     rows = []
     try:
-        for kind in args.db:
-            for readers in args.readers:
-                url, dbname = make_database(kind)
-                work = Path(tempfile.mkdtemp(prefix="digest-bench-"))
-                key = None
-                if args.dkim:
-                    key = work / "dkim.pem"
-                    key.write_bytes(subprocess.run(["openssl", "genrsa", "2048"], capture_output=True).stdout)
-                try:
-                    config = write_config(work, url, port, args.connections, key)
-                    raw, composed = asyncio.run(populate(config, readers))
-                    base = asyncio.run(ceiling(port, raw, min(readers, 20_000), args.connections))
-                    rate, cpu, rss = engine(config, readers)
-                    rows.append((kind, readers, base, rate, rate / base, cpu, rss, composed, len(raw)))
-                    print(
-                        f"{kind:8} N={readers:>7}  ceiling {base:7.0f}/s  engine {rate:7.0f}/s  "
-                        f"ratio {rate / base:5.2f}  cpu {cpu:5.2f}s/1k  rss {rss:6.1f} MB  "
-                        f"compose {composed:5.1f}s  message {len(raw)} B",
-                        flush=True,
-                    )
-                finally:
-                    drop_database(dbname)
-                    shutil.rmtree(work, ignore_errors=True)
+        for kind, readers, size, dkim in runs:
+            url, dbname = make_database(kind)
+            work = Path(tempfile.mkdtemp(prefix="digest-bench-"))
+            key = None
+            if dkim:
+                key = work / "dkim.pem"
+                key.write_bytes(subprocess.run(["openssl", "genrsa", "2048"], capture_output=True).stdout)
+            try:
+                config = write_config(work, url, port, args.connections, key, size)
+                raw, composed = asyncio.run(populate(config, readers))
+                base = asyncio.run(ceiling(port, raw, min(readers, 20_000), args.connections))
+                rate, cpu, rss = engine(config, readers)
+                row = (kind, readers, len(raw), dkim, base, rate, rate / base, cpu, rss, composed)
+                rows.append(row)
+                print(
+                    f"{kind:8} N={readers:>7} {len(raw) // 1024:3d} KB dkim={'on ' if dkim else 'off'} "
+                    f"ceiling {base:6.0f}/s  engine {rate:6.0f}/s  ratio {rate / base:5.2f}  "
+                    f"cpu {cpu:5.2f} ms/msg  rss {rss:6.1f} MB  compose {composed:5.1f}s",
+                    flush=True,
+                )
+            finally:
+                drop_database(dbname)
+                shutil.rmtree(work, ignore_errors=True)
     finally:
         sink.terminate()
         sink.wait()
     print(
-        "\n| db | readers | ceiling msg/s | engine msg/s | engine/ceiling | CPU s per 1k | peak RSS MB | compose s |"
+        "\n| db | readers | message | DKIM | ceiling msg/s | engine msg/s | engine/ceiling "
+        "| worker CPU ms/msg | worker peak RSS MB | compose s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for kind, n, base, rate, ratio, cpu, rss, composed, _ in rows:
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for kind, n, size, dkim, base, rate, ratio, cpu, rss, composed in rows:
         print(
-            f"| {kind} | {n:,} | {base:.0f} | {rate:.0f} | {ratio:.2f} | {cpu:.2f} | {rss:.0f} | {composed:.1f} |"
+            f"| {kind} | {n:,} | {size // 1024} KB | {'on' if dkim else 'off'} | {base:.0f} | {rate:.0f} "
+            f"| {ratio:.2f} | {cpu:.2f} | {rss:.0f} | {composed:.1f} |"
         )
 
 

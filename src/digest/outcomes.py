@@ -21,7 +21,7 @@ from digest.alerting import Alert
 from digest.config import Config
 from digest.models import DeliveryKind, DeliveryStatus, SubscriberStatus
 from digest.smtp import SendOutcome
-from digest.store import ledger, sent_outcomes
+from digest.store import hot_path, ledger
 from digest.store import readers as readers_store
 
 log = logging.getLogger("digest.delivery")
@@ -79,17 +79,19 @@ class OutcomeWriter:
     while a commit runs form the next group. Every connection waits for its outcome before its
     next message, so a group is never larger than the number of connections, and no outcome
     waits longer than one commit for its turn. A group of messages that all went out is one
-    statement on a connection of its own (store.sent_outcomes); anything else goes through a
+    statement on a connection of its own (store.hot_path); anything else goes through a
     session, with its events, watermarks and suppressions.
     """
 
-    def __init__(self, app_db: store.Database, cfg: Config, owner: str) -> None:
+    def __init__(
+        self, app_db: store.Database, cfg: Config, owner: str, fast: hot_path.HotPath | None = None
+    ) -> None:
         self.db, self.cfg, self.owner = app_db, cfg, owner
         self.queue: asyncio.Queue[Outcome | None] = asyncio.Queue()
         self.backlog = 0  # outcomes taken from the queue and not yet committed
         self.healthy = asyncio.Event()  # cleared while the database refuses outcomes
         self.healthy.set()
-        self.sent = sent_outcomes.sent_recorder(app_db.url)
+        self.sent = fast
 
     async def record(self, o: Outcome) -> str:
         self.queue.put_nowait(o)
@@ -110,22 +112,18 @@ class OutcomeWriter:
         return self.queue.empty() and self.backlog == 0
 
     async def run(self) -> None:
-        try:
-            while True:
-                first = await self.queue.get()
-                if first is None:
-                    return
-                batch, stop = self._group(first)
-                self.backlog = len(batch)
-                results = await self._commit_until_recorded(batch)
-                self.backlog = 0
-                for o, status in zip(batch, results, strict=True):
-                    o.done.set_result(status)
-                if stop:
-                    return
-        finally:
-            if self.sent is not None:
-                await self.sent.close()
+        while True:
+            first = await self.queue.get()
+            if first is None:
+                return
+            batch, stop = self._group(first)
+            self.backlog = len(batch)
+            results = await self._commit_until_recorded(batch)
+            self.backlog = 0
+            for o, status in zip(batch, results, strict=True):
+                o.done.set_result(status)
+            if stop:
+                return
 
     async def _commit_until_recorded(self, batch: Sequence[Outcome]) -> list[str]:
         """Commit, riding out an outage of any length: these messages went out, and their outcome
@@ -193,7 +191,7 @@ class OutcomeWriter:
         lost = await self.sent.record_sent(
             self.owner,
             [
-                sent_outcomes.Sent(
+                hot_path.Sent(
                     o.claimed.delivery.id, v["attempts"], v["smtp_code"], v["smtp_reply"], v["relay"], o.now
                 )
                 for o, _, v, _ in settled
