@@ -2,7 +2,8 @@
 
 For each database (SQLite, PostgreSQL), each N and each edition size (about 14 KB and 50 KB), in
 one run:
-  ceiling  plain aiosmtplib pushing the same pre-built bytes over the same number of connections;
+  ceiling  plain aiosmtplib pushing the same pre-built bytes over the same number of connections
+           (measured just before and just after the engine, and averaged);
   engine   `digest worker --once` (a separate process) delivering an edition composed for N readers.
 Reported: messages/s, engine/ceiling, CPU milliseconds per message and peak RSS of the worker
 process alone (os.wait4 on its pid, not RUSAGE_CHILDREN, which would mix in every earlier child).
@@ -254,8 +255,12 @@ def main() -> None:
             try:
                 config = write_config(work, url, port, args.connections, key, size)
                 raw, composed = asyncio.run(populate(config, readers))
-                base = asyncio.run(ceiling(port, raw, min(readers, 20_000), args.connections))
+                # The ceiling before and after the engine, averaged: on a shared machine the load
+                # drifts, and a ceiling taken on one side only skews the ratio.
+                count = min(readers, 20_000)
+                before = asyncio.run(ceiling(port, raw, count, args.connections))
                 rate, cpu, rss = engine(config, readers)
+                base = (before + asyncio.run(ceiling(port, raw, count, args.connections))) / 2
                 row = (kind, readers, len(raw), dkim, base, rate, rate / base, cpu, rss, composed)
                 rows.append(row)
                 print(

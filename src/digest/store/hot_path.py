@@ -10,8 +10,8 @@ a COMMIT, each a thread hop on aiosqlite. Here it is one statement that updates 
 worker still holds and returns them, in one round trip:
 
 - PostgreSQL: `UPDATE … FROM unnest(…)` on an autocommit psycopg connection;
-- SQLite: `UPDATE … FROM json_each(?)` between `BEGIN IMMEDIATE` and `COMMIT`, all in one call
-  to a thread that owns a plain sqlite3 connection.
+- SQLite: `UPDATE … FROM json_each(?)` between `BEGIN IMMEDIATE` and `COMMIT` on a plain sqlite3
+  connection, on the event loop unless another writer holds the lock (see _SqliteStatements).
 
 Any other outcome (failed, deferred, unknown, skipped) has side effects (events, watermarks,
 suppression) and goes through the ORM path in ledger.finish_deliveries. The check is the same
@@ -109,10 +109,13 @@ def _sqlite_time(at: datetime) -> str:
 
 
 class _SqliteConnection:
-    """A plain sqlite3 connection, used from one thread at a time: one call per statement group."""
+    """A plain sqlite3 connection, used from one thread at a time: one call per statement group.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    `busy_ms` 0 makes a statement that would wait for another writer fail at once instead, which
+    is what lets the event loop try it without ever blocking on a lock."""
+
+    def __init__(self, path: str, busy_ms: int) -> None:
+        self.path, self.busy_ms = path, busy_ms
         self.conn: sqlite3.Connection | None = None
         self.lock = threading.Lock()
 
@@ -120,9 +123,9 @@ class _SqliteConnection:
         with self.lock:
             if self.conn is None:
                 self.conn = sqlite3.connect(
-                    self.path, timeout=30, isolation_level=None, check_same_thread=False
+                    self.path, timeout=self.busy_ms / 1000, isolation_level=None, check_same_thread=False
                 )
-                self.conn.execute("PRAGMA busy_timeout=30000")
+                self.conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
             conn = self.conn
             try:
@@ -143,11 +146,33 @@ class _SqliteConnection:
                 self.conn = None
 
 
-class SqliteHotPath:
-    """A writer and a reader connection; the write is one call to a thread."""
+class _SqliteStatements:
+    """Each call is tried first on the event loop, on a connection that never waits for a lock:
+    in WAL mode a read, or a write of a few rows, takes tens of microseconds, less than the hop to
+    a thread and back. Only when another writer holds the lock does the call go to a thread, on a
+    connection that waits for it (the busy timeout every other connection has)."""
 
     def __init__(self, path: str) -> None:
-        self.writer, self.reader = _SqliteConnection(path), _SqliteConnection(path)
+        self.now, self.waiting = _SqliteConnection(path, 0), _SqliteConnection(path, 30_000)
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return self.now.run(work)
+        except OperationalError as exc:
+            if not isinstance(exc.orig, sqlite3.OperationalError) or "lock" not in str(exc.orig):
+                raise
+        return await asyncio.to_thread(self.waiting.run, work)
+
+    def close(self) -> None:
+        self.now.close()
+        self.waiting.close()
+
+
+class SqliteHotPath:
+    """A writer and a reader, each one call per group (see _SqliteStatements)."""
+
+    def __init__(self, path: str) -> None:
+        self.writer, self.reader = _SqliteStatements(path), _SqliteStatements(path)
 
     async def record_sent(self, owner: str, sent: Sequence[Sent]) -> set[int]:
         ordered = sorted(sent, key=lambda s: s.delivery_id)  # one lock order for every worker
@@ -161,15 +186,12 @@ class SqliteHotPath:
             conn.execute("COMMIT")
             return held
 
-        held = await asyncio.to_thread(self.writer.run, record)
+        held = await self.writer.run(record)
         return {s.delivery_id for s in ordered} - held
 
     async def send_checks(self, owner: str, ids: Sequence[int]) -> dict[int, SendCheck]:
         params = (owner, json.dumps(list(ids)))
-        rows = await asyncio.to_thread(
-            self.reader.run, lambda c: c.execute(_SQLITE_CHECKS, params).fetchall()
-        )
-        return _checks(rows)
+        return _checks(await self.reader.run(lambda c: c.execute(_SQLITE_CHECKS, params).fetchall()))
 
     async def close(self) -> None:
         self.writer.close()
