@@ -37,6 +37,7 @@ PURE = {
     "inbound_feedback",
     "bounce_rules",
     "bounce_reasons",
+    "topic_rules",
 }
 EDGES = {"store", "ingest", "smtp", "capture", "dkim_sign", "previews"}
 FRONTS = {"cli", "web", "scheduler", "service", "__main__"}
@@ -68,6 +69,7 @@ ALLOWED: dict[str, set[str]] = {
     "inbound_feedback": {"bounce_rules", "inbound_mail", "tokens"},
     "bounce_rules": {"bounce_reasons"},
     "bounce_reasons": set(),
+    "topic_rules": set(),
     # edges: the database, feeds, SMTP, the capture server, DKIM keys, the browser
     "store": {"errors", "models"},
     "ingest": {"article_files", "errors", "feeds", "models", "source_items"},
@@ -93,7 +95,8 @@ ALLOWED: dict[str, set[str]] = {
         "welcome",
     },
     "preferences": {"bootstrap", "models", "readers", "schedule", "signup", "signup_form", "store"},
-    "sources": {"bootstrap", "errors", "ingest", "store"},
+    "topics": {"bootstrap", "config", "errors", "models", "store", "topic_rules"},
+    "sources": {"bootstrap", "errors", "ingest", "store", "topics"},
     "stories": {"bootstrap", "display_text", "models", "store", "tokens"},
     "compose": {
         "bootstrap",
@@ -177,6 +180,7 @@ ALLOWED: dict[str, set[str]] = {
         "stories",
         "store",
         "tokens",
+        "topics",
     },
     "scheduler": {"alerts", "bootstrap", "bounces", "compose", "retention", "signup", "sources", "store"},
     "service": {
@@ -219,6 +223,7 @@ ALLOWED: dict[str, set[str]] = {
         "signup",
         "sources",
         "store",
+        "topics",
     },
     "__main__": {"cli"},
 }

@@ -31,6 +31,7 @@ from digest.readers import normalize_address, parsed_cron, reader_subscription
 from digest.store import compose as compose_store
 from digest.store import ledger
 from digest.store import sources as sources_store
+from digest.store import topics as topics_store
 
 log = logging.getLogger("digest")
 
@@ -60,6 +61,8 @@ def edition_view(app: App, d: Draft, now: datetime, web_url: str, more_url: str 
                 summary=c.article.summary,
                 image_url=c.article.image_url,
                 author=c.article.author,
+                section=d.sections.get(c.article.id, ""),
+                also=d.also.get(c.article.id, ()),
             )
             for c in d.picked
         ],
@@ -86,20 +89,76 @@ class Draft:
     more: int
     since: datetime  # stories published before this are too old for the list (max_age)
     titles: Mapping[str, str]  # source name → the title readers see
+    topics: str | None = None  # the topic choice it was drafted for (None: every topic)
+    sections: Mapping[int, str] = field(default_factory=dict)  # article id → its topic heading
+    also: Mapping[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # same story elsewhere
+    found: int = 0  # new stories in the reader's topics, before min_articles and max_articles
 
     @property
     def empty(self) -> bool:
         return not self.picked
 
+    @property
+    def identity(self) -> tuple[object, ...]:
+        """What the edition shows: two topic choices that draft the same share one edition."""
+        return (
+            tuple(c.article.id for c in self.picked),
+            self.more,
+            tuple(sorted(self.sections.items())),
+            tuple(sorted(self.also.items())),
+        )
+
 
 async def draft(
-    app: App, s: AsyncSession, lst: MailingList, after_seq: int, upto_seq: int, now: datetime
+    app: App,
+    s: AsyncSession,
+    lst: MailingList,
+    after_seq: int,
+    upto_seq: int,
+    now: datetime,
+    topics: str | None = None,
 ) -> Draft:
     since = now - timedelta(seconds=lst.max_age_seconds)
-    candidates = await compose_store.new_articles_for_list(s, lst.id, after_seq, upto_seq, since)
-    chosen = selection.select_articles(candidates, lst.min_articles, lst.max_articles)
+    chosen_topics = topics_store.choice_slugs(topics)
+    candidates = await compose_store.new_articles_for_list(s, lst.id, after_seq, upto_seq, since, chosen_topics)
     titles = await stories.source_titles(app, s)
-    return Draft(lst, after_seq, upto_seq, chosen.chosen, chosen.more, since, titles)
+    candidates, also = _merge_same_stories(app, candidates, titles)
+    chosen = selection.select_articles(candidates, lst.min_articles, lst.max_articles)
+    picked, sections = await _under_headings(s, lst, chosen.chosen, chosen_topics)
+    return Draft(
+        lst, after_seq, upto_seq, picked, chosen.more, since, titles, topics, sections, also, len(candidates)
+    )
+
+
+async def _under_headings(
+    s: AsyncSession,
+    lst: MailingList,
+    picked: Sequence[compose_store.Candidate],
+    chosen: Sequence[str] | None,
+) -> tuple[tuple[compose_store.Candidate, ...], dict[int, str]]:
+    """A reader with more than one topic sees stories grouped under topic headings, in the list's
+    order of topics, each story once under its first matching topic the reader chose."""
+    offered = await topics_store.list_topics(s, lst.id)
+    wanted = [t for t in offered if chosen is None or t.slug in chosen]
+    if len(wanted) < 2 or not picked:
+        return tuple(picked), {}
+    matched = await topics_store.article_topic_slugs(s, lst.id, [c.article.id for c in picked])
+    order = {t.slug: i for i, t in enumerate(wanted)}
+    names = {t.slug: t.name for t in wanted}
+    placed: list[tuple[int, int, compose_store.Candidate, str]] = []
+    for n, c in enumerate(picked):
+        slug = next((x for x in matched.get(c.article.id, []) if x in order), None)
+        rank, heading = (order[slug], names[slug]) if slug else (len(order), OTHER_STORIES)
+        placed.append((rank, n, c, heading))
+    placed.sort(key=lambda p: (p[0], p[1]))
+    return tuple(p[2] for p in placed), {p[2].article.id: p[3] for p in placed}
+
+
+def _merge_same_stories(app, candidates, titles):  # type: ignore[no-untyped-def]  # TEMP
+    return candidates, {}
+
+
+OTHER_STORIES = "Other stories"  # the heading for stories that match none of the list's topics
 
 
 def render_draft(app: App, d: Draft, now: datetime, web_url: str, more_url: str = "") -> views.Rendered:
@@ -139,30 +198,37 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
         due = await compose_store.due_readers(s, lst.id, None if manual else now)
     if not manual:
         due = await _drop_stale_slots(app, lst, due, now)
-    groups: dict[int, list[compose_store.Slot]] = defaultdict(list)
+    groups: dict[tuple[int, str], list[compose_store.Slot]] = defaultdict(list)
     for slot in due:
-        groups[slot.watermark].append(slot)
+        groups[(slot.watermark, slot.topics or "")].append(slot)
     del due
-    for watermark, members in sorted(groups.items()):
+    # Readers at one watermark whose topic choices draft the same digest share its edition.
+    shared: dict[tuple[int, tuple[object, ...]], int] = {}
+    for (watermark, _), members in sorted(groups.items()):
+        choice = members[0].topics
         async with app.db.read() as s:
-            d = await draft(app, s, lst, watermark, upto, now)
+            d = await draft(app, s, lst, watermark, upto, now, choice)
         if d.empty:
             if not manual:
-                report.skipped += await _skip_slots(app, lst, watermark, members, now)
+                # Nothing at all in their topics: their watermark moves past the other topics' stories.
+                # Too few for min_articles: it stays, so the next slot has them too.
+                moved = upto if d.found == 0 and choice is not None else watermark
+                report.skipped += await _skip_slots(app, lst, watermark, moved, members, now, choice)
             continue
-        edition_id: int | None = None
+        edition_id = shared.get((watermark, d.identity))
         suffix = f".{secrets.token_hex(6)}@{app.cfg.sender.domain}>"
         for start in range(0, len(members), COMPOSE_CHUNK):
             chunk = members[start : start + COMPOSE_CHUNK]
             async with app.db.write() as s:
                 if edition_id is None:
                     edition_id = await _new_edition(app, s, d, now)
+                    shared[(watermark, d.identity)] = edition_id
                     report.renders += 1
                     report.editions.append(edition_id)
                 for (expr, tz), ids in _by_schedule(chunk, lst).items():
                     nxt = schedule.next_due(parsed_cron(expr), ZoneInfo(tz), now)
                     won = await compose_store.advance_readers(
-                        s, lst.id, ids, watermark, upto, nxt, now, None if manual else now
+                        s, lst.id, ids, watermark, upto, nxt, now, None if manual else now, choice
                     )
                     if won:
                         report.deliveries += await compose_store.insert_digest_deliveries(
@@ -222,6 +288,7 @@ async def _new_edition(
         text="",
         created_at=now,
         status=EditionStatus.SENDING,
+        topics=d.topics,
     )
     await ledger.add_edition(s, edition)
     web_url = f"{app.base_url}/archive/{d.lst.slug}/{edition.id}"
@@ -234,13 +301,23 @@ async def _new_edition(
 
 
 async def _skip_slots(
-    app: App, lst: MailingList, watermark: int, members: Sequence[compose_store.Slot], now: datetime
+    app: App,
+    lst: MailingList,
+    watermark: int,
+    moved: int,
+    members: Sequence[compose_store.Slot],
+    now: datetime,
+    choice: str | None,
 ) -> int:
+    """Readers whose slot came with nothing to send get a `skipped` event and their next slot;
+    their watermark becomes `moved`."""
     skipped = 0
     async with app.db.write() as s:
         for (expr, tz), ids in _by_schedule(members, lst).items():
             nxt = schedule.next_due(parsed_cron(expr), ZoneInfo(tz), now)
-            won = await compose_store.advance_readers(s, lst.id, ids, watermark, watermark, nxt, now, now)
+            won = await compose_store.advance_readers(
+                s, lst.id, ids, watermark, moved, nxt, now, now, choice, sent=False
+            )
             if won:
                 await compose_store.record_skips(s, won, now, nxt)
                 skipped += len(won)
@@ -258,13 +335,13 @@ async def preview(
     app: App, lst: MailingList, now: datetime, address: str | None = None
 ) -> tuple[Draft, views.Rendered]:
     """Exactly the digest a reader (or a new reader) would get next; changes nothing."""
-    watermark, name, zone = 0, "", lst.timezone
+    watermark, name, zone, choice = 0, "", lst.timezone, None
     if address:
         sub, reader = await reader_subscription(app, lst, address)
-        watermark, name, zone = sub.watermark, reader.name, sub.timezone or lst.timezone
+        watermark, name, zone, choice = sub.watermark, reader.name, sub.timezone or lst.timezone, sub.topics
     async with app.db.read() as s:
         upto = await compose_store.list_max_seq(s, lst.id)
-        d = await draft(app, s, lst, watermark, upto, now)
+        d = await draft(app, s, lst, watermark, upto, now, choice)
     if d.empty:
         return d, views.Rendered("", "", "")
     rendered = render_draft(app, d, now, f"{app.base_url}/archive/{lst.slug}")

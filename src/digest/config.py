@@ -252,6 +252,30 @@ class SourceConfig(_Section):
         return self.url or self.path or ""
 
 
+class TopicConfig(_Section):
+    """A subject readers of a list may choose: an article matches it by its source, its feed's own
+    categories, or a keyword or phrase in its title and summary (whole words, case and accents
+    ignored). `rest` makes it the "everything else" topic: the articles that match no other."""
+
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field(default="", max_length=300)
+    sources: list[str] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    keywords: list[str] = Field(default_factory=list)
+    rest: bool = False
+
+    @model_validator(mode="after")
+    def _has_rule(self) -> TopicConfig:
+        if self.rest and (self.sources or self.categories or self.keywords):
+            raise ValueError(
+                f"topic {self.slug!r} is the rest topic: it takes no sources, categories or keywords"
+            )
+        if not self.rest and not (self.sources or self.categories or self.keywords):
+            raise ValueError(f"topic {self.slug!r} needs sources, categories or keywords (or rest = true)")
+        return self
+
+
 class ListConfig(_Section):
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     name: str = Field(min_length=1)
@@ -267,6 +291,7 @@ class ListConfig(_Section):
     reply_to: str | None = None
     public: bool = True
     language: str = "en"
+    topics: list[TopicConfig] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod
@@ -297,6 +322,22 @@ class ListConfig(_Section):
     def _min_le_max(self) -> ListConfig:
         if self.min_articles > self.max_articles:
             raise ValueError("min_articles is larger than max_articles")
+        return self
+
+    @model_validator(mode="after")
+    def _topics(self) -> ListConfig:
+        slugs = [t.slug for t in self.topics]
+        doubled = sorted({s for s in slugs if slugs.count(s) > 1})
+        if doubled:
+            raise ValueError(f"topic {doubled[0]!r} is declared twice")
+        if sum(t.rest for t in self.topics) > 1:
+            raise ValueError("only one topic may be the rest topic (rest = true)")
+        for topic in self.topics:
+            unknown = [name for name in topic.sources if name not in self.sources]
+            if unknown:
+                raise ValueError(
+                    f"topic {topic.slug!r} names source {unknown[0]!r}, which the list does not have"
+                )
         return self
 
 

@@ -135,6 +135,8 @@ class Article(Base):
     # source has the same one. Neither it nor `url` is unique: two comments on one page differ
     # only by their fragment, and two "Photo" posts share a title and an empty text.
     identity_url: Mapped[str | None] = mapped_column(Text, index=True)
+    # The feed's own categories or tags, as given (topics may match them).
+    categories: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class NewArticle:
     # The link (or a guid that is a URL) with its fragment: an exact copy of the item in another
     # source has the same one, and is linked to this article rather than stored again.
     identity_url: str | None = None
+    categories: tuple[str, ...] = ()  # the feed's own categories or tags
 
 
 class ArticleSource(Base):
@@ -191,6 +194,29 @@ class ListSource(Base):
     __tablename__ = "list_sources"
     list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Topic(Base):
+    """A subject a list offers its readers, kept in step with the config by (list, slug)."""
+
+    __tablename__ = "topics"
+    __table_args__ = (UniqueConstraint("list_id", "slug", name="uq_topics_list_slug"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    rest: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ArticleTopic(Base):
+    """An article matched one of a list's topics at ingest (or at `digest topics rematch`)."""
+
+    __tablename__ = "article_topics"
+    __table_args__ = (Index("ix_article_topics_topic", "topic_id", "article_id"),)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True)
+    topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id", ondelete="CASCADE"), primary_key=True)
 
 
 class Subscriber(Base):
@@ -234,6 +260,9 @@ class Subscription(Base):
     confirm_user_agent: Mapped[str | None] = mapped_column(Text)
     unsubscribed_at: Mapped[datetime | None]
     unsubscribe_method: Mapped[str | None] = mapped_column(String(20))
+    # The reader's topics: their slugs, sorted and comma-joined; NULL means every topic (those
+    # added later included). Readers with the same choice and watermark share an edition.
+    topics: Mapped[str | None] = mapped_column(Text)
 
 
 class Edition(Base):
@@ -251,6 +280,8 @@ class Edition(Base):
     created_at: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(20), default=EditionStatus.SENDING)
     pause_reason: Mapped[str | None] = mapped_column(Text)
+    # The topic choice this edition was composed for (as Subscription.topics); NULL: every topic.
+    topics: Mapped[str | None] = mapped_column(Text)
 
 
 class Delivery(Base):

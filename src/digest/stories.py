@@ -21,6 +21,7 @@ from digest.models import Article, Edition, MailingList
 from digest.store import compose as compose_store
 from digest.store import reports as reports_store
 from digest.store import sources as sources_store
+from digest.store import topics as topics_store
 
 
 async def source_titles(app: bootstrap.App, s: AsyncSession) -> dict[str, str]:
@@ -73,7 +74,7 @@ async def edition_stories(
         if found is not None:
             after, upto, since = found
             rows = await compose_store.new_articles_for_list(
-                s, lst.id, after, upto, datetime.fromtimestamp(since, UTC)
+                s, lst.id, after, upto, datetime.fromtimestamp(since, UTC), topics_store.choice_slugs(edition.topics)
             )
             pairs = [(c.article, c.source_name) for c in rows]
         else:

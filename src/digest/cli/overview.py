@@ -132,6 +132,16 @@ def _list_json(r: reports.ListReport) -> dict[str, object]:
         },
         "next_due_at": r.next_due_at,
         "readers_due_within_a_day_of_it": r.due_within_a_day,
+        "topics": [
+            {
+                "slug": t.slug,
+                "name": t.name,
+                "description": t.description,
+                "readers": t.readers,
+                "articles_last_week": t.articles_last_week,
+            }
+            for t in r.topics
+        ],
     }
 
 
@@ -188,6 +198,11 @@ def show(slug: Annotated[str, typer.Argument(metavar="SLUG")], as_json: JsonOpti
     for cadence, n in sorted(r.readers.confirmed_by_cadence.items()):
         cadences.add_row(cadence, str(n))
     out.print(cadences)
+    if r.topics:
+        topic_table = Table("topic", "name", "readers", "articles (7 days)", title="topics")
+        for t in r.topics:
+            topic_table.add_row(t.slug, t.name, str(t.readers), str(t.articles_last_week))
+        out.print(topic_table)
     last = r.last_edition
     if last:
         counts = counts_cell(last.deliveries) or "no deliveries"

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from digest import bootstrap, readers, readers_io, reports, signup
+from digest import bootstrap, readers, readers_io, reports, signup, topics
 from digest.cli.output import err, fail, minute, out
 from digest.cli.runner import with_app
 from digest.errors import UsageError
@@ -46,18 +46,27 @@ def add(
     weekday: Annotated[str | None, typer.Option("--weekday", help="mon..sun, for weekly")] = None,
     hour: Annotated[int | None, typer.Option("--hour", help="Local send hour 0-23")] = None,
     timezone: Annotated[str | None, typer.Option("--timezone", help="IANA zone, e.g. Europe/Berlin")] = None,
+    topic_choice: Annotated[
+        str | None, typer.Option("--topics", help="Comma-separated topic slugs (default: every topic).")
+    ] = None,
 ) -> None:
     """Subscribe a reader (pending until confirmed unless --confirmed).
 
     Example: digest subscribers add ann@example.com --list demo --confirmed
-             --cadence daily --hour 7 --timezone Europe/Berlin
+             --cadence daily --hour 7 --timezone Europe/Berlin --topics transport,local
     """
-    prefs = readers.ReaderPrefs(
-        name=name, cadence=cadence, weekday=_weekday_option(weekday), send_hour=hour, timezone=timezone
-    )
 
     async def go(application: bootstrap.App) -> tuple[readers.AddResult, signup.SignupResult | None]:
         lst = await bootstrap.get_list(application, list_slug)
+        lst_cfg = topics.list_config(application, list_slug)
+        prefs = readers.ReaderPrefs(
+            name=name,
+            cadence=cadence,
+            weekday=_weekday_option(weekday),
+            send_hour=hour,
+            timezone=timezone,
+            topics=topics.parse_choice(lst_cfg, topic_choice) if lst_cfg else None,
+        )
         now = datetime.now(UTC)
         async with application.db.write() as s:
             _, key = readers.normalize_address(email)

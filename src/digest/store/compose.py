@@ -24,6 +24,7 @@ from digest.models import (
     OUTSTANDING,
     Article,
     ArticleSource,
+    ArticleTopic,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
@@ -33,6 +34,7 @@ from digest.models import (
     Subscriber,
     Subscription,
     SubscriptionStatus,
+    Topic,
     UTCDateTime,
 )
 from digest.store import dialect_insert
@@ -56,9 +58,15 @@ class Candidate:
 
 
 async def new_articles_for_list(
-    session: AsyncSession, list_id: int, after_seq: int, upto_seq: int, since: datetime
+    session: AsyncSession,
+    list_id: int,
+    after_seq: int,
+    upto_seq: int,
+    since: datetime,
+    topics: Sequence[str] | None = None,
 ) -> list[Candidate]:
-    """Articles first seen by this list in (after_seq, upto_seq], published since `since`.
+    """Articles first seen by this list in (after_seq, upto_seq], published since `since`, and
+    with `topics`, only those matched to one of these topic slugs of the list.
 
     An article seen in two of the list's sources counts at its first sighting, so a reader who
     already had it from one source does not get it again when the other source catches up.
@@ -78,6 +86,13 @@ async def new_articles_for_list(
         .where(first.c.seq > after_seq, Article.published_at >= since)
         .order_by(Article.published_at.desc(), first.c.seq.desc())
     )
+    if topics is not None:
+        chosen = (
+            select(ArticleTopic.article_id)
+            .join(Topic, Topic.id == ArticleTopic.topic_id)
+            .where(Topic.list_id == list_id, Topic.slug.in_(list(topics)))
+        )
+        stmt = stmt.where(Article.id.in_(chosen))
     rows = (await session.execute(stmt)).all()
     return [Candidate(article=a, source_name=name, seq=int(seq)) for a, name, seq in rows]
 
@@ -98,6 +113,7 @@ class Slot:
     weekday: int | None
     timezone: str | None
     next_due_at: datetime | None
+    topics: str | None = None  # the reader's topic choice (None: every topic)
 
 
 def _sendable(list_id: int) -> Any:
@@ -128,6 +144,7 @@ async def due_readers(session: AsyncSession, list_id: int, due_before: datetime 
         Subscription.weekday,
         Subscription.timezone,
         Subscription.next_due_at,
+        Subscription.topics,
     ).where(_sendable(list_id))
     if due_before is not None:
         stmt = stmt.where(Subscription.next_due_at <= due_before)
@@ -143,6 +160,9 @@ async def advance_readers(
     next_due: datetime,
     now: datetime,
     due_before: datetime | None,
+    topics: str | None | bool = False,
+    *,
+    sent: bool = True,
 ) -> list[int]:
     """Compare-and-set watermark and next slot for a set of readers; returns those this composer won.
 
@@ -152,8 +172,10 @@ async def advance_readers(
     cond = [Subscription.id.in_(ids), Subscription.watermark == old_watermark, _sendable(list_id)]
     if due_before is not None:
         cond.append(Subscription.next_due_at <= due_before)
+    if topics is not False:  # composed for one topic choice: a reader who changed it meanwhile waits
+        cond.append(Subscription.topics.is_(None) if topics is None else Subscription.topics == topics)
     values: dict[str, Any] = {"watermark": new_watermark, "next_due_at": next_due}
-    if new_watermark != old_watermark:
+    if sent and new_watermark != old_watermark:
         values["last_digest_at"] = now
     stmt = update(Subscription).where(*cond).values(**values).returning(Subscription.id)
     return [int(i) for i in (await session.execute(stmt)).scalars().all()]

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from digest import bootstrap, extract, readers, readers_io, signup, signup_form, source_items
+from digest import bootstrap, extract, readers, readers_io, signup, signup_form, source_items, topics
 from digest.errors import DigestError
 from digest.models import NewArticle
 from digest.store import readers as readers_store
@@ -47,6 +47,7 @@ class ArticleIn(BaseModel):
     author: str | None = Field(default=None, max_length=500)
     published_at: datetime | None = None
     image_url: str | None = Field(default=None, max_length=4000)
+    categories: list[str] = Field(default_factory=list, max_length=30)
 
 
 class ArticleBatch(BaseModel):
@@ -212,6 +213,7 @@ async def api_push(name: str, body: ArticleBatch | ArticleIn, app: DigestApp, no
     items = [pushed_article(a, now) for a in (body.articles if isinstance(body, ArticleBatch) else [body])]
     async with app.db.write() as s:
         stored = await sources_store.store_articles(s, source.id, items, now)
+        await topics.match_articles(app, s, stored.article_ids)
     return {
         "received": len(items),
         "stored": stored.new,
@@ -238,6 +240,7 @@ def pushed_article(item: ArticleIn, now: datetime) -> NewArticle:
         published=published,
         summary=_client_text(item.summary, 5000),
         image=item.image_url,
+        categories=item.categories,
         untitled="",  # a feed may lack a title; an API client is told to send one
     )
     if not article.title:
