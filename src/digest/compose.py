@@ -120,7 +120,9 @@ async def draft(
 ) -> Draft:
     since = now - timedelta(seconds=lst.max_age_seconds)
     chosen_topics = topics_store.choice_slugs(topics)
-    candidates = await compose_store.new_articles_for_list(s, lst.id, after_seq, upto_seq, since, chosen_topics)
+    candidates = await compose_store.new_articles_for_list(
+        s, lst.id, after_seq, upto_seq, since, chosen_topics
+    )
     titles = await stories.source_titles(app, s)
     candidates, also = _merge_same_stories(app, candidates, titles)
     chosen = selection.select_articles(candidates, lst.min_articles, lst.max_articles)

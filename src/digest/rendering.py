@@ -483,5 +483,7 @@ def _clean_article(article: ArticleView) -> ArticleView:
         author=shorten(clean(article.author), 100) if article.author else None,
         direction=article.direction if article.direction in ("ltr", "rtl") else direction_of(title, summary),
         section=shorten(clean(article.section), 100),
-        also=tuple((shorten(clean(src), 100) or host_of(url), url) for src, url in article.also if is_web_url(url))[:10],
+        also=tuple(
+            (shorten(clean(src), 100) or host_of(url), url) for src, url in article.also if is_web_url(url)
+        )[:10],
     )

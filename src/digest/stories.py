@@ -74,7 +74,12 @@ async def edition_stories(
         if found is not None:
             after, upto, since = found
             rows = await compose_store.new_articles_for_list(
-                s, lst.id, after, upto, datetime.fromtimestamp(since, UTC), topics_store.choice_slugs(edition.topics)
+                s,
+                lst.id,
+                after,
+                upto,
+                datetime.fromtimestamp(since, UTC),
+                topics_store.choice_slugs(edition.topics),
             )
             pairs = [(c.article, c.source_name) for c in rows]
         else:

@@ -151,6 +151,9 @@ async def due_readers(session: AsyncSession, list_id: int, due_before: datetime 
     return [Slot(*row) for row in (await session.execute(stmt.order_by(Subscription.id))).all()]
 
 
+ANY_CHOICE = "*"  # advance readers whatever their topic choice (no slug is "*")
+
+
 async def advance_readers(
     session: AsyncSession,
     list_id: int,
@@ -160,7 +163,7 @@ async def advance_readers(
     next_due: datetime,
     now: datetime,
     due_before: datetime | None,
-    topics: str | None | bool = False,
+    topics: str | None = ANY_CHOICE,
     *,
     sent: bool = True,
 ) -> list[int]:
@@ -172,7 +175,7 @@ async def advance_readers(
     cond = [Subscription.id.in_(ids), Subscription.watermark == old_watermark, _sendable(list_id)]
     if due_before is not None:
         cond.append(Subscription.next_due_at <= due_before)
-    if topics is not False:  # composed for one topic choice: a reader who changed it meanwhile waits
+    if topics != ANY_CHOICE:  # composed for one topic choice: a reader who changed it meanwhile waits
         cond.append(Subscription.topics.is_(None) if topics is None else Subscription.topics == topics)
     values: dict[str, Any] = {"watermark": new_watermark, "next_due_at": next_due}
     if sent and new_watermark != old_watermark:
