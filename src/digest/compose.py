@@ -26,6 +26,7 @@ from digest.models import (
     Edition,
     EditionStatus,
     MailingList,
+    topic_choice_slugs,
 )
 from digest.readers import normalize_address, parsed_cron, reader_subscription
 from digest.store import compose as compose_store
@@ -119,7 +120,7 @@ async def draft(
     topics: str | None = None,
 ) -> Draft:
     since = now - timedelta(seconds=lst.max_age_seconds)
-    chosen_topics = topics_store.choice_slugs(topics)
+    chosen_topics = topic_choice_slugs(topics)
     candidates = await compose_store.new_articles_for_list(
         s, lst.id, after_seq, upto_seq, since, chosen_topics
     )

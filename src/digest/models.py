@@ -7,6 +7,7 @@ are the enums below, so SQLite and PostgreSQL share one schema without native en
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -263,6 +264,15 @@ class Subscription(Base):
     # The reader's topics: their slugs, sorted and comma-joined; NULL means every topic (those
     # added later included). Readers with the same choice and watermark share an edition.
     topics: Mapped[str | None] = mapped_column(Text)
+
+
+def topic_choice_key(slugs: Iterable[str] | None) -> str | None:
+    """A topic choice as `Subscription.topics` keeps it: sorted, comma-joined slugs (None: every topic)."""
+    return None if slugs is None else ",".join(sorted(set(slugs)))
+
+
+def topic_choice_slugs(key: str | None) -> list[str] | None:
+    return None if key is None else [s for s in key.split(",") if s]
 
 
 class Edition(Base):

@@ -17,11 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from digest import bootstrap, tokens
 from digest.display_text import clean, direction_of, host_of, long_date, short_date
-from digest.models import Article, Edition, MailingList
+from digest.models import Article, Edition, MailingList, topic_choice_slugs
 from digest.store import compose as compose_store
 from digest.store import reports as reports_store
 from digest.store import sources as sources_store
-from digest.store import topics as topics_store
 
 
 async def source_titles(app: bootstrap.App, s: AsyncSession) -> dict[str, str]:
@@ -79,7 +78,7 @@ async def edition_stories(
                 after,
                 upto,
                 datetime.fromtimestamp(since, UTC),
-                topics_store.choice_slugs(edition.topics),
+                topic_choice_slugs(edition.topics),
             )
             pairs = [(c.article, c.source_name) for c in rows]
         else:

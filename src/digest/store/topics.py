@@ -24,18 +24,9 @@ from digest.models import (
     SubscriptionStatus,
     Topic,
     UTCDateTime,
+    topic_choice_key,
+    topic_choice_slugs,
 )
-
-
-def choice_key(slugs: Iterable[str] | None) -> str | None:
-    """The stored form of a topic choice: sorted, comma-joined slugs; None (every topic) for None."""
-    if slugs is None:
-        return None
-    return ",".join(sorted(set(slugs)))
-
-
-def choice_slugs(key: str | None) -> list[str] | None:
-    return None if key is None else [s for s in key.split(",") if s]
 
 
 @dataclass(frozen=True)
@@ -112,11 +103,11 @@ async def _drop_from_choices(session: AsyncSession, list_id: int, slug: str, now
         )
     )
     for key in keys:
-        left = [s for s in choice_slugs(key) or [] if s != slug]
+        left = [s for s in topic_choice_slugs(key) or [] if s != slug]
         await session.execute(
             update(Subscription)
             .where(Subscription.list_id == list_id, Subscription.topics == key)
-            .values(topics=choice_key(left) if left else None)
+            .values(topics=topic_choice_key(left) if left else None)
         )
 
 

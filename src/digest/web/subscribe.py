@@ -58,6 +58,11 @@ class SignupIn(BaseModel):
     weekday: int | str | None = Field(default=None, description="0 (Monday) to 6, or mon..sun; for weekly.")
     send_hour: int | None = Field(default=None, ge=0, le=23, description="Local hour; for daily and weekly.")
     timezone: str | None = Field(default=None, description="IANA time zone such as Europe/Berlin.")
+    topics: list[str] | None = Field(
+        default=None,
+        description="Topic slugs of the chosen lists (absent: every topic); `list/topic` names one list's.",
+        examples=[["transport", "local"]],
+    )
     consent: bool = Field(description="The reader ticked the consent checkbox.")
     consent_text_version: str | None = None
     source: str | None = Field(default=None, description="The page the reader signed up on.")
@@ -78,10 +83,31 @@ async def signup_lists(app: bootstrap.App, slug: str | None) -> list[dict[str, A
             "name": lst.name,
             "description": lst.description,
             "schedule": describe_schedule(lst.schedule, lst.timezone),
+            "topics": topic_choices(app, lst.slug),
         }
         for lst in lists
         if (lst.slug == slug if slug else lst.public)
     ]
+
+
+def topic_choices(app: bootstrap.App, slug: str) -> list[dict[str, str]]:
+    """The topics a list offers, as the pages show them (in the list's order)."""
+    cfg = next((c for c in app.cfg.lists if c.slug == slug), None)
+    return [{"slug": t.slug, "name": t.name, "description": t.description} for t in (cfg.topics if cfg else [])]
+
+
+def with_ticked_topics(lists: list[dict[str, Any]], ticked: list[str] | None) -> list[dict[str, Any]]:
+    """A form shown again keeps the topics the reader ticked (`list/topic` each)."""
+    if ticked is None:
+        return lists
+    return [
+        {**lst, "chosen_topics": [e.split("/", 1)[1] for e in ticked if e.startswith(lst["slug"] + "/")] or None}
+        for lst in lists
+    ]
+
+
+def offered_topics(app: bootstrap.App) -> dict[str, list[str]]:
+    return {c.slug: [t.slug for t in c.topics] for c in app.cfg.lists}
 
 
 async def private_slugs(app: bootstrap.App) -> list[str]:
@@ -103,6 +129,7 @@ def signup_page(
     web = web_state(request)
     values = values or {}
     chosen = values.get("list") or ([single] if single else [])
+    lists = with_ticked_topics(lists, values.get("topics"))
     return page(
         request,
         "subscribe.html",
@@ -230,7 +257,7 @@ async def subscribe_json(request: Request, web: WebState, now: datetime) -> Resp
     )
     known = [lst["slug"] for lst in await signup_lists(web.app, None)] + await private_slugs(web.app)
     try:
-        item = signup_form.parse_signup(body, known, consent)
+        item = signup_form.parse_signup(body, known, consent, offered_topics=offered_topics(web.app))
     except signup_form.SignupInvalid as exc:
         return error_json(422, "invalid", "Some fields need fixing.", fields=exc.fields)
     response = JSONResponse({"status": "accepted", "message": ACCEPTED_TEXT}, status_code=202)
@@ -251,15 +278,18 @@ async def subscribe_form(request: Request, web: WebState, now: datetime) -> Resp
     if not lists:
         lists, single = await signup_lists(web.app, None), None
     values: dict[str, Any] = {
-        k: signup_form.clean_text(v, 320) for k, v in form.multi_items() if isinstance(v, str) and k != "list"
+        k: signup_form.clean_text(v, 320)
+        for k, v in form.multi_items()
+        if isinstance(v, str) and k not in ("list", "topics")
     }
     values["list"] = [v for v in form.getlist("list") if isinstance(v, str)]
+    values["topics"] = [v for v in form.getlist("topics") if isinstance(v, str)]
     ref = web_url(form.get("ref"))
     if not csrf_ok(request, form):
         expired = {"form": "This form had expired. Please check it and submit it again."}
         return signup_page(request, now, lists, single, values=values, errors=expired, status=403, ref=ref)
-    fields: dict[str, object] = {k: form.get(k) for k in form if k != "list"}
-    fields["list"] = values["list"]
+    fields: dict[str, object] = {k: form.get(k) for k in form if k not in ("list", "topics")}
+    fields["list"], fields["topics"] = values["list"], values["topics"]
     referer = request.headers.get("referer", "")
     consent = readers.Consent(
         ip=client_ip(request),
@@ -270,7 +300,7 @@ async def subscribe_form(request: Request, web: WebState, now: datetime) -> Resp
     )
     known = [lst["slug"] for lst in lists]
     try:
-        item = signup_form.parse_signup(fields, known, consent)
+        item = signup_form.parse_signup(fields, known, consent, offered_topics=offered_topics(web.app))
     except signup_form.SignupInvalid as exc:
         return signup_page(request, now, lists, single, values=values, errors=exc.fields, status=422, ref=ref)
     if form.get("website"):  # the honeypot: only a robot fills a field it cannot see
