@@ -37,6 +37,7 @@ PURE = {
     "inbound_feedback",
     "bounce_rules",
     "bounce_reasons",
+    "same_story",
 }
 EDGES = {"store", "ingest", "smtp", "capture", "dkim_sign", "previews"}
 FRONTS = {"cli", "web", "scheduler", "service", "__main__"}
@@ -68,6 +69,7 @@ ALLOWED: dict[str, set[str]] = {
     "inbound_feedback": {"bounce_rules", "inbound_mail", "tokens"},
     "bounce_rules": {"bounce_reasons"},
     "bounce_reasons": set(),
+    "same_story": set(),
     # edges: the database, feeds, SMTP, the capture server, DKIM keys, the browser
     "store": {"errors", "models"},
     "ingest": {"article_files", "errors", "feeds", "models", "source_items"},
