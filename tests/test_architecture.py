@@ -38,6 +38,7 @@ PURE = {
     "bounce_rules",
     "bounce_reasons",
     "topic_rules",
+    "same_story",
 }
 EDGES = {"store", "ingest", "smtp", "capture", "dkim_sign", "previews"}
 FRONTS = {"cli", "web", "scheduler", "service", "__main__"}
@@ -70,6 +71,7 @@ ALLOWED: dict[str, set[str]] = {
     "bounce_rules": {"bounce_reasons"},
     "bounce_reasons": set(),
     "topic_rules": set(),
+    "same_story": set(),
     # edges: the database, feeds, SMTP, the capture server, DKIM keys, the browser
     "store": {"errors", "models"},
     "ingest": {"article_files", "errors", "feeds", "models", "source_items"},
@@ -80,7 +82,7 @@ ALLOWED: dict[str, set[str]] = {
     # domain operations, lowest first
     "bootstrap": {"config", "errors", "models", "rendering", "store"},
     "readers": {"bootstrap", "errors", "models", "schedule", "store", "tokens"},
-    "signup_form": {"errors", "readers", "schedule"},
+    "signup_form": {"errors", "models", "readers", "schedule"},
     "welcome": {"bootstrap", "messages", "models", "readers", "rendering", "schedule", "store", "views"},
     "signup": {
         "alerting",
@@ -94,7 +96,7 @@ ALLOWED: dict[str, set[str]] = {
         "views",
         "welcome",
     },
-    "preferences": {"bootstrap", "models", "readers", "schedule", "signup", "signup_form", "store"},
+    "preferences": {"bootstrap", "models", "readers", "schedule", "signup", "signup_form", "store", "topics"},
     "topics": {"bootstrap", "config", "errors", "models", "store", "topic_rules"},
     "sources": {"bootstrap", "errors", "ingest", "store", "topics"},
     "stories": {"bootstrap", "display_text", "models", "store", "tokens"},
@@ -106,6 +108,7 @@ ALLOWED: dict[str, set[str]] = {
         "personal",
         "readers",
         "rendering",
+        "same_story",
         "schedule",
         "selection",
         "stories",

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import messages, personal, rendering, schedule, selection, stories, tokens, views
+from digest import messages, personal, rendering, same_story, schedule, selection, stories, tokens, views
 from digest.bootstrap import App
 from digest.errors import UsageError
 from digest.models import (
@@ -157,8 +157,33 @@ async def _under_headings(
     return tuple(p[2] for p in placed), {p[2].article.id: p[3] for p in placed}
 
 
-def _merge_same_stories(app, candidates, titles):  # type: ignore[no-untyped-def]  # TEMP
-    return candidates, {}
+def _merge_same_stories(
+    app: App, candidates: Sequence[compose_store.Candidate], titles: Mapping[str, str]
+) -> tuple[list[compose_store.Candidate], dict[int, tuple[tuple[str, str], ...]]]:
+    """One story once: near-duplicates from other sources fold into the earliest report, which
+    says "Also reported by" with a link to each (newest first, as the digest lists stories)."""
+    by_id = {c.article.id: c for c in candidates}
+    groups = same_story.group_same_stories(
+        [
+            same_story.Candidate(
+                c.article.id, c.source_name, c.article.title, c.article.summary, c.article.published_at
+            )
+            for c in candidates
+        ]
+    )
+    folded = {other for g in groups for other in g.also}
+    also = {
+        g.primary: tuple(
+            (
+                stories.source_label(by_id[o].source_name, titles, by_id[o].article.url),
+                _article_url(app, o, by_id[o].article.url),
+            )
+            for o in g.also
+        )
+        for g in groups
+        if g.also
+    }
+    return [c for c in candidates if c.article.id not in folded], also
 
 
 OTHER_STORIES = "Other stories"  # the heading for stories that match none of the list's topics

@@ -130,7 +130,11 @@ async def change_preferences(
                 await readers.unsubscribe(s, sub, "preferences", now)
                 outcome.left.append(lst.slug)
                 continue
-            if chosen_topics is not None and lst.slug in offering and sub.topics != chosen_topics.get(lst.slug):
+            if (
+                chosen_topics is not None
+                and lst.slug in offering
+                and sub.topics != chosen_topics.get(lst.slug)
+            ):
                 await topics.record_choice(s, sub.id, chosen_topics.get(lst.slug), now, "preferences")
                 outcome.changed.append(lst.slug)
             before = (sub.cadence, sub.weekday, sub.send_hour, sub.timezone)

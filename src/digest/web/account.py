@@ -19,7 +19,6 @@ from digest.store import reports as reports_store
 from digest.store import sources as sources_store
 from digest.web.deps import DigestApp, Now, Web, client_ip, user_agent, web_state
 from digest.web.errors import content_type
-from digest.web.subscribe import offered_topics, topic_choices, with_ticked_topics
 from digest.web.render import (
     FORM_TYPES,
     TOKEN,
@@ -34,6 +33,7 @@ from digest.web.render import (
     readable,
     unknown,
 )
+from digest.web.subscribe import offered_topics, topic_choices, with_ticked_topics
 
 router = APIRouter()
 

@@ -93,7 +93,9 @@ async def signup_lists(app: bootstrap.App, slug: str | None) -> list[dict[str, A
 def topic_choices(app: bootstrap.App, slug: str) -> list[dict[str, str]]:
     """The topics a list offers, as the pages show them (in the list's order)."""
     cfg = next((c for c in app.cfg.lists if c.slug == slug), None)
-    return [{"slug": t.slug, "name": t.name, "description": t.description} for t in (cfg.topics if cfg else [])]
+    return [
+        {"slug": t.slug, "name": t.name, "description": t.description} for t in (cfg.topics if cfg else [])
+    ]
 
 
 def with_ticked_topics(lists: list[dict[str, Any]], ticked: list[str] | None) -> list[dict[str, Any]]:
@@ -101,7 +103,10 @@ def with_ticked_topics(lists: list[dict[str, Any]], ticked: list[str] | None) ->
     if ticked is None:
         return lists
     return [
-        {**lst, "chosen_topics": [e.split("/", 1)[1] for e in ticked if e.startswith(lst["slug"] + "/")] or None}
+        {
+            **lst,
+            "chosen_topics": [e.split("/", 1)[1] for e in ticked if e.startswith(lst["slug"] + "/")] or None,
+        }
         for lst in lists
     ]
 
