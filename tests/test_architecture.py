@@ -146,7 +146,7 @@ ALLOWED: dict[str, set[str]] = {
     "bounce_mailboxes": {"bootstrap", "bounce_outcomes", "bounces", "errors", "inbound", "store"},
     "bounce_listener": {"bootstrap", "bounce_outcomes", "bounces", "errors"},
     "bounce_admin": {"bootstrap", "errors", "models", "readers", "store"},
-    "readers_io": {"bootstrap", "errors", "models", "readers", "schedule", "signup", "store"},
+    "readers_io": {"bootstrap", "errors", "models", "readers", "schedule", "signup", "store", "topics"},
     "retention": {"bootstrap", "errors", "models", "readers", "store"},
     "alerts": {"alerting", "bootstrap", "config", "messages", "smtp", "store"},
     "reports": {"bootstrap", "models", "readers", "store"},

@@ -237,6 +237,7 @@ class Subscription(Base):
     __table_args__ = (
         UniqueConstraint("subscriber_id", "list_id", name="uq_subscriptions_reader_list"),
         Index("ix_subscriptions_due", "status", "next_due_at"),
+        Index("ix_subscriptions_topics", "list_id", "status", "topics"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))

@@ -208,6 +208,7 @@ class Metrics:
     replies: list[tuple[str, int | None, int]]  # (relay, SMTP code, deliveries) in the last hour
     sources: list[SourceState]
     bounces: list[tuple[str, str | None, int]]  # (event kind, bounce class, events) in the last day
+    topic_readers: list[tuple[str, str, int]]  # (list, topic, confirmed readers who get it)
     lease_renewal_failures: int  # by every worker since the database was made, written on recovery
 
 
@@ -323,8 +324,19 @@ async def metrics(app: App, now: datetime) -> Metrics:
             replies=await reports_store.smtp_reply_counts(s, now - timedelta(hours=1)),
             sources=await _source_states(s, app),
             bounces=await reports_store.inbound_class_counts(s, INBOUND_EVENTS, now - timedelta(days=1)),
+            topic_readers=await _topic_readers(s),
             lease_renewal_failures=await store.counter(s, "lease_renewal_failures"),
         )
+
+
+async def _topic_readers(s: AsyncSession) -> list[tuple[str, str, int]]:
+    out: list[tuple[str, str, int]] = []
+    for lst in await sources_store.active_lists(s):
+        offered = [t.slug for t in await topics_store.list_topics(s, lst.id)]
+        if offered:
+            counts = await topics_store.topic_reader_counts(s, lst.id, offered)
+            out.extend((lst.slug, slug, counts[slug]) for slug in offered)
+    return out
 
 
 def _summary(e: Edition, slug: str, counts: dict[str, int]) -> EditionSummary:

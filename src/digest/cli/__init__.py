@@ -6,6 +6,7 @@ The root app registers the commands that stand alone and mounts one sub-app per 
     ingest, sources                                             sources.py
     preview, send-test, send, tick, worker                      sending.py
     status, lists                                               overview.py
+    topics                                                      topics.py
     subscribers                                                 readers.py
     editions                                                    editions.py
     bounces                                                     bounces.py
@@ -24,7 +25,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from digest.cli import bounces, editions, operations, overview, readers, runner, sending, sources
+from digest.cli import bounces, editions, operations, overview, readers, runner, sending, sources, topics
 from digest.cli.output import err
 from digest.errors import DigestError
 
@@ -67,6 +68,7 @@ app.add_typer(editions.editions_app, name="editions")
 app.add_typer(bounces.bounces_app, name="bounces")
 app.add_typer(sources.sources_app, name="sources")
 app.add_typer(overview.lists_app, name="lists")
+app.add_typer(topics.topics_app, name="topics")
 app.add_typer(operations.alerts_app, name="alerts")
 
 

@@ -43,6 +43,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("categories", sa.JSON(), nullable=True))
     with op.batch_alter_table("subscriptions") as batch_op:
         batch_op.add_column(sa.Column("topics", sa.Text(), nullable=True))
+        batch_op.create_index("ix_subscriptions_topics", ["list_id", "status", "topics"], unique=False)
     with op.batch_alter_table("editions") as batch_op:
         batch_op.add_column(sa.Column("topics", sa.Text(), nullable=True))
 
@@ -51,6 +52,7 @@ def downgrade() -> None:
     with op.batch_alter_table("editions") as batch_op:
         batch_op.drop_column("topics")
     with op.batch_alter_table("subscriptions") as batch_op:
+        batch_op.drop_index("ix_subscriptions_topics")
         batch_op.drop_column("topics")
     with op.batch_alter_table("articles") as batch_op:
         batch_op.drop_column("categories")
