@@ -7,6 +7,7 @@ who leaves and comes back. Screenshots go to tests/artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import os
@@ -63,11 +64,18 @@ def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
     config = write_config(
         tmp_path, database_url=f"sqlite:///{tmp_path}/digest.db", smtp_port=smtp_sink.port, web_port=port
     )
+    with serve_web(config, port) as base:
+        yield base, config
+
+
+@contextlib.contextmanager
+def serve_web(config: Path, port: int) -> Iterator[str]:
+    """`digest init`, `ingest`, then `digest web` on `port` until the block ends; yields its URL."""
     digest(config, "init")
     digest(config, "ingest")
     proc = subprocess.Popen(
         [sys.executable, "-m", "digest", "--config", str(config), "web"],
-        cwd=tmp_path,
+        cwd=config.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -85,7 +93,7 @@ def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
                         f"digest web did not start: {proc.stderr.read() if proc.stderr else ''}"
                     ) from exc
                 time.sleep(0.1)
-        yield base, config
+        yield base
     finally:
         proc.terminate()
         try:
