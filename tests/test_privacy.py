@@ -3,18 +3,25 @@ a pushed article or an operator's setting writes; erasure leaves the address in 
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import json
 import re
 import urllib.parse
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import inspect, select, text
+from typer.testing import CliRunner
 
 from conftest import SmtpSink
-from digest import bootstrap, compose, readers, sources
+from digest import bootstrap, bounces, compose, messages, readers, sources
+from digest.cli import app as cli_app
+from digest.models import Event, Subscription
 from test_web import BASE, Site, auth, open_site
 
 # Placeholder-looking strings a hostile or careless source might carry, the markers this service
@@ -157,3 +164,125 @@ async def test_the_web_copy_carries_no_token_a_source_asked_for(site: Site) -> N
     assert "Harbour lights" in page
     assert not MARKER.search(page)
     assert "/u/archive" in page
+
+
+# ---------------------------------------------------------------- erasure
+
+ERASED = "Bob.Reader@Bücher.example"
+
+
+def dsn(verp: str, rcpt: str) -> bytes:
+    """A soft bounce (mailbox full) of one delivery, as a receiving MTA writes it."""
+    return (
+        f"From: MAILER-DAEMON@mx.example.net\r\nTo: {verp}\r\nSubject: Undelivered Mail\r\n"
+        "Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMessage-ID: <dsn1@mx.example.net>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="BND"\r\n\r\n'
+        f"--BND\r\nContent-Type: text/plain\r\n\r\nMail to <{rcpt}> could not be delivered.\r\n\r\n"
+        "--BND\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n"
+        f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.2.2\r\n"
+        f"Diagnostic-Code: smtp; 552 5.2.2 <{rcpt}>: mailbox full\r\n\r\n--BND--\r\n"
+    ).encode()
+
+
+def arf(verp: str, rcpt: str, original: bytes) -> bytes:
+    """A mailbox provider's complaint (RFC 5965) about one digest, quoting it whole."""
+    return (
+        (
+            "From: feedback@arf.mail.example.net\r\nTo: fbl@news.example.com\r\nSubject: FW: complaint\r\n"
+            "Date: Fri, 27 Nov 2026 11:00:00 +0000\r\nMessage-ID: <arf1@arf.mail.example.net>\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary="P"\r\n\r\n'
+            f"--P\r\nContent-Type: text/plain\r\n\r\nA complaint from {rcpt}.\r\n\r\n"
+            "--P\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n"
+            f"Original-Mail-From: <{verp}>\r\nOriginal-Rcpt-To: {rcpt}\r\n\r\n"
+            "--P\r\nContent-Type: message/rfc822\r\n\r\n"
+        ).encode()
+        + original
+        + b"\r\n--P--\r\n"
+    )
+
+
+async def stored_mentions(app: bootstrap.App, needles: list[str]) -> list[str]:
+    """Every (table.column) of every table in the database whose text holds one of the needles."""
+
+    def columns(conn: Any) -> list[tuple[str, str]]:
+        found = inspect(conn)
+        return [(t, c["name"]) for t in found.get_table_names() for c in found.get_columns(t)]
+
+    async with app.db.read() as s:
+        conn = await s.connection()
+        hits = []
+        for table, column in await conn.run_sync(columns):
+            for needle in needles:
+                stmt = text(f'SELECT count(*) FROM "{table}" WHERE lower(CAST("{column}" AS TEXT)) LIKE :n')
+                if (await s.execute(stmt, {"n": f"%{needle.lower()}%"})).scalar_one():
+                    hits.append(f"{table}.{column} holds {needle}")
+    return hits
+
+
+def spellings(address: str) -> list[str]:
+    wire = messages.wire_address(address)
+    return sorted({f for a in (address, wire) for f in (a, json.dumps(a)[1:-1], a.casefold())})
+
+
+async def reader_with_a_history(site: Site) -> None:
+    """Bob signs up himself (confirmation, welcome), gets two digests, one bounces, one he reports."""
+    answer = await site.signup_json(ERASED, ["demo", "tech"], name="Bob Reader")
+    assert answer.status_code < 300, answer.text
+    await site.deliver()
+    await site.confirm(messages.wire_address(ERASED))  # the mail went to the wire form
+    await site.deliver()  # the welcome
+    await sources.ingest_sources(site.app, site.clock())
+    for slug in ("demo", "tech"):
+        await compose.compose(site.app, await bootstrap.get_list(site.app, slug), site.clock(), manual=True)
+    await site.deliver()
+    wire = messages.wire_address(ERASED)
+    got = [m for m in site.sink.messages if wire in m.rcpt_tos]
+    assert len(got) == 4, [
+        email.message_from_bytes(m.data)["Subject"] for m in got
+    ]  # confirm, welcome, 2 digests
+    bounced, reported = got[2], got[3]
+    await bounces.handle_message(site.app, dsn(bounced.mail_from, wire), None, site.clock())
+    await bounces.handle_message(site.app, arf(reported.mail_from, wire, reported.data), None, site.clock())
+    async with site.app.db.read() as s:
+        kinds = {e.kind for e in (await s.execute(select(Event))).scalars()}
+    assert {"bounced", "complained", "confirmed"} <= kinds
+    assert await stored_mentions(site.app, spellings(ERASED))  # the search finds what is there
+
+
+@pytest.mark.parametrize("how", ["cli", "api"])
+async def test_erasure_leaves_the_address_in_no_column_of_any_table(site: Site, how: str) -> None:
+    await reader_with_a_history(site)
+    if how == "api":
+        answer = await site.client.delete(
+            f"/api/subscribers/{urllib.parse.quote(ERASED)}?erase=true", headers=auth()
+        )
+        assert answer.status_code == 200 and answer.json()["erased"] is True, answer.text
+    else:
+        result = await asyncio.to_thread(
+            CliRunner().invoke,
+            cli_app,
+            [
+                "--config",
+                str(site.app.cfg.base_dir / "digest.toml"),
+                "subscribers",
+                "remove",
+                ERASED,
+                "--yes",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+    assert await stored_mentions(site.app, spellings(ERASED)) == []
+    async with site.app.db.read() as s:
+        subs = (await s.execute(select(Subscription))).scalars().all()
+    assert all(not (x.signup_ip or x.signup_user_agent or x.confirm_ip or x.confirm_user_agent) for x in subs)
+    # An operator (API or CLI) may not add the address back; the reader may, through double opt-in.
+    again = await site.client.post(
+        "/api/subscribers", headers=auth(), json={"email": ERASED, "lists": ["demo"], "confirmed": True}
+    )
+    assert again.status_code >= 400 and "erased" in again.text
+    pending = await site.client.post(
+        "/api/subscribers", headers=auth(), json={"email": ERASED, "lists": ["demo"]}
+    )
+    assert pending.status_code >= 400 and "erased" in pending.text
+    assert (await site.signup_json(ERASED)).status_code < 300
+    assert await site.sub(ERASED) is not None
