@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import io
 import json
 import re
 import urllib.parse
@@ -19,7 +20,7 @@ from sqlalchemy import inspect, select, text
 from typer.testing import CliRunner
 
 from conftest import SmtpSink
-from digest import bootstrap, bounces, compose, messages, readers, sources
+from digest import bootstrap, bounces, compose, messages, readers, readers_io, sources
 from digest.cli import app as cli_app
 from digest.models import Event, Subscription
 from test_web import BASE, Site, auth, open_site
@@ -144,6 +145,9 @@ async def test_a_readers_token_and_name_reach_only_our_own_links_whatever_the_so
             if not url.startswith(BASE):
                 assert token not in url and q(READER_NAME) not in url and "Zelda" not in url, url
         assert all(f"{BASE}/{kind}/{token}" in parts["text/plain"] for kind in ("u", "p"))
+        assert (
+            f"Hello {READER_NAME}," in parts["text/plain"] and f"Hello {READER_NAME}," in parts["text/html"]
+        )
         assert not MARKER.search(parts["text/html"] + parts["text/plain"])
         # Quoted-printable (and every other part) keeps to 76 columns.
         body_lines = raw.split(b"\r\n\r\n", 1)[1].split(b"\r\n")
@@ -284,5 +288,9 @@ async def test_erasure_leaves_the_address_in_no_column_of_any_table(site: Site, 
         "/api/subscribers", headers=auth(), json={"email": ERASED, "lists": ["demo"]}
     )
     assert pending.status_code >= 400 and "erased" in pending.text
+    lst = await bootstrap.get_list(site.app, "demo")
+    rows = io.StringIO(f"email,name\n{ERASED.upper()},Bob\n")
+    imported = await readers_io.import_csv(site.app, lst, rows, confirmed=True, apply=True, now=site.clock())
+    assert imported.added == 0 and "erased" in imported.bad[0][1]
     assert (await site.signup_json(ERASED)).status_code < 300
     assert await site.sub(ERASED) is not None
