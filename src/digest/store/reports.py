@@ -297,16 +297,8 @@ async def claim_alert_slot(session: AsyncSession, key: str, now: datetime, windo
 
 
 async def latest_sent_edition(session: AsyncSession, list_id: int) -> Edition | None:
-    """A list's latest digest that reached at least one reader: what a welcome mail links to."""
-    sent = (
-        select(Delivery.id)
-        .where(Delivery.edition_id == Edition.id, Delivery.status == DeliveryStatus.SENT)
-        .exists()
-    )
+    """A list's latest published digest: what a welcome mail links to."""
     stmt = (
-        select(Edition)
-        .where(Edition.list_id == list_id, Edition.kind == DeliveryKind.DIGEST, sent)
-        .order_by(Edition.id.desc())
-        .limit(1)
+        select(Edition).where(Edition.list_id == list_id, _published()).order_by(Edition.id.desc()).limit(1)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
