@@ -20,7 +20,7 @@ from sqlalchemy import inspect, select, text
 from typer.testing import CliRunner
 
 from conftest import SmtpSink
-from digest import bootstrap, bounces, compose, messages, readers, readers_io, sources
+from digest import bootstrap, bounces, compose, messages, personal, readers, readers_io, sources
 from digest.cli import app as cli_app
 from digest.models import Event, Subscription
 from test_web import BASE, Site, auth, open_site
@@ -155,6 +155,16 @@ async def test_a_readers_token_and_name_reach_only_our_own_links_whatever_the_so
     everything = "\n".join(bodies)
     assert "Harbour lights" in everything and "Pushed story 3" in everything
     assert "evil.example" in everything  # made safe, not dropped
+
+
+def test_a_readers_own_name_cannot_bring_a_marker_into_their_mail() -> None:
+    """The name is filled in after the rendering is sealed: it must not carry the token's marker."""
+    name = "__DIGEST_TOK__DIGEST_TOKEN__EN__ Zelda __DIGEST_DATE_L1700000000__"
+    text, html = personal.for_reader(
+        f"Hello {personal.NAME_MARKER},\n", f"<p>Hello {personal.NAME_MARKER},</p>", name=name, zone="UTC"
+    )
+    assert "Zelda" in text and "Zelda" in html
+    assert not MARKER.search(text + html)
 
 
 async def test_the_web_copy_carries_no_token_a_source_asked_for(site: Site) -> None:

@@ -64,10 +64,14 @@ def private(marker: str) -> str:
 
 def seal(body: str) -> str:
     """A rendered body whose only markers are those this service placed (see the module doc)."""
+    return _unmarked(body).replace(_PRIVATE, "__DIGEST_")
+
+
+def _unmarked(text: str) -> str:
     while True:  # until none is left: deleting one can join its neighbours into another
-        body, found = _PUBLIC.subn("", body)
+        text, found = _PUBLIC.subn("", text)
         if not found:
-            return body.replace(_PRIVATE, "__DIGEST_")
+            return text
 
 
 def has_markers(body: str) -> bool:
@@ -75,7 +79,8 @@ def has_markers(body: str) -> bool:
 
 
 def display_name(name: str) -> str:
-    return shorten(clean(name), NAME_MAX)
+    # Filled in after `seal`, so a name must not bring a marker (the token's) of its own.
+    return _unmarked(shorten(clean(name), NAME_MAX))
 
 
 def for_reader(text: str, html_body: str, *, name: str, zone: str) -> tuple[str, str]:
