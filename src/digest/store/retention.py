@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -115,6 +116,14 @@ async def erase_subscriber(
         .where(or_(*(_mentions(col, f) for col in _DELIVERY_TEXT for f in forms)))
         .values(smtp_reply=None, body_html=None, body_text=None, subject=None)
     )
+    # A raw message that is not UTF-8 is kept in base64, where no LIKE finds the address: decode
+    # them (only bounce events younger than the raw retention still hold one).
+    encoded = select(Event).where(Event.detail["raw_base64"].as_boolean().is_(True))
+    for event in (await session.execute(encoded)).scalars():
+        raw = base64.b64decode(str(event.detail.get("raw", ""))).decode("utf-8", "replace").lower()
+        if any(f in raw for f in forms):
+            event.detail = {}
+    await session.flush()
     return int(scrubbed.rowcount)  # type: ignore[attr-defined]
 
 
