@@ -17,7 +17,7 @@ from conftest import SmtpSink, write_config
 from digest import bootstrap, compose, delivery, readers, sources, store
 from digest.config import load_config
 from digest.errors import SchemaError
-from digest.models import ArticleSource, Delivery, Subscription
+from digest.models import ArticleSource, Delivery, Edition, Subscription
 from digest.store import compose as compose_store
 from digest.store import ledger, migrate
 from digest.store import sources as sources_store
@@ -110,16 +110,23 @@ async def test_readers_at_one_watermark_share_one_rendered_edition(project: boot
     assert (report.deliveries, report.renders, len(report.editions)) == (3, 1, 1)
 
 
-async def test_two_composers_at_once_compose_each_reader_once(project: bootstrap.App) -> None:
+async def test_racing_composers_compose_each_reader_once_into_one_edition(project: bootstrap.App) -> None:
     await sources.ingest_sources(project, NOW)
     for i in range(20):
         await add_reader(project, f"reader{i}@example.com")
     lst = await bootstrap.get_list(project, "demo")
     reports = await asyncio.gather(*(compose.compose(project, lst, NOW, manual=True) for _ in range(3)))
-    assert sum(r.deliveries for r in reports) == 20
+    assert sorted(r.deliveries for r in reports) == [0, 0, 20]
+    assert [len(r.editions) for r in reports if not r.deliveries] == [0, 0]
     async with project.db.read() as s:
-        n = (await s.execute(select(func.count()).select_from(Delivery))).scalar_one()
-    assert n == 20
+        per_edition = (
+            await s.execute(
+                select(Edition.id, func.count(Delivery.id))
+                .outerjoin(Delivery, Delivery.edition_id == Edition.id)
+                .group_by(Edition.id)
+            )
+        ).all()
+    assert [n for _, n in per_edition] == [20]
 
 
 async def test_only_new_articles_reach_a_reader_in_the_next_digest(

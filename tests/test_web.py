@@ -893,3 +893,26 @@ async def test_a_test_send_is_a_draft_its_copy_opens_only_from_its_own_link(site
     assert (await site.client.get(f"/archive/demo/{edition_id}?t=0123456789abcdef")).status_code == 404
     archive = await site.client.get("/archive/demo")
     assert f"/archive/demo/{edition_id}" not in archive.text
+    assert (await site.client.get(f"/archive/demo/{edition_id}/stories")).status_code == 404
+
+
+async def test_the_archive_shows_an_edition_only_once_a_reader_received_it(site: Site) -> None:
+    lst = await bootstrap.get_list(site.app, "demo")
+    await sources.ingest_sources(site.app, site.clock())
+    async with site.app.db.read() as s:
+        d = await compose.draft(site.app, s, lst, 0, 10**9, site.clock())
+    async with site.app.db.write() as s:
+        unsent = await compose._new_edition(site.app, s, d, site.clock())  # no reader composed into it
+    await site.add_reader("ann@example.com")
+    report = await compose.compose(site.app, lst, site.clock(), manual=True)
+    (composed,) = report.editions
+    for edition_id in (unsent, composed):
+        assert (await site.client.get(f"/archive/demo/{edition_id}")).status_code == 404
+        assert (await site.client.get(f"/archive/demo/{edition_id}/stories")).status_code == 404
+    assert "/archive/demo/" not in (await site.client.get("/archive/demo")).text
+    await site.deliver()
+    assert (await site.client.get(f"/archive/demo/{composed}")).status_code == 200
+    assert (await site.client.get(f"/archive/demo/{composed}/stories")).status_code == 200
+    assert (await site.client.get(f"/archive/demo/{unsent}")).status_code == 404
+    listed = set(re.findall(r"/archive/demo/(\d+)", (await site.client.get("/archive/demo")).text))
+    assert listed == {str(composed)}

@@ -248,20 +248,23 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
         for start in range(0, len(members), COMPOSE_CHUNK):
             chunk = members[start : start + COMPOSE_CHUNK]
             async with app.db.write() as s:
+                won: list[int] = []
+                for (expr, tz), ids in _by_schedule(chunk, lst).items():
+                    nxt = schedule.next_due(parsed_cron(expr), ZoneInfo(tz), now)
+                    won += await compose_store.advance_readers(
+                        s, lst.id, ids, watermark, upto, nxt, now, None if manual else now, choice
+                    )
+                if not won:
+                    continue  # a racing composer claimed them: no edition that no one gets
                 if edition_id is None:
+                    # In the transaction that claimed its readers: an edition exists only with them.
                     edition_id = await _new_edition(app, s, d, now)
                     shared[(watermark, d.identity)] = edition_id
                     report.renders += 1
                     report.editions.append(edition_id)
-                for (expr, tz), ids in _by_schedule(chunk, lst).items():
-                    nxt = schedule.next_due(parsed_cron(expr), ZoneInfo(tz), now)
-                    won = await compose_store.advance_readers(
-                        s, lst.id, ids, watermark, upto, nxt, now, None if manual else now, choice
-                    )
-                    if won:
-                        report.deliveries += await compose_store.insert_digest_deliveries(
-                            s, edition_id, won, watermark, upto, now, suffix
-                        )
+                report.deliveries += await compose_store.insert_digest_deliveries(
+                    s, edition_id, won, watermark, upto, now, suffix
+                )
     return report
 
 

@@ -15,6 +15,7 @@ back by accident (a new self-signup with double opt-in is new consent, and is al
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import bootstrap, readers
+from digest import bootstrap, messages, readers
 from digest.errors import UsageError
 from digest.models import INBOUND_EVENTS
 from digest.store import readers as readers_store
@@ -112,6 +113,13 @@ class Erasure:
     deliveries: int
 
 
+def _spellings(address: str) -> list[str]:
+    """The forms an address may be stored in: as given, on the wire (an internationalized domain
+    as its A-label), and as JSON writes either inside an event's details."""
+    forms = {address, messages.wire_address(address)}
+    return sorted(forms | {json.dumps(f)[1:-1] for f in forms})
+
+
 async def erase_reader(app: bootstrap.App, address: str, now: datetime) -> Erasure:
     """Erase a reader's personal data on request, keeping only the hash that suppresses the address."""
     _, key = readers.normalize_address(address)
@@ -122,7 +130,7 @@ async def erase_reader(app: bootstrap.App, address: str, now: datetime) -> Erasu
                 raise UsageError(f"{address} was already erased")
             raise UsageError(f"no reader {address}")
         subs = await readers_store.subscriptions_of(s, reader.id)
-        scrubbed = await retention_store.erase_subscriber(s, reader, now)
+        scrubbed = await retention_store.erase_subscriber(s, reader, now, _spellings(reader.email))
         await readers_store.add_event(s, "erased", now, subscriber_id=reader.id, method="operator")
         marker = retention_store.erased_email(key)
     log.info("reader %s erased on request", reader.id)

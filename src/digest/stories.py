@@ -67,7 +67,10 @@ async def edition_stories(
     async with app.db.read() as s:
         lst = await sources_store.list_by_slug(s, slug)
         edition = await reports_store.edition_by_id(s, edition_id) if 0 < edition_id < 2**62 else None
-        if lst is None or edition is None or edition.list_id != lst.id or not (lst.public or found):
+        if lst is None or edition is None or edition.list_id != lst.id:
+            return None
+        # Unsigned, only a published digest of a public list: never a test send or an unsent edition.
+        if found is None and not (lst.public and await reports_store.is_published(s, edition.id)):
             return None
         titles = await source_titles(app, s)
         if found is not None:

@@ -16,8 +16,18 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from digest import bootstrap, extract, readers, readers_io, signup, signup_form, source_items, topics
-from digest.errors import DigestError
+from digest import (
+    bootstrap,
+    extract,
+    readers,
+    readers_io,
+    retention,
+    signup,
+    signup_form,
+    source_items,
+    topics,
+)
+from digest.errors import DigestError, UsageError
 from digest.models import NewArticle
 from digest.store import readers as readers_store
 from digest.store import sources as sources_store
@@ -181,16 +191,20 @@ async def api_remove(
     list_slug: str | None = Query(default=None, alias="list"),
     erase: bool = False,
 ) -> dict[str, Any]:
-    """Unsubscribe a reader (method `operator`) from one list or all; `erase=true` deletes all."""
-    _, key = _address_key(address)
+    """Unsubscribe a reader (method `operator`) from one list or all; `erase=true` erases them as
+    `digest subscribers erase` does: only a hash of the address is kept, which refuses re-adds."""
+    email, key = _address_key(address)
     list_id = await list_or_404(app, list_slug)
+    if erase:
+        try:
+            await retention.erase_reader(app, email, now)
+        except UsageError:
+            raise ApiError(404, "not_found", "no such subscriber") from None
+        return {"email": email, "erased": True}
     async with app.db.write() as s:
         reader = await readers_store.subscriber_by_email(s, key)
         if reader is None:
             raise ApiError(404, "not_found", "no such subscriber")
-        if erase:
-            await readers_store.delete_subscriber(s, reader.id)
-            return {"email": reader.email, "erased": True}
         left = []
         for sub, lst in await readers_store.subscriptions_of(s, reader.id):
             wanted = list_id is None or lst.id == list_id

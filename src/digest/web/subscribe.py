@@ -267,7 +267,9 @@ async def subscribe_json(request: Request, web: WebState, now: datetime) -> Resp
         return error_json(422, "invalid", "Some fields need fixing.", fields=exc.fields)
     response = JSONResponse({"status": "accepted", "message": ACCEPTED_TEXT}, status_code=202)
     if not body.get("website"):
-        response.background = signup_task(web, item, "api", now)
+        # The reader's own signup, as through the form ("api" is the operator API's: it may not
+        # bring back an erased address).
+        response.background = signup_task(web, item, "web", now)
     return response
 
 
