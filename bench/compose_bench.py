@@ -73,9 +73,15 @@ def write_config(directory: Path, url: str, with_topics: bool = False) -> Path:
     return path
 
 
-async def populate(app: bootstrap.App, readers: int, groups: int, with_topics: bool = False) -> None:
-    """`groups` + 10 articles; readers spread over `groups` watermarks (0, 1, …), all due now, and
-    with topics over the ten topic choices too."""
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Pacific/Auckland")
+
+
+async def populate(
+    app: bootstrap.App, readers: int, groups: int, with_topics: bool = False, spread: str = "watermarks"
+) -> None:
+    """`groups` + 10 articles; readers spread over `groups` watermarks (0, 1, …) or, with
+    spread="schedules", over `groups` schedules (daily at an hour in a zone) at one watermark; all
+    due now, and with topics over the ten topic choices too."""
     items = [
         NewArticle(
             guid=f"bench-{n}",
@@ -122,8 +128,11 @@ async def populate(app: bootstrap.App, readers: int, groups: int, with_topics: b
             await s.execute(
                 insert(Subscription),
                 [
-                    {"subscriber_id": sid, "list_id": lst.id, "status": "confirmed", "cadence": "default",
-                     "token": secrets.token_urlsafe(24), "watermark": k % groups, "signup_at": NOW,
+                    {"subscriber_id": sid, "list_id": lst.id, "status": "confirmed",
+                     **({"cadence": "default", "watermark": k % groups} if spread == "watermarks" else
+                        {"cadence": "daily", "watermark": 0, "send_hour": (k % groups) % 24,
+                         "timezone": ZONES[(k % groups) // 24 % len(ZONES)]}),
+                     "token": secrets.token_urlsafe(24), "signup_at": NOW,
                      "confirmed_at": NOW, "next_due_at": NOW - timedelta(minutes=1),
                      "topics": CHOICES[(k // groups) % len(CHOICES)] if with_topics else None}
                     for k, sid in enumerate(ids, start)
@@ -155,14 +164,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-async def measure(url: str, readers: int, groups: int, with_topics: bool) -> dict[str, float | int | str]:
+async def measure(
+    url: str, readers: int, groups: int, with_topics: bool, spread: str
+) -> dict[str, float | int | str]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(write_config(Path(tmp), url, with_topics), environ={})
         migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
         app = await bootstrap.open_app(cfg)
         try:
             started = time.perf_counter()
-            await populate(app, readers, groups, with_topics)
+            await populate(app, readers, groups, with_topics, spread)
             populate_s = time.perf_counter() - started
             base_s = await baseline(app, readers)
             small = await compose.compose_due(app, NOW - timedelta(minutes=2))  # nothing due: warm-up
@@ -196,10 +207,10 @@ async def measure(url: str, readers: int, groups: int, with_topics: bool) -> dic
     }
 
 
-def child(kind: str, readers: int, groups: int, with_topics: bool) -> None:
+def child(kind: str, readers: int, groups: int, with_topics: bool, spread: str) -> None:
     if kind == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
-            result = asyncio.run(measure(f"sqlite:///{tmp}/bench.db", readers, groups, with_topics))
+            result = asyncio.run(measure(f"sqlite:///{tmp}/bench.db", readers, groups, with_topics, spread))
     else:
         import psycopg
 
@@ -208,7 +219,7 @@ def child(kind: str, readers: int, groups: int, with_topics: bool) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
         try:
             result = asyncio.run(
-                measure(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}", readers, groups, with_topics)
+                measure(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}", readers, groups, with_topics, spread)
             )
         finally:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
@@ -222,11 +233,15 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=50)
     parser.add_argument("--only", choices=["sqlite", "postgres"])
     parser.add_argument("--topics", action="store_true", help="also the tick with ten topic choices")
+    parser.add_argument(
+        "--spread", choices=["watermarks", "schedules"], default="watermarks",
+        help="readers in groups of one watermark each, or of one schedule each at one watermark",
+    )  # fmt: skip
     parser.add_argument("--child", choices=["sqlite", "postgres"], help=argparse.SUPPRESS)
     parser.add_argument("--child-topics", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.readers, args.groups, args.child_topics)
+        child(args.child, args.readers, args.groups, args.child_topics, args.spread)
         return
     rows = []
     plain: dict[str, float] = {}
@@ -234,7 +249,7 @@ def main() -> None:
         for with_topics in (False, True) if args.topics else (False,):
             done = subprocess.run(
                 [sys.executable, __file__, "--child", kind, "--readers", str(args.readers), "--groups",
-                 str(args.groups), *(["--child-topics"] if with_topics else [])],
+                 str(args.groups), "--spread", args.spread, *(["--child-topics"] if with_topics else [])],
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             if done.returncode != 0:
@@ -245,7 +260,9 @@ def main() -> None:
                 plain[kind] = result["tick_s"]
             name = f"{kind}+topics" if with_topics else kind
             rows.append((name, result))
-    print(f"compose tick: {args.readers:,} due readers in {args.groups} watermark groups (one list)\n")
+    print(
+        f"compose tick: {args.readers:,} due readers in {args.groups} {args.spread[:-1]} groups (one list)\n"
+    )
     head = (
         f"{'database':<15} {'tick':>8} {'baseline':>9} {'ratio':>6} {'idle':>7} {'renders':>8} "
         f"{'deliveries':>10} {'again':>6} {'RSS before':>11} {'RSS peak':>9} {'growth':>7}"

@@ -26,6 +26,7 @@ from digest.models import (
     Edition,
     EditionStatus,
     MailingList,
+    Topic,
     topic_choice_slugs,
 )
 from digest.readers import normalize_address, parsed_cron, reader_subscription
@@ -94,6 +95,7 @@ class Draft:
     sections: Mapping[int, str] = field(default_factory=dict)  # article id → its topic heading
     also: Mapping[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # same story elsewhere
     found: int = 0  # new stories in the reader's topics, before min_articles and max_articles
+    candidate_ids: tuple[int, ...] = ()  # every new story in the reader's topics ("and N more" too)
 
     @property
     def empty(self) -> bool:
@@ -101,13 +103,27 @@ class Draft:
 
     @property
     def identity(self) -> tuple[object, ...]:
-        """What the edition shows: two topic choices that draft the same share one edition."""
+        """What the edition shows, its "N more" page included: readers at other watermarks or with
+        other topic choices whose draft is the same share one edition (and one render)."""
         return (
+            self.candidate_ids,
             tuple(c.article.id for c in self.picked),
             self.more,
             tuple(sorted(self.sections.items())),
             tuple(sorted(self.also.items())),
         )
+
+
+@dataclass(frozen=True)
+class ListContext:
+    """What every draft of one list in one tick shares, read once: source titles and topics."""
+
+    titles: Mapping[str, str]
+    topics: Sequence[Topic]
+
+
+async def list_context(app: App, s: AsyncSession, lst: MailingList) -> ListContext:
+    return ListContext(await stories.source_titles(app, s), await topics_store.list_topics(s, lst.id))
 
 
 async def draft(
@@ -118,18 +134,28 @@ async def draft(
     upto_seq: int,
     now: datetime,
     topics: str | None = None,
+    context: ListContext | None = None,
 ) -> Draft:
     since = now - timedelta(seconds=lst.max_age_seconds)
     chosen_topics = topic_choice_slugs(topics)
-    candidates = await compose_store.new_articles_for_list(
-        s, lst.id, after_seq, upto_seq, since, chosen_topics
-    )
-    titles = await stories.source_titles(app, s)
-    candidates, also = _merge_same_stories(app, candidates, titles)
+    context = context or await list_context(app, s, lst)
+    found = await compose_store.new_articles_for_list(s, lst.id, after_seq, upto_seq, since, chosen_topics)
+    candidates, also = _merge_same_stories(app, found, context.titles)
     chosen = selection.select_articles(candidates, lst.min_articles, lst.max_articles)
-    picked, sections = await _under_headings(s, lst, chosen.chosen, chosen_topics)
+    picked, sections = await _under_headings(s, lst, chosen.chosen, chosen_topics, context.topics)
     return Draft(
-        lst, after_seq, upto_seq, picked, chosen.more, since, titles, topics, sections, also, len(candidates)
+        lst,
+        after_seq,
+        upto_seq,
+        picked,
+        chosen.more,
+        since,
+        context.titles,
+        topics,
+        sections,
+        also,
+        len(candidates),
+        tuple(c.article.id for c in found),
     )
 
 
@@ -138,10 +164,10 @@ async def _under_headings(
     lst: MailingList,
     picked: Sequence[compose_store.Candidate],
     chosen: Sequence[str] | None,
+    offered: Sequence[Topic],
 ) -> tuple[tuple[compose_store.Candidate, ...], dict[int, str]]:
     """A reader with more than one topic sees stories grouped under topic headings, in the list's
     order of topics, each story once under its first matching topic the reader chose."""
-    offered = await topics_store.list_topics(s, lst.id)
     wanted = [t for t in offered if chosen is None or t.slug in chosen]
     if len(wanted) < 2 or not picked:
         return tuple(picked), {}
@@ -230,12 +256,14 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
     for slot in due:
         groups[(slot.watermark, slot.topics or "")].append(slot)
     del due
-    # Readers at one watermark whose topic choices draft the same digest share its edition.
-    shared: dict[tuple[int, tuple[object, ...]], int] = {}
+    # Readers whose watermark and topic choice draft the same digest share its edition.
+    shared: dict[tuple[object, ...], int] = {}
+    context: ListContext | None = None
     for (watermark, _), members in sorted(groups.items()):
         choice = members[0].topics
         async with app.db.read() as s:
-            d = await draft(app, s, lst, watermark, upto, now, choice)
+            context = context or await list_context(app, s, lst)
+            d = await draft(app, s, lst, watermark, upto, now, choice, context)
         if d.empty:
             if not manual:
                 # Nothing at all in their topics: their watermark moves past the other topics' stories.
@@ -243,7 +271,7 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
                 moved = upto if d.found == 0 and choice is not None else watermark
                 report.skipped += await _skip_slots(app, lst, watermark, moved, members, now, choice)
             continue
-        edition_id = shared.get((watermark, d.identity))
+        edition_id = shared.get(d.identity)
         suffix = f".{secrets.token_hex(6)}@{app.cfg.sender.domain}>"
         for start in range(0, len(members), COMPOSE_CHUNK):
             chunk = members[start : start + COMPOSE_CHUNK]
@@ -259,7 +287,7 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
                 if edition_id is None:
                     # In the transaction that claimed its readers: an edition exists only with them.
                     edition_id = await _new_edition(app, s, d, now)
-                    shared[(watermark, d.identity)] = edition_id
+                    shared[d.identity] = edition_id
                     report.renders += 1
                     report.editions.append(edition_id)
                 report.deliveries += await compose_store.insert_digest_deliveries(

@@ -52,6 +52,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from itertools import combinations
 
 THRESHOLD = 0.6
@@ -306,6 +307,7 @@ def _names(text: str) -> set[str]:
     return found
 
 
+@lru_cache(maxsize=8192)  # a tick drafts the same stories for many watermarks and topic choices
 def profile(title: str, summary: str) -> Profile:
     text = f"{title}. {summary}"
     words = _WORD.findall(text)
@@ -424,6 +426,8 @@ def group_same_stories(
 
     A primary is the group's earliest story (ties: the first in `candidates`); its `also` are the
     other sources' reports, in the same order."""
+    if len({c.source for c in candidates}) < 2:  # one source: nothing to fold
+        return [StoryGroup(c.id) for c in candidates]
     profiles = [profile(c.title, c.summary) for c in candidates]
     vocabulary = Vocabulary.of(profiles)
     matches: dict[tuple[int, int], float] = {}
