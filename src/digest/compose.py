@@ -252,46 +252,56 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
         due = await compose_store.due_readers(s, lst.id, None if manual else now)
     if not manual:
         due = await _drop_stale_slots(app, lst, due, now)
-    groups: dict[tuple[int, str], list[compose_store.Slot]] = defaultdict(list)
+    groups: dict[int, list[compose_store.Slot]] = defaultdict(list)
     for slot in due:
-        groups[(slot.watermark, slot.topics or "")].append(slot)
+        groups[slot.watermark].append(slot)
     del due
     # Readers whose watermark and topic choice draft the same digest share its edition.
     shared: dict[tuple[object, ...], int] = {}
     context: ListContext | None = None
-    for (watermark, _), members in sorted(groups.items()):
-        choice = members[0].topics
+    for watermark, members in sorted(groups.items()):
+        drafts: dict[str | None, Draft] = {}
         async with app.db.read() as s:
             context = context or await list_context(app, s, lst)
-            d = await draft(app, s, lst, watermark, upto, now, choice, context)
-        if d.empty:
-            if not manual:
+            for choice in sorted({m.topics for m in members}, key=lambda c: c or ""):
+                drafts[choice] = await draft(app, s, lst, watermark, upto, now, choice, context)
+        for choice, d in drafts.items():
+            if d.empty and not manual:
                 # Nothing at all in their topics: their watermark moves past the other topics' stories.
                 # Too few for min_articles: it stays, so the next slot has them too.
                 moved = upto if d.found == 0 and choice is not None else watermark
-                report.skipped += await _skip_slots(app, lst, watermark, moved, members, now, choice)
-            continue
-        edition_id = shared.get(d.identity)
+                idle = [m for m in members if m.topics == choice]
+                report.skipped += await _skip_slots(app, lst, watermark, moved, idle, now, choice)
+        ready = {choice: d for choice, d in drafts.items() if not d.empty}
+        sending = [m for m in members if m.topics in ready]
         suffix = f".{secrets.token_hex(6)}@{app.cfg.sender.domain}>"
-        for start in range(0, len(members), COMPOSE_CHUNK):
-            chunk = members[start : start + COMPOSE_CHUNK]
+        for start in range(0, len(sending), COMPOSE_CHUNK):
+            chunk = sending[start : start + COMPOSE_CHUNK]
             async with app.db.write() as s:
-                won: list[int] = []
+                # One claim per schedule whatever the readers' topics; then one INSERT … SELECT
+                # puts each reader in the edition of their choice.
+                won: dict[str | None, list[int]] = defaultdict(list)
                 for (expr, tz), ids in _by_schedule(chunk, lst).items():
                     nxt = schedule.next_due(parsed_cron(expr), ZoneInfo(tz), now)
-                    won += await compose_store.advance_readers(
-                        s, lst.id, ids, watermark, upto, nxt, now, None if manual else now, choice
+                    claimed = await compose_store.advance_readers(
+                        s, lst.id, ids, watermark, upto, nxt, now, None if manual else now, list(ready)
                     )
+                    for sub_id, choice in claimed:
+                        won[choice].append(sub_id)
                 if not won:
                     continue  # a racing composer claimed them: no edition that no one gets
-                if edition_id is None:
-                    # In the transaction that claimed its readers: an edition exists only with them.
-                    edition_id = await _new_edition(app, s, d, now)
-                    shared[d.identity] = edition_id
-                    report.renders += 1
-                    report.editions.append(edition_id)
+                editions: dict[str | None, int] = {}
+                for choice in won:
+                    d = ready[choice]
+                    if d.identity not in shared:
+                        # In the transaction that claimed its readers: an edition exists only with them.
+                        shared[d.identity] = await _new_edition(app, s, d, now)
+                        report.renders += 1
+                        report.editions.append(shared[d.identity])
+                    editions[choice] = shared[d.identity]
+                ids = [i for group in won.values() for i in group]
                 report.deliveries += await compose_store.insert_digest_deliveries(
-                    s, edition_id, won, watermark, upto, now, suffix
+                    s, editions, ids, watermark, upto, now, suffix
                 )
     return report
 
@@ -375,10 +385,10 @@ async def _skip_slots(
         for (expr, tz), ids in _by_schedule(members, lst).items():
             nxt = schedule.next_due(parsed_cron(expr), ZoneInfo(tz), now)
             won = await compose_store.advance_readers(
-                s, lst.id, ids, watermark, moved, nxt, now, now, choice, sent=False
+                s, lst.id, ids, watermark, moved, nxt, now, now, [choice], sent=False
             )
             if won:
-                await compose_store.record_skips(s, won, now, nxt)
+                await compose_store.record_skips(s, [i for i, _ in won], now, nxt)
                 skipped += len(won)
     return skipped
 
