@@ -117,6 +117,7 @@ def test_readyz_checks_the_schema(served: str) -> None:
 def test_the_admin_page_needs_the_token(served: str) -> None:
     assert fetch(served + "/admin")[0] == 401
     assert fetch(served + "/admin?token=wrong")[0] == 401
+    assert fetch(served + f"/admin?token={TOKEN}")[0] == 401  # never in a URL: logs keep URLs
     status, html = fetch(served + "/admin", {"Authorization": f"Bearer {TOKEN}"})
     assert status == 200 and "Recent editions" in html and "no such user" not in html
     assert "hard" in html and "bob@example.com" in html
@@ -131,14 +132,26 @@ def test_the_admin_page_in_a_real_browser(served: str) -> None:
         browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.set_extra_http_headers({"Authorization": f"Bearer {TOKEN}"})
             page.goto(f"{served}/admin")
+            page.get_by_label("Operator token").fill("not the token")
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_text("Not authorized.").wait_for()
+            page.get_by_label("Operator token").fill(TOKEN)
+            page.get_by_role("button", name="Sign in").click()
             page.get_by_role("heading", name="Sends per hour").wait_for()
+            assert page.url == f"{served}/admin"  # the token is in no URL the browser visited
+            session = [c for c in page.context.cookies() if c["name"] == "digest_admin"]
+            assert session and session[0]["httpOnly"] and session[0]["sameSite"] == "Strict"
+            assert session[0]["path"] == "/admin" and TOKEN not in session[0]["value"]
             bars = page.locator(".chart .bar")
             assert bars.count() == 24
             tallest = max(b.bounding_box()["height"] for b in bars.all())  # type: ignore[index]
             assert tallest > 50  # the hour of the send fills the chart
             assert page.locator("table").first.inner_text().count("demo") == 1
             page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
+            page.get_by_role("button", name="Sign out").click()
+            page.get_by_label("Operator token").wait_for()
+            page.goto(f"{served}/admin")
+            assert page.get_by_role("heading", name="Sends per hour").count() == 0
         finally:
             browser.close()

@@ -1,0 +1,138 @@
+"""Schemathesis drives every operation of the app's own OpenAPI document (fetched with the
+operator token, so the operator API is covered too) against a real `digest web` over HTTP:
+no answer is a 5xx, and every HTML answer carries the security headers (guard.py).
+
+A fixed, derandomized budget keeps the run deterministic and under a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+
+from conftest import SmtpSink, free_port, write_config
+from test_web import API_TOKEN, EXTRA
+
+EXAMPLES = int(os.environ.get("DIGEST_SCHEMATHESIS_EXAMPLES", "10"))
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+SECURITY_HEADERS = {
+    "content-security-policy",
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+}
+
+
+def digest(config: Path, *args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "digest", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=120, cwd=config.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    config = write_config(
+        tmp_path, database_url=f"sqlite:///{tmp_path}/digest.db", smtp_port=smtp_sink.port,
+        web_port=port, extra=EXTRA,
+    )  # fmt: skip
+    digest(config, "init")
+    digest(config, "subscribers", "add", "ann@example.com", "--list", "demo", "--confirmed")
+    log = tmp_path / "web.log"
+    env = {**os.environ, "DIGEST_WEB__SIGNUP_PER_MINUTE": "0", "DIGEST_WEB__SIGNUP_PER_HOUR": "0"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "digest", "--config", str(config), "web"],
+            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(log.read_text()) from None
+                time.sleep(0.2)
+        yield base, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+class Tally:
+    """What the server answered: statuses counted, and each 5xx or bare HTML page described."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = requests.Session()
+        self.statuses: Counter[int] = Counter()
+        self.failures: list[str] = []
+
+    def exercise(self, operation: schemathesis.APIOperation, mode: GenerationMode) -> None:
+        @settings(
+            max_examples=EXAMPLES,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def run(case: schemathesis.Case) -> None:
+            try:
+                answer = case.call(base_url=self.base, session=self.session, headers=AUTH, timeout=10)
+            except requests.exceptions.InvalidHeader:
+                return  # the client refuses to send it, so the server never sees it
+            self.statuses[answer.status_code] += 1
+            where = f"{case.method} {case.formatted_path} ({mode.value})"
+            if answer.status_code >= 500:
+                self.failures.append(f"{where}: {answer.status_code} {answer.text[:200]}")
+            headers = {k.lower(): v for k, v in answer.headers.items()}  # each a list of values
+            if "".join(headers.get("content-type", [])).startswith("text/html"):
+                missing = SECURITY_HEADERS - set(headers)
+                if missing:
+                    self.failures.append(f"{where}: HTML without {sorted(missing)}")
+
+        try:
+            run()
+        except Unsatisfiable:
+            assert mode is GenerationMode.NEGATIVE, operation.label  # nothing there to break
+
+
+def test_every_operation_answers_without_a_5xx_and_html_carries_security_headers(
+    served: tuple[str, Path],
+) -> None:
+    base, log = served
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json", headers=AUTH)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert any(op.path.startswith("/api/") for op in operations)  # the operator's view
+    tally = Tally(base)
+    started = time.monotonic()
+    for operation in operations:
+        for mode in GenerationMode:
+            tally.exercise(operation, mode)
+    elapsed, cases = time.monotonic() - started, sum(tally.statuses.values())
+    print(f"schemathesis: {cases} cases over {len(operations)} operations in {elapsed:.1f} s; "
+          f"statuses {dict(sorted(tally.statuses.items()))}")  # fmt: skip
+    assert not tally.failures, "\n".join(tally.failures[:20])
+    assert cases >= 5 * len(operations)
+    server_log = log.read_text(errors="replace")
+    assert "Traceback" not in server_log, server_log[-3000:]
