@@ -4,9 +4,6 @@ a real browser (Debian's Chromium via Playwright) with a screenshot in tests/art
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, SmtpSink, free_port, write_config
+from conftest import ROOT, SmtpSink, free_port, run_digest, serving, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -23,12 +20,7 @@ TOKEN = "operator-token-0123456789"
 
 
 def digest(config: Path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "digest", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, cwd=config.parent,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return run_digest(config, *args)
 
 
 @pytest.fixture(scope="module")
@@ -61,24 +53,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, module_sink: SmtpSink) -> I
     smtp_sink.reply_for = lambda address, n: "550 5.1.1 no such user" if address.startswith("bob") else None
     digest(config, "send", "demo")
     digest(config, "subscribers", "remove", "dora@example.com", "--yes")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "digest", "--config", str(config), "web"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "digest web did not start"
-                time.sleep(0.1)
+    with serving(config, port) as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:

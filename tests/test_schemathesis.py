@@ -8,10 +8,7 @@ A fixed, derandomized budget keeps the run deterministic and under a minute.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from conftest import SmtpSink, free_port, write_config
+from conftest import SmtpSink, free_port, run_digest, serving, write_config
 from test_web import API_TOKEN, EXTRA
 
 EXAMPLES = int(os.environ.get("DIGEST_SCHEMATHESIS_EXAMPLES", "10"))
@@ -36,14 +33,6 @@ SECURITY_HEADERS = {
 }
 
 
-def digest(config: Path, *args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "digest", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, cwd=config.parent,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 @pytest.fixture
 def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
     port = free_port()
@@ -51,31 +40,11 @@ def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
         tmp_path, database_url=f"sqlite:///{tmp_path}/digest.db", smtp_port=smtp_sink.port,
         web_port=port, extra=EXTRA,
     )  # fmt: skip
-    digest(config, "init")
-    digest(config, "subscribers", "add", "ann@example.com", "--list", "demo", "--confirmed")
-    log = tmp_path / "web.log"
-    env = {**os.environ, "DIGEST_WEB__SIGNUP_PER_MINUTE": "0", "DIGEST_WEB__SIGNUP_PER_HOUR": "0"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "digest", "--config", str(config), "web"],
-            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(log.read_text()) from None
-                time.sleep(0.2)
-        yield base, log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    run_digest(config, "init")
+    run_digest(config, "subscribers", "add", "ann@example.com", "--list", "demo", "--confirmed")
+    unlimited = {"DIGEST_WEB__SIGNUP_PER_MINUTE": "0", "DIGEST_WEB__SIGNUP_PER_HOUR": "0"}
+    with serving(config, port, unlimited) as served:
+        yield served
 
 
 class Tally:

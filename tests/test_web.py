@@ -485,7 +485,9 @@ async def test_html_forms_need_their_csrf_token_and_the_json_api_does_not(lite: 
     data = {**form["fields"], "email": "ann@example.com", "list": "demo", "consent": "yes"}
     missing = await lite.client.post("/subscribe", data={k: v for k, v in data.items() if k != "csrf"})
     assert missing.status_code == 403 and "expired" in missing.text
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=settled(lite.asgi)), base_url=BASE) as other:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=settled(lite.asgi)), base_url=BASE
+    ) as other:
         stolen = await other.post("/subscribe", data=data)  # the field without its cookie
         assert stolen.status_code == 403
         await other.get("/subscribe")
@@ -617,7 +619,9 @@ async def test_one_click_unsubscribe_in_either_encoding_is_200_without_redirect_
     site: Site, encoding: str
 ) -> None:
     sub = await site.add_reader("ann@example.com")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=settled(site.asgi)), base_url=BASE) as bare:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=settled(site.asgi)), base_url=BASE
+    ) as bare:
         for _ in range(2):
             if encoding == "urlencoded":
                 answer = await bare.post(

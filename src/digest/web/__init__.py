@@ -4,7 +4,7 @@ Rules every route keeps:
 - GET and HEAD never change state (scanners and link prefetchers follow them); each state change
   is a POST from a page with a button.
 - POST /subscribe answers the same way whatever the address's state (no enumeration); the work
-  that depends on that state runs after the answer is sent.
+  that depends on that state goes to the app's work queue (work.py), off the connection's path.
 - HTML forms carry a CSRF token (csrf.py). The unsubscribe URL is exempt: it is the RFC 8058
   one-click endpoint, which mail providers call without cookies, and answers 200 without a
   redirect. The JSON API is exempt too: a cross-site form cannot send `application/json`.
