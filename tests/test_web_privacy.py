@@ -5,9 +5,11 @@ database, and signup work off the connection's path."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +19,7 @@ import httpx
 import pytest
 from starlette.routing import Route
 
-from conftest import SmtpSink
+from conftest import SmtpSink, free_port, run_digest, serving, write_config
 from digest import signup
 from digest.web import auth
 from digest.web.work import WorkQueue
@@ -349,3 +351,39 @@ async def test_the_work_queue_is_drained_when_the_app_shuts_down() -> None:
     assert done == []
     await work.close()
     assert done == [0, 1, 2] and wake.is_set()
+
+
+def test_on_one_keep_alive_connection_a_new_and_a_known_address_answer_alike(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path, database_url=f"sqlite:///{tmp_path}/digest.db", smtp_port=smtp_sink.port, web_port=port
+    )
+    run_digest(config, "init")
+    run_digest(config, "subscribers", "add", "old@example.com", "--list", "demo", "--confirmed")
+    mail_to_old = len(smtp_sink.to("old@example.com"))
+    with serving(config, port) as (_, log):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        answers, sockets = [], set()
+        for address in ("new@example.com", "old@example.com"):
+            body = json.dumps({"email": address, "list": ["demo"], "consent": True})
+            connection.request("POST", "/subscribe", body, {"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            varying = {"date", "content-security-policy"}
+            headers = sorted((k.lower(), v) for k, v in answer.getheaders() if k.lower() not in varying)
+            answers.append((answer.status, answer.read(), headers))
+            connection.request("GET", "/healthz")  # the next request on the same connection
+            after = connection.getresponse()
+            assert (after.status, after.read()) == (200, b'{"status":"ok"}')
+            assert connection.sock is not None
+            sockets.add(connection.sock.getsockname())
+        connection.close()
+        assert answers[0] == answers[1] and answers[0][0] == 202
+        assert len(sockets) == 1  # one keep-alive connection throughout
+        deadline = time.monotonic() + 15
+        while not smtp_sink.to("new@example.com") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert len(smtp_sink.to("new@example.com")) == 1  # the queued work ran and sent it
+    assert len(smtp_sink.to("old@example.com")) == mail_to_old
+    assert "Traceback" not in log.read_text()

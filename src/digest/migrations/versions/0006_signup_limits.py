@@ -1,7 +1,6 @@
 """Signup rate-limit windows shared by every web process.
 
 Revision ID: 0006
-Revises: 0004
 Create Date: 2026-12-02
 """
 
@@ -13,7 +12,7 @@ from alembic import op
 import digest.models
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0004"  # the one line to change when 0005 lands before it
 branch_labels = None
 depends_on = None
 
