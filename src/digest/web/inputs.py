@@ -16,9 +16,9 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 
 from digest.web.errors import content_type
+from digest.web.render import FORM_TYPES
 
 _BAD = re.compile("[\x00\ud800-\udfff]")
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
