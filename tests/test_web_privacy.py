@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from conftest import SmtpSink, free_port, run_digest, serving, write_config
 from digest import signup
-from digest.web import auth
+from digest.web import auth, inputs
 from digest.web.work import WorkQueue
 from test_web import API_TOKEN, BASE, Forms, Site, open_site, settled
 
@@ -204,6 +204,38 @@ async def test_every_redirect_goes_to_base_url_whatever_host_was_sent(lite: Site
 
 
 # ---------------------------------------------------------------- strings no field accepts
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [("demo", True), ("Zoë 李 \u202e", True), ("a\x00b", False), ("\ud800", False), ("x\udfff", False)],
+)
+def test_strings_with_nul_or_a_lone_surrogate_are_unclean(text: str, clean: bool) -> None:
+    assert inputs.clean(text) is clean
+    assert inputs.json_clean({"k": [1, None, {"deep": text}]}) is clean
+    assert inputs.json_clean({text: 1}) is clean
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "clean"),
+    [
+        (b"email=ann%40example.com&name=Zo%C3%AB", "application/x-www-form-urlencoded", True),
+        (b"name=a%00b", "application/x-www-form-urlencoded", False),
+        (b"name=%ed%a0%80", "application/x-www-form-urlencoded", False),  # a surrogate, in UTF-8
+        (b"name=%e9", "application/x-www-form-urlencoded", False),  # Latin-1
+        (b'--x\r\nContent-Disposition: form-data; name="n"\r\n\r\na\x00b\r\n--x--', "multipart/form-data", False),
+        (b'--x\r\nContent-Disposition: form-data; name="n"\r\n\r\nZo\xc3\xab\r\n--x--', "multipart/form-data", True),
+    ],
+)  # fmt: skip
+def test_form_bodies_must_decode_to_utf_8_without_nul(body: bytes, ctype: str, clean: bool) -> None:
+    assert inputs.form_clean(body, ctype) is clean
+
+
+def test_tokens_match_only_exactly() -> None:
+    assert auth.token_matches(API_TOKEN, API_TOKEN)
+    for wrong in ("", API_TOKEN[:-1], API_TOKEN + " ", "\ud800"):
+        assert not auth.token_matches(wrong, API_TOKEN)
+    assert not auth.token_matches("", "") and not auth.token_matches("x", None)
 
 
 async def test_nul_surrogates_and_deep_json_get_a_clean_4xx_before_the_database(
