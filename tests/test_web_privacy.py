@@ -361,7 +361,7 @@ async def test_a_failure_in_queued_work_is_logged_and_the_queue_goes_on(
     monkeypatch.setattr(signup, "request_confirmation", broken_once)
     first = await lite.signup_json("ann@example.com")
     assert first.status_code == 202 and json.loads(first.content)["status"] == "accepted"
-    failures = [r for r in caplog.records if r.getMessage() == "signup (api) failed"]
+    failures = [r for r in caplog.records if r.getMessage() == "signup (web) failed"]
     assert len(failures) == 1 and failures[0].exc_info is not None
     assert "the database went away" in str(failures[0].exc_info[1])
     assert lite.asgi.state.web.work.failed == 1
