@@ -8,6 +8,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,58 @@ def one_line_error(output: str) -> str:
     assert len(lines) == 1, output
     assert lines[0].startswith("error:"), output
     return lines[0]
+
+
+def run_digest(config: Path, *args: str, timeout: float = 120) -> str:
+    """`digest --config CONFIG ARGS…` in a child process; its stdout, after asserting success."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "digest", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=config.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@contextmanager
+def serving(config: Path, port: int, env: dict[str, str] | None = None) -> Iterator[tuple[str, Path]]:
+    """A real `digest web` on `port` until the block ends: its base URL and the file it logs to."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    log = config.parent / f"web-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "digest", "--config", str(config), "web"],
+            cwd=config.parent, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=1):
+                    break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"digest web did not start: {log.read_text()}") from exc
+                time.sleep(0.1)
+        yield base, log
+    finally:
+        stop(proc)
+
+
+def stop(proc: Any) -> None:
+    """End a child process: SIGTERM, then SIGKILL if it is still there after ten seconds."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

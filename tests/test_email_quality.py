@@ -39,7 +39,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import free_port
+from conftest import free_port, stop
 from digest import feeds, ingest, messages, personal
 from digest.assembly import sender_id
 from digest.models import NewArticle
@@ -420,12 +420,7 @@ def spamd() -> Iterator[list[str] | None]:
             time.sleep(0.2)
         yield client
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def spamc(client: list[str], raw: bytes) -> SpamVerdict:

@@ -385,3 +385,15 @@ class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class SignupLimit(Base):
+    """One rate-limit window of one client: every web process counts in the same row, so the
+    signup limits hold across processes and restarts."""
+
+    __tablename__ = "signup_limits"
+    # HMAC-SHA256 (keyed with the service's secret) of the window length and the client address:
+    # the table never holds an address, and an IPv4 address cannot be found by trying them all
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(index=True)
+    hits: Mapped[int] = mapped_column(Integer)

@@ -241,7 +241,7 @@ async def preferences_save(request: Request, token: str, web: Web, now: Now) -> 
     if form is None or not csrf_ok(request, form):
         expired = {"form": "This form had expired. Please save again."}
         return await preferences_page(request, web.app, token, status=403, errors=expired)
-    if (limited := rate_limited(request)) is not None:
+    if (limited := await rate_limited(request)) is not None:
         return limited
     fields: dict[str, object] = {k: form.get(k) for k in form if k not in ("list", "topics")}
     fields["list"] = [v for v in form.getlist("list") if isinstance(v, str)]

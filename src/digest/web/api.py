@@ -7,7 +7,6 @@ No CSRF token is needed: a cross-site form cannot send `application/json` or an 
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -31,6 +30,7 @@ from digest.errors import DigestError, UsageError
 from digest.models import NewArticle
 from digest.store import readers as readers_store
 from digest.store import sources as sources_store
+from digest.web import auth
 from digest.web.deps import DigestApp, Now, Web, client_ip, user_agent
 from digest.web.errors import ApiError
 
@@ -69,8 +69,7 @@ def operator(request: Request, app: DigestApp) -> None:
     expected = app.cfg.api.token
     if not expected:
         raise ApiError(403, "api_disabled", "The operator API is off: set [api] token in the config.")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    if not auth.bearer_ok(request, expected):
         raise ApiError(401, "unauthorized", "Send Authorization: Bearer <the [api] token>.")
 
 
