@@ -146,7 +146,7 @@ def write_config(
     if not seeds.exists():
         import shutil
 
-        shutil.copytree(ROOT / "seeds", seeds)
+        shutil.copytree(ROOT / "src" / "digest" / "defaults" / "seeds", seeds)
     smtp = (
         f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n\n[capture]\nenabled = false\n\n'
         if smtp_port

@@ -150,7 +150,7 @@ def views_from(parsed: list[NewArticle], source: str) -> list[ArticleView]:
 
 
 def seed_edition() -> EditionView:
-    parsed = ingest.read_directory("seeds", ROOT / "seeds", NOW).articles
+    parsed = ingest.read_directory("seeds", ROOT / "src" / "digest" / "defaults" / "seeds", NOW).articles
     seed = [a for a in parsed if a.guid.startswith("file:000_")]
     assert len(seed) == 1
     return edition(articles=views_from(seed, "seeds"))

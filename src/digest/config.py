@@ -1,9 +1,10 @@
 """Configuration: one TOML file plus `DIGEST_<SECTION>__<KEY>` environment overrides, read once.
 
 The file is `--config PATH`, else `$DIGEST_CONFIG`, else `./digest.toml`; with none of them the
-embedded default runs (SQLite in the working directory, `seeds/` as a source, a demo list and the
-capture SMTP server). Every value is validated here; a bad one raises ConfigError naming the TOML
-key, the value and what was expected, so the service never starts half-configured.
+embedded default runs from any directory (SQLite in the working directory, the sample articles
+shipped in `digest/defaults/seeds/` as a source, a demo list and the capture SMTP server). Every
+value is validated here; a bad one raises ConfigError naming the TOML key, the value and what was
+expected, so the service never starts half-configured.
 """
 
 from __future__ import annotations
@@ -385,16 +386,19 @@ class Config(_Section):
         return next((lst for lst in self.lists if lst.slug == slug), None)
 
 
+# The sample articles travel inside the package, so the embedded default works from any directory.
+SAMPLE_ARTICLES = Path(__file__).parent / "defaults" / "seeds"
+
 # The first digest a newcomer sees should be a whole one: the sample stories go back to 2024, so
 # the demo list looks back ten years, and its footer carries an address of the sample town.
 EMBEDDED_DEFAULT: dict[str, Any] = {
     "sender": {"postal_address": "Demo Digest, 1 Harbour Street, Kingsport"},
-    "sources": [{"name": "seeds", "kind": "directory", "path": "seeds", "interval": "10m"}],
+    "sources": [{"name": "seeds", "kind": "directory", "path": str(SAMPLE_ARTICLES), "interval": "10m"}],
     "lists": [
         {
             "slug": "demo",
             "name": "Demo Digest",
-            "description": "A demonstration list fed by the sample articles in seeds/.",
+            "description": "A demonstration list fed by the sample articles shipped with digest.",
             "sources": ["seeds"],
             "schedule": "0 7 * * *",
             "timezone": "UTC",

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from digest import bootstrap, sources, store
-from digest.cli.output import JsonOption, fail, out, print_json
+from digest.cli.output import JsonOption, fail, out, print_json, print_table
 from digest.cli.runner import config, config_path, run, serve, with_app
 from digest.cli.sources import say_ingest
 from digest.config import load_config
@@ -143,11 +143,11 @@ def prune(as_json: JsonOption = False) -> None:
     table = Table("what", "rows", "older than (UTC)")
     for (name, n), cutoff in zip(
         report.counts().items(),
-        [report.cutoffs[k] for k in ("deliveries", "events", "raw_bounces", "edition_bodies")],
+        [report.cutoffs[k] for k in ("deliveries", "events", "raw_bounces", "events", "edition_bodies")],
         strict=True,
     ):
-        table.add_row(name, str(n), f"{cutoff:%Y-%m-%d %H:%M}")
-    out.print(table)
+        table.add_row(name.replace("_", " "), str(n), f"{cutoff:%Y-%m-%d %H:%M}")
+    print_table(table)
 
 
 @alerts_app.command("test")

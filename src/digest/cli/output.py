@@ -15,6 +15,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from digest.errors import DigestError
 
@@ -36,6 +38,26 @@ def fail(exc: BaseException) -> NoReturn:
     message = str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def print_table(table: Table) -> None:
+    """A table on a terminal; piped, tab-separated lines with every value whole, so `grep` and
+    `cut -f` see full addresses and dates (a title, when there is one, is a line of its own)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    if table.title:
+        sys.stdout.write(f"{_plain(table.title)}\n")
+    if table.show_header:
+        sys.stdout.write("\t".join(_plain(c.header) for c in table.columns) + "\n")
+    for row in zip(*(c.cells for c in table.columns), strict=True):
+        sys.stdout.write("\t".join(_plain(cell) for cell in row) + "\n")
+    sys.stdout.flush()
+
+
+def _plain(cell: object) -> str:
+    text = cell.plain if isinstance(cell, Text) else str(cell)
+    return text.replace("\t", " ").replace("\n", " ")
 
 
 def print_json(value: object) -> None:
