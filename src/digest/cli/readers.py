@@ -296,8 +296,9 @@ def import_(
             )
 
     report = with_app(go)
-    for line, reason in report.bad:
+    for line, reason in sorted(report.bad):
         err.print(f"line {line}: {reason}", highlight=False, soft_wrap=True)
+    err.file.flush()  # bad rows first, then the summary, also when both streams go to one file
     verb = "imported" if apply else "would import (dry run; add --apply to write)"
     out.print(
         f"{verb}: {report.added} new, {report.updated} updated, {report.unchanged} unchanged, "
