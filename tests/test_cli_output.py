@@ -3,6 +3,7 @@ piped, help that shows config names as written, and `--version`."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -11,14 +12,16 @@ from typing import Any
 
 import pytest
 import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import CliProject, SmtpSink
-from digest.cli import app
+from digest.cli import app, output
 
 # Commands that show state: each must take --json. A new one without it fails here.
 SHOWING = {"list", "show", "report", "status", "doctor", "check"}
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
+CAROL = "carol.longname-for-a-narrow-column@example.com"
 
 
 def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -38,14 +41,14 @@ SHOWN = sorted(path for path in ALL if path[-1] in SHOWING)
 def project(tmp_path: Path, smtp_sink: SmtpSink) -> CliProject:
     p = CliProject(tmp_path, smtp_sink.port)
     p.run("init")
-    p.run("subscribers", "add", "carol.longname-for-a-narrow-column@example.com", "--list", "demo", "--confirmed")
+    p.run("subscribers", "add", CAROL, "--list", "demo", "--confirmed")
     p.run("send", "demo")
     return p
 
 
 def _args(path: tuple[str, ...], project: CliProject) -> list[str]:
     extra = {
-        ("subscribers", "show"): ["carol.longname-for-a-narrow-column@example.com"],
+        ("subscribers", "show"): [CAROL],
         ("lists", "show"): ["demo"],
         ("sources", "check"): ["seeds"],
     }
@@ -90,9 +93,9 @@ def test_each_json_output_is_one_document_with_snake_case_keys(project: CliProje
 def test_piped_subscriber_list_keeps_whole_addresses(project: CliProject) -> None:
     listing = project.run("subscribers", "list")
     line = next(x for x in listing.splitlines() if "carol" in x)
-    assert line.split("\t")[0] == "carol.longname-for-a-narrow-column@example.com"
-    assert "carol.longname-for-a-narrow-column@example.com" in project.run(
-        "subscribers", "show", "carol.longname-for-a-narrow-column@example.com"
+    assert line.split("\t")[0] == CAROL
+    assert CAROL in project.run(
+        "subscribers", "show", CAROL
     )
 
 
@@ -106,3 +109,13 @@ def test_help_shows_bracketed_config_names_and_no_bool_metavar() -> None:
 def test_version_prints_the_installed_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and re.match(r"^digest \d+\.\d+", result.stdout)
+
+
+def test_tables_fit_80_columns_on_a_terminal(project: CliProject, monkeypatch: pytest.MonkeyPatch) -> None:
+    screen = io.StringIO()
+    monkeypatch.setattr(output, "out", Console(file=screen, width=80, force_terminal=True, color_system=None))
+    for args in (["status"], ["subscribers", "list"], ["subscribers", "show", CAROL], ["lists", "show", "demo"]):
+        project.run(*args)
+    lines = screen.getvalue().splitlines()
+    assert any("subject" in line for line in lines)
+    assert max(len(line) for line in lines) <= 80, "\n".join(line for line in lines if len(line) > 80)

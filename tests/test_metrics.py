@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, SmtpSink, free_port, write_config
+from conftest import ROOT, SmtpSink, free_port, run_cli, wait_healthy, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -23,11 +22,9 @@ TOKEN = "operator-token-0123456789"
 
 
 def digest(config: Path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "digest", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, cwd=config.parent,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    """Set-up commands run in-process (a subprocess each would spend seconds importing)."""
+    result = run_cli(config, *args)
+    assert result.exit_code == 0, result.stdout + result.stderr
     return result.stdout
 
 
@@ -67,14 +64,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, module_sink: SmtpSink) -> I
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "digest web did not start"
-                time.sleep(0.1)
+        wait_healthy(port, proc, 20)
         yield base
     finally:
         proc.terminate()

@@ -16,14 +16,13 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,16 +104,7 @@ def test_from_an_empty_directory_init_send_test_and_run_work(installed: Path, tm
         [str(digest), "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=2) as answer:
-                    assert answer.status == 200
-                    break
-            except OSError:
-                assert service.poll() is None, service.communicate()[0]
-                assert time.monotonic() < deadline, "digest run did not answer /healthz within a minute"
-                time.sleep(0.3)
+        wait_healthy(web_port, service)
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=5) as page:
             assert page.status == 200
     finally:

@@ -47,19 +47,7 @@ def _status_json(st: reports.Status) -> dict[str, object]:
 
 
 def _editions_table(editions: list[reports.EditionSummary]) -> Table:
-    table = Table(
-        "edition",
-        "list",
-        "kind",
-        "created (UTC)",
-        "status",
-        "sent",
-        "pending",
-        "deferred",
-        "failed",
-        "other",
-        "subject",
-    )
+    table = Table("id", "list", "kind", "created UTC", "status", "sent", "pend", "defer", "fail", "other", "subject")
     for e in editions:
         counts = e.deliveries
         other = sum(
@@ -76,7 +64,7 @@ def _editions_table(editions: list[reports.EditionSummary]) -> Table:
             str(counts.get("deferred", 0)),
             str(counts.get("failed", 0)),
             str(other),
-            e.subject[:50],
+            e.subject,
         )
     return table
 

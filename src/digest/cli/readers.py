@@ -258,10 +258,10 @@ def show(email: str, as_json: JsonOption = False) -> None:
             f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.kind, escape(why), json.dumps(shown, default=str)
         )
     print_table(events)
-    deliveries = Table("id", "kind", "status", "attempts", "reply", "sent (UTC)", title="last deliveries")
+    deliveries = Table("id", "kind", "status", "attempts", "sent (UTC)", "reply", title="last deliveries")
     for d in found.deliveries:
         deliveries.add_row(
-            str(d.id), d.kind, d.status, str(d.attempts), d.smtp_reply or "", minute(d.sent_at)
+            str(d.id), d.kind, d.status, str(d.attempts), minute(d.sent_at), d.smtp_reply or ""
         )
     print_table(deliveries)
 
