@@ -155,3 +155,15 @@ def test_a_bad_environment_override_names_the_variable_not_the_file(
 def test_an_unknown_key_in_the_file_suggests_the_nearest(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'smtp.hots' \(did you mean smtp.host\?\)"):
         load_config(write(tmp_path, MINIMAL + "\n[smtp]\nhots = 1\n"), environ={})
+
+
+def test_a_postgresql_url_without_its_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from digest import store
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "psycopg" else real(name))
+    with pytest.raises(ConfigError, match=r"pip install 'digest\[postgres\]'"):
+        store.Database("postgresql://postgres@127.0.0.1/x")
+

@@ -271,3 +271,12 @@ async def test_same_story_in_two_sources_reaches_a_list_once(tmp_path: Path, dat
         assert any("repatriation" in c.article.title for c in only)
     finally:
         await app.db.close()
+
+
+def test_the_schema_check_knows_the_same_newest_revision_as_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    from digest.store import migrate
+
+    alembic_head = ScriptDirectory.from_config(migrate._alembic_config("sqlite:///:memory:")).get_current_head()
+    assert migrate.head_revision() == alembic_head
