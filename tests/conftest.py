@@ -23,6 +23,24 @@ PG_ADMIN_URL = os.environ.get("DIGEST_TEST_POSTGRES_URL", "postgresql://postgres
 REQUIRE_PG = os.environ.get("DIGEST_TEST_REQUIRE_POSTGRES") == "1"
 
 
+FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report_figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Figures a test measures (recall, spam scores), printed together in a `figures` section at
+    the end of the run instead of between the progress dots."""
+    return request.config.stash.setdefault(FIGURES, []).append
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(FIGURES, [])
+    if lines:
+        terminalreporter.write_sep("=", "figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def wait_healthy(web_port: int, process: subprocess.Popen[Any], seconds: float = 60) -> None:
     """Wait until a started `digest run` answers /healthz, failing early if it exits."""
     deadline = time.monotonic() + seconds

@@ -29,7 +29,7 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -461,11 +461,10 @@ def test_spamd_and_the_command_line_agree_on_the_seed_digest(
 
 @pytest.mark.parametrize("name", NAMES)
 def test_spamassassin_finds_no_newsletter_mistakes(
-    spam_verdicts: dict[str, SpamVerdict], name: str, capsys: pytest.CaptureFixture[str]
+    spam_verdicts: dict[str, SpamVerdict], name: str, report_figure: Callable[[str], None]
 ) -> None:
     verdict = spam_verdicts[name]
-    with capsys.disabled():
-        print(f"\n[spamassassin] {name}: {verdict.status}, score {verdict.score} ({','.join(verdict.tests)})")
+    report_figure(f"[spamassassin] {name}: {verdict.status}, score {verdict.score} ({','.join(verdict.tests)})")
     fired = [t for t in verdict.tests if t.startswith(SA_BAD_RULES)]
     assert fired == [], f"{name}: SpamAssassin fired {fired} (all: {verdict.tests})"
     assert verdict.status == "No", f"{name}: score {verdict.score}, tests {verdict.tests}"
