@@ -41,7 +41,7 @@ from digest.store import sources as sources_store
 
 PG_ADMIN_URL = os.environ.get("DIGEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOW = datetime(2027, 3, 29, 7, 0, tzinfo=UTC)
-SEEDS = Path(__file__).resolve().parents[1] / "seeds"
+SEEDS = Path(__file__).resolve().parents[1] / "src" / "digest" / "defaults" / "seeds"
 
 
 TOPICS = ("harbour", "market", "council", "sport")

@@ -96,7 +96,7 @@ def drop_database(name: str | None) -> None:
 
 
 def write_config(directory: Path, url: str, port: int, connections: int, dkim: Path | None) -> Path:
-    shutil.copytree(ROOT / "seeds", directory / "seeds", dirs_exist_ok=True)
+    shutil.copytree(ROOT / "src" / "digest" / "defaults" / "seeds", directory / "seeds", dirs_exist_ok=True)
     text = (
         f'[database]\nurl = "{url}"\n\n[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
         f"concurrency = {connections}\nmax_per_connection = 100\n\n[capture]\nenabled = false\n\n"

@@ -6,7 +6,10 @@ import asyncio
 import os
 import secrets
 import socket
+import subprocess
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +22,38 @@ from aiosmtpd.controller import Controller
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("DIGEST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("DIGEST_TEST_REQUIRE_POSTGRES") == "1"
+
+
+FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report_figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Figures a test measures (recall, spam scores), printed together in a `figures` section at
+    the end of the run instead of between the progress dots."""
+    return request.config.stash.setdefault(FIGURES, []).append
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(FIGURES, [])
+    if lines:
+        terminalreporter.write_sep("=", "figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def wait_healthy(web_port: int, process: subprocess.Popen[Any], seconds: float = 60) -> None:
+    """Wait until a started `digest run` answers /healthz, failing early if it exits."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=2) as answer:
+                assert answer.status == 200
+                return
+        except OSError:
+            assert process.poll() is None, f"digest run exited with {process.returncode}"
+            assert time.monotonic() < deadline, f"digest run did not answer /healthz within {seconds:.0f} s"
+            time.sleep(0.2)
 
 
 def free_port() -> int:
@@ -116,6 +151,9 @@ def postgres_url(postgres_admin: str) -> Iterator[str]:
     name = f"digest_test_{secrets.token_hex(6)}"
     with psycopg.connect(postgres_admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+        # A throwaway database need not wait for the disk at each commit; crash tests kill
+        # digest, not PostgreSQL, so what they check is unchanged.
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     base = postgres_admin.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
@@ -147,7 +185,7 @@ def write_config(
     if not seeds.exists():
         import shutil
 
-        shutil.copytree(ROOT / "seeds", seeds)
+        shutil.copytree(ROOT / "src" / "digest" / "defaults" / "seeds", seeds)
     smtp = (
         f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n\n[capture]\nenabled = false\n\n'
         if smtp_port
@@ -185,11 +223,7 @@ class CliProject:
         self.dir = directory
 
     def run(self, *args: str, code: int = 0) -> str:
-        from typer.testing import CliRunner
-
-        from digest.cli import app
-
-        result = CliRunner().invoke(app, ["--config", str(self.config), *args])
+        result = run_cli(self.config, *args)
         output = result.stdout + result.stderr
         assert result.exit_code == code, output
         assert "Traceback" not in output
@@ -199,6 +233,16 @@ class CliProject:
         import json
 
         return json.loads(self.run(*args, "--json"))
+
+
+def run_cli(config: Path, *args: str) -> Any:
+    """`digest --config CONFIG ARGS` in this process: set-up commands need not spend a second or
+    two each importing digest in a subprocess. The result has exit_code, stdout and stderr."""
+    from typer.testing import CliRunner
+
+    from digest.cli import app
+
+    return CliRunner().invoke(app, ["--config", str(config), *args])
 
 
 def one_line_error(output: str) -> str:

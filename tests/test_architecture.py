@@ -76,7 +76,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"errors", "models"},
     "ingest": {"article_files", "errors", "feeds", "models", "source_items"},
     "smtp": {"config"},
-    "capture": set(),
+    "capture": {"errors"},
     "dkim_sign": {"errors"},
     "previews": set(),
     # domain operations, lowest first

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, SmtpSink, free_port, run_digest, serving, write_config
+from conftest import ROOT, SmtpSink, free_port, run_cli, serving, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -20,7 +20,10 @@ TOKEN = "operator-token-0123456789"
 
 
 def digest(config: Path, *args: str) -> str:
-    return run_digest(config, *args)
+    """Set-up commands run in-process (a subprocess each would spend seconds importing)."""
+    result = run_cli(config, *args)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -247,10 +247,10 @@ async def test_preview_shows_the_next_digest_and_changes_nothing(project: bootst
 
 async def test_same_story_in_two_sources_reaches_a_list_once(tmp_path: Path, database_url: str) -> None:
     """An exact copy (the same link) in a second source is linked to the stored story."""
-    seed = (Path(__file__).resolve().parents[1] / "seeds" / "000_ef3eb6749892e7fe.txt").read_text()
+    seed = (Path(__file__).resolve().parents[1] / "src" / "digest" / "defaults" / "seeds" / "000_ef3eb6749892e7fe.txt").read_text()
     headline, _, body = seed.partition("\n")
     story = f"---\ntitle: {headline}\nurl: https://wire.example/korea-workers\n---\n{body}"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "seeds", tmp_path / "seeds")
+    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "digest" / "defaults" / "seeds", tmp_path / "seeds")
     (tmp_path / "seeds" / "000_ef3eb6749892e7fe.txt").unlink()  # the seeds carry the wire copy instead
     (tmp_path / "mirror").mkdir()
     for folder in ("seeds", "mirror"):
@@ -278,3 +278,12 @@ async def test_same_story_in_two_sources_reaches_a_list_once(tmp_path: Path, dat
         assert any("repatriation" in c.article.title for c in only)
     finally:
         await app.db.close()
+
+
+def test_the_schema_check_knows_the_same_newest_revision_as_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    from digest.store import migrate
+
+    alembic_head = ScriptDirectory.from_config(migrate._alembic_config("sqlite:///:memory:")).get_current_head()
+    assert migrate.head_revision() == alembic_head

@@ -232,6 +232,7 @@ class ComposeReport:
     deliveries: int = 0
     skipped: int = 0
     renders: int = 0
+    moved: int = 0  # readers whose missed slot (older than catch_up) moved to their next slot
 
 
 COMPOSE_CHUNK = 2000  # readers per transaction: short locks, bounded memory
@@ -251,7 +252,9 @@ async def compose(app: App, lst: MailingList, now: datetime, *, manual: bool) ->
         upto = await compose_store.list_max_seq(s, lst.id)
         due = await compose_store.due_readers(s, lst.id, None if manual else now)
     if not manual:
-        due = await _drop_stale_slots(app, lst, due, now)
+        kept = await _drop_stale_slots(app, lst, due, now)
+        report.moved = len(due) - len(kept)
+        due = kept
     groups: dict[int, list[compose_store.Slot]] = defaultdict(list)
     for slot in due:
         groups[slot.watermark].append(slot)

@@ -191,7 +191,8 @@ def setup_logging(json_lines: bool | None = None, level: int = logging.INFO) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # aiosmtpd logs every SMTP command of the capture server at INFO; alembic and APScheduler
-    # narrate their start-up. Their warnings still come through.
-    for chatty in ("mail.log", "alembic", "apscheduler"):
+    # aiosmtpd logs every SMTP command of the capture server at INFO; alembic, APScheduler and
+    # uvicorn narrate their start-up, httpx every request. Their warnings still come through.
+    chatty_libraries = ("mail.log", "alembic", "apscheduler", "uvicorn", "httpx", "httpcore", "aiosqlite")
+    for chatty in chatty_libraries:
         logging.getLogger(chatty).setLevel(logging.WARNING)

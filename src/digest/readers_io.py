@@ -124,6 +124,8 @@ async def import_csv(
     report = ImportReport()
     rows = read_rows(handle)
     lst_cfg = topics.list_config(app, lst.slug)
+    # Within one file, a second row for an address must agree with the first; it never overrides it.
+    first_rows: dict[str, Row] = {}
     while True:
         batch = [r for _, r in zip(range(chunk), rows, strict=False)]
         if not batch:
@@ -134,6 +136,13 @@ async def import_csv(
                 for item in batch:
                     if isinstance(item, tuple):
                         report.bad.append(item)
+                        continue
+                    if (first := _earlier_row(first_rows, item)) is not None:
+                        if (first.prefs, first.consent) == (item.prefs, item.consent):
+                            report.unchanged += 1
+                        else:
+                            why = f"repeats {item.address} from line {first.line} with other values; not used"
+                            report.bad.append((item.line, why))
                         continue
                     try:
                         prefs = item.prefs
@@ -171,6 +180,12 @@ async def import_csv(
                 asked = await signup.ask_pending(app, address, [lst.slug], now)
                 report.asked += bool(asked.mailed)
                 report.waiting += bool(asked.waiting)
+
+
+def _earlier_row(first_rows: dict[str, Row], item: Row) -> Row | None:
+    """The file's first row for the same address, when `item` repeats it."""
+    first = first_rows.setdefault(item.address.strip().lower(), item)
+    return None if first is item else first
 
 
 class _DryRun(Exception):

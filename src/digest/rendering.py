@@ -9,7 +9,7 @@ The placeholder appears only in links to this service's own pages: every renderi
 carried before placing the ones the templates asked for.
 
 Templates live in `<dir>/email/<name>/{subject.txt, body.txt, body.html}`; operators may
-point the config at their own copy of `templates/`.
+point the config at their own copy of `src/digest/defaults/templates/`.
 
 Size discipline (STANDARDS item 48): an edition's decoded HTML must stay under 90 KB after the
 longest token is substituted, or Gmail clips it and hides the unsubscribe link. `render_edition`
@@ -195,11 +195,7 @@ class Templates:
 
 
 def default_templates_dir() -> Path:
-    """The templates shipped with digest: the checkout's copy, else the installed one."""
-    checkout = Path(__file__).parents[2] / "templates"
-    # Checking for email/ keeps an unrelated "templates" folder beside site-packages from winning.
-    if (checkout / "email").is_dir():
-        return checkout
+    """The templates shipped inside the package (a checkout and an installed wheel alike)."""
     return Path(__file__).parent / "defaults" / "templates"
 
 

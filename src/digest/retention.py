@@ -47,11 +47,11 @@ class PruneReport:
 
     def counts(self) -> dict[str, int]:
         return {
-            "deliveries deleted": self.deleted_deliveries,
-            "events deleted": self.deleted_events,
-            "raw bounces trimmed": self.trimmed_raw_bounces,
-            "inbound messages forgotten": self.forgotten_inbound,
-            "edition bodies dropped": self.stripped_editions,
+            "deliveries_deleted": self.deleted_deliveries,
+            "events_deleted": self.deleted_events,
+            "raw_bounces_trimmed": self.trimmed_raw_bounces,
+            "inbound_messages_forgotten": self.forgotten_inbound,
+            "edition_bodies_dropped": self.stripped_editions,
         }
 
 
@@ -95,7 +95,7 @@ async def prune(app: bootstrap.App, now: datetime, *, batch_size: int | None = N
         report.batches += 1
         await asyncio.sleep(0)
     if any(report.counts().values()):
-        log.info("prune: %s", ", ".join(f"{v} {k}" for k, v in report.counts().items()))
+        log.info("prune: %s", ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.counts().items()))
     return report
 
 

@@ -19,6 +19,7 @@ what they share: printing, exit codes, the config and the App.
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
@@ -32,9 +33,17 @@ from digest.errors import DigestError
 app = typer.Typer(
     help="digest: email digests of what is new, per reader, sent correctly.",
     no_args_is_help=True,
+    # Plain help: Rich markup would eat bracketed config names such as "[capture] port".
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        print(f"digest {version('digest')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -43,6 +52,10 @@ def _main(
         Path | None,
         typer.Option("--config", "-c", help="TOML config file (default: $DIGEST_CONFIG or ./digest.toml)."),
     ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     runner.start(config)
 
