@@ -18,6 +18,12 @@ $(BIN)/.installed-test: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(BIN)/.installed
 
+# doiuse-email for the caniemail checks, pinned by its lock file (skipped, with a note, without npm).
+tools/doiuse/node_modules/.installed: tools/doiuse/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tools/doiuse --no-audit --no-fund --silent && touch $@; \
+	else echo "npm not found: the doiuse-email checks will skip"; fi
+
 ## Install, create or upgrade the schema, ingest seeds/, and serve (web, scheduler, worker, capture SMTP).
 run: $(BIN)/.installed
 	$(BIN)/digest init
@@ -32,7 +38,7 @@ lint: $(BIN)/.installed-test
 typecheck: $(BIN)/.installed-test
 	$(BIN)/mypy src
 
-pytest: $(BIN)/.installed-test
+pytest: $(BIN)/.installed-test tools/doiuse/node_modules/.installed
 	$(BIN)/python -m pytest -q -rs --durations=15
 
 ## The long crash and multi-worker runs: 20 random SIGKILL runs over 5,000 readers, and three

@@ -6,9 +6,13 @@ so the figures read as ratios that survive a change of machine.
 
     python bench/compose_bench.py                     # 100,000 readers, 50 groups, both databases
     python bench/compose_bench.py --readers 20000 --only sqlite
+    python bench/compose_bench.py --topics            # and the same tick with readers over 10 topic choices
     DIGEST_BENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/compose_bench.py
 
 Each database is measured in a child process of its own, so peak RSS is that database's alone.
+With --topics the list offers four topics and the readers are spread over ten topic choices (every
+topic, one, two or three of them); that tick runs in a child of its own beside the plain one, on the
+same machine in the same run, and its time is also given as a ratio to the plain tick.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select, text
 
-from digest import bootstrap, compose, store
+from digest import bootstrap, compose, store, topics
 from digest.config import load_config
 from digest.models import Delivery, NewArticle, Subscriber, Subscription
 from digest.store import migrate
@@ -37,10 +41,24 @@ from digest.store import sources as sources_store
 
 PG_ADMIN_URL = os.environ.get("DIGEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOW = datetime(2027, 3, 29, 7, 0, tzinfo=UTC)
-SEEDS = Path(__file__).resolve().parents[1] / "seeds"
+SEEDS = Path(__file__).resolve().parents[1] / "src" / "digest" / "defaults" / "seeds"
 
 
-def write_config(directory: Path, url: str) -> Path:
+TOPICS = ("harbour", "market", "council", "sport")
+# Ten topic choices, as Subscription.topics keeps them (None: every topic).
+CHOICES: tuple[str | None, ...] = (
+    None, "harbour", "market", "council", "sport", "harbour,market", "council,harbour", "market,sport",
+    "council,sport", "council,harbour,market",
+)  # fmt: skip
+
+
+def topics_toml() -> str:
+    return "".join(
+        f'\n[[lists.topics]]\nslug = "{t}"\nname = "{t.title()}"\nkeywords = ["{t}"]\n' for t in TOPICS
+    )
+
+
+def write_config(directory: Path, url: str, with_topics: bool = False) -> Path:
     (directory / "seeds").mkdir(exist_ok=True)
     path = directory / "digest.toml"
     path.write_text(
@@ -50,18 +68,25 @@ def write_config(directory: Path, url: str) -> Path:
         'domain = "news.example.com"\n\n'
         f'[[sources]]\nname = "seeds"\nkind = "directory"\npath = "{directory / "seeds"}"\n\n'
         '[[lists]]\nslug = "demo"\nname = "Demo Digest"\nsources = ["seeds"]\nschedule = "0 7 * * *"\n'
-        'timezone = "UTC"\nmax_articles = 10\nmax_age = "30d"\n'
+        'timezone = "UTC"\nmax_articles = 10\nmax_age = "30d"\n' + (topics_toml() if with_topics else "")
     )
     return path
 
 
-async def populate(app: bootstrap.App, readers: int, groups: int) -> None:
-    """`groups` + 10 articles; readers spread over `groups` watermarks (0, 1, …), all due now."""
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Pacific/Auckland")
+
+
+async def populate(
+    app: bootstrap.App, readers: int, groups: int, with_topics: bool = False, spread: str = "watermarks"
+) -> None:
+    """`groups` + 10 articles; readers spread over `groups` watermarks (0, 1, …) or, with
+    spread="schedules", over `groups` schedules (daily at an hour in a zone) at one watermark; all
+    due now, and with topics over the ten topic choices too."""
     items = [
         NewArticle(
             guid=f"bench-{n}",
             url=f"https://news.example.com/{n}",
-            title=f"Benchmark story number {n}",
+            title=f"Benchmark story number {n} about the {TOPICS[n % len(TOPICS)]}",
             author=None,
             published_at=NOW - timedelta(hours=n),
             summary=f"Story {n}: something happened that matters to readers.",
@@ -74,7 +99,8 @@ async def populate(app: bootstrap.App, readers: int, groups: int) -> None:
     async with app.db.write() as s:
         src = await sources_store.source_by_name(s, "seeds")
         assert src is not None
-        await sources_store.store_articles(s, src.id, items, NOW - timedelta(days=1))
+        stored = await sources_store.store_articles(s, src.id, items, NOW - timedelta(days=1))
+        await topics.match_articles(app, s, stored.article_ids)
     lst = await bootstrap.get_list(app, "demo")
     batch = 10_000
     for start in range(0, readers, batch):
@@ -102,9 +128,13 @@ async def populate(app: bootstrap.App, readers: int, groups: int) -> None:
             await s.execute(
                 insert(Subscription),
                 [
-                    {"subscriber_id": sid, "list_id": lst.id, "status": "confirmed", "cadence": "default",
-                     "token": secrets.token_urlsafe(24), "watermark": k % groups, "signup_at": NOW,
-                     "confirmed_at": NOW, "next_due_at": NOW - timedelta(minutes=1)}
+                    {"subscriber_id": sid, "list_id": lst.id, "status": "confirmed",
+                     **({"cadence": "default", "watermark": k % groups} if spread == "watermarks" else
+                        {"cadence": "daily", "watermark": 0, "send_hour": (k % groups) % 24,
+                         "timezone": ZONES[(k % groups) // 24 % len(ZONES)]}),
+                     "token": secrets.token_urlsafe(24), "signup_at": NOW,
+                     "confirmed_at": NOW, "next_due_at": NOW - timedelta(minutes=1),
+                     "topics": CHOICES[(k // groups) % len(CHOICES)] if with_topics else None}
                     for k, sid in enumerate(ids, start)
                 ],
             )  # fmt: skip
@@ -134,14 +164,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-async def measure(url: str, readers: int, groups: int) -> dict[str, float | int | str]:
+async def measure(
+    url: str, readers: int, groups: int, with_topics: bool, spread: str
+) -> dict[str, float | int | str]:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(write_config(Path(tmp), url), environ={})
+        cfg = load_config(write_config(Path(tmp), url, with_topics), environ={})
         migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
         app = await bootstrap.open_app(cfg)
         try:
             started = time.perf_counter()
-            await populate(app, readers, groups)
+            await populate(app, readers, groups, with_topics, spread)
             populate_s = time.perf_counter() - started
             base_s = await baseline(app, readers)
             small = await compose.compose_due(app, NOW - timedelta(minutes=2))  # nothing due: warm-up
@@ -175,10 +207,10 @@ async def measure(url: str, readers: int, groups: int) -> dict[str, float | int 
     }
 
 
-def child(kind: str, readers: int, groups: int) -> None:
+def child(kind: str, readers: int, groups: int, with_topics: bool, spread: str) -> None:
     if kind == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
-            result = asyncio.run(measure(f"sqlite:///{tmp}/bench.db", readers, groups))
+            result = asyncio.run(measure(f"sqlite:///{tmp}/bench.db", readers, groups, with_topics, spread))
     else:
         import psycopg
 
@@ -186,7 +218,9 @@ def child(kind: str, readers: int, groups: int) -> None:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         try:
-            result = asyncio.run(measure(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}", readers, groups))
+            result = asyncio.run(
+                measure(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}", readers, groups, with_topics, spread)
+            )
         finally:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -198,34 +232,53 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=100_000)
     parser.add_argument("--groups", type=int, default=50)
     parser.add_argument("--only", choices=["sqlite", "postgres"])
+    parser.add_argument("--topics", action="store_true", help="also the tick with ten topic choices")
+    parser.add_argument(
+        "--spread", choices=["watermarks", "schedules"], default="watermarks",
+        help="readers in groups of one watermark each, or of one schedule each at one watermark",
+    )  # fmt: skip
     parser.add_argument("--child", choices=["sqlite", "postgres"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-topics", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.readers, args.groups)
+        child(args.child, args.readers, args.groups, args.child_topics, args.spread)
         return
     rows = []
+    plain: dict[str, float] = {}
     for kind in [args.only] if args.only else ["sqlite", "postgres"]:
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", kind, "--readers", str(args.readers), "--groups", str(args.groups)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            print(f"{kind}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-            continue
-        rows.append((kind, json.loads(done.stdout.strip().splitlines()[-1])))
-    print(f"compose tick: {args.readers:,} due readers in {args.groups} watermark groups (one list)\n")
+        for with_topics in (False, True) if args.topics else (False,):
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", kind, "--readers", str(args.readers), "--groups",
+                 str(args.groups), "--spread", args.spread, *(["--child-topics"] if with_topics else [])],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                print(f"{kind}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            if not with_topics:
+                plain[kind] = result["tick_s"]
+            name = f"{kind}+topics" if with_topics else kind
+            rows.append((name, result))
+    print(
+        f"compose tick: {args.readers:,} due readers in {args.groups} {args.spread[:-1]} groups (one list)\n"
+    )
     head = (
-        f"{'database':<10} {'tick':>8} {'baseline':>9} {'ratio':>6} {'idle':>7} {'renders':>8} "
+        f"{'database':<15} {'tick':>8} {'baseline':>9} {'ratio':>6} {'idle':>7} {'renders':>8} "
         f"{'deliveries':>10} {'again':>6} {'RSS before':>11} {'RSS peak':>9} {'growth':>7}"
     )
     print(head)
     print("-" * len(head))
     for kind, r in rows:
         print(
-            f"{kind:<10} {r['tick_s']:>7.2f}s {r['baseline_s']:>8.3f}s {r['tick_s'] / r['baseline_s']:>5.1f}x "
+            f"{kind:<15} {r['tick_s']:>7.2f}s {r['baseline_s']:>8.3f}s {r['tick_s'] / r['baseline_s']:>5.1f}x "
             f"{r['idle_tick_s']:>6.2f}s {r['renders']:>8} {r['deliveries']:>10,} {r['again']:>6} "
             f"{r['rss_before_mb']:>9.0f}MB {r['rss_peak_mb']:>7.0f}MB {r['rss_peak_mb'] - r['rss_before_mb']:>5.0f}MB"
         )
+    for name, r in rows:
+        base = plain.get(name.split("+")[0])
+        if "+" in name and base:
+            print(f"{name}: {r['tick_s'] / base:.2f}x the plain tick, {r['renders']} renders")
     print(
         "\ntick: one compose_due pass (select due readers, draft, render, claim, INSERT … SELECT deliveries)."
         "\nbaseline: INSERT … SELECT of the same number of (id, address) rows into a scratch table."

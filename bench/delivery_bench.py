@@ -118,7 +118,7 @@ def write_stories(seeds: Path, count: int) -> None:
 def write_config(
     directory: Path, url: str, port: int, connections: int, dkim: Path | None, size_kb: int = 14
 ) -> Path:
-    shutil.copytree(ROOT / "seeds", directory / "seeds", dirs_exist_ok=True)
+    shutil.copytree(ROOT / "src" / "digest" / "defaults" / "seeds", directory / "seeds", dirs_exist_ok=True)
     if size_kb > 14:
         write_stories(directory / "seeds", (size_kb - 14) * 7 // 10)  # about 1.4 KB each
     text = (

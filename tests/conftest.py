@@ -6,8 +6,12 @@ import asyncio
 import os
 import secrets
 import socket
+import subprocess
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,38 @@ from aiosmtpd.controller import Controller
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("DIGEST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("DIGEST_TEST_REQUIRE_POSTGRES") == "1"
+
+
+FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report_figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Figures a test measures (recall, spam scores), printed together in a `figures` section at
+    the end of the run instead of between the progress dots."""
+    return request.config.stash.setdefault(FIGURES, []).append
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(FIGURES, [])
+    if lines:
+        terminalreporter.write_sep("=", "figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def wait_healthy(web_port: int, process: subprocess.Popen[Any], seconds: float = 60) -> None:
+    """Wait until a started `digest run` answers /healthz, failing early if it exits."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=2) as answer:
+                assert answer.status == 200
+                return
+        except OSError:
+            assert process.poll() is None, f"digest run exited with {process.returncode}"
+            assert time.monotonic() < deadline, f"digest run did not answer /healthz within {seconds:.0f} s"
+            time.sleep(0.2)
 
 
 def free_port() -> int:
@@ -115,6 +151,9 @@ def postgres_url(postgres_admin: str) -> Iterator[str]:
     name = f"digest_test_{secrets.token_hex(6)}"
     with psycopg.connect(postgres_admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+        # A throwaway database need not wait for the disk at each commit; crash tests kill
+        # digest, not PostgreSQL, so what they check is unchanged.
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     base = postgres_admin.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
@@ -146,7 +185,7 @@ def write_config(
     if not seeds.exists():
         import shutil
 
-        shutil.copytree(ROOT / "seeds", seeds)
+        shutil.copytree(ROOT / "src" / "digest" / "defaults" / "seeds", seeds)
     smtp = (
         f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n\n[capture]\nenabled = false\n\n'
         if smtp_port
@@ -184,11 +223,7 @@ class CliProject:
         self.dir = directory
 
     def run(self, *args: str, code: int = 0) -> str:
-        from typer.testing import CliRunner
-
-        from digest.cli import app
-
-        result = CliRunner().invoke(app, ["--config", str(self.config), *args])
+        result = run_cli(self.config, *args)
         output = result.stdout + result.stderr
         assert result.exit_code == code, output
         assert "Traceback" not in output
@@ -200,9 +235,74 @@ class CliProject:
         return json.loads(self.run(*args, "--json"))
 
 
+def run_cli(config: Path, *args: str) -> Any:
+    """`digest --config CONFIG ARGS` in this process: set-up commands need not spend a second or
+    two each importing digest in a subprocess. The result has exit_code, stdout and stderr."""
+    from typer.testing import CliRunner
+
+    from digest.cli import app
+
+    return CliRunner().invoke(app, ["--config", str(config), *args])
+
+
 def one_line_error(output: str) -> str:
     """The single `error: …` line a user mistake prints."""
     lines = [line for line in output.strip().splitlines() if line.strip()]
     assert len(lines) == 1, output
     assert lines[0].startswith("error:"), output
     return lines[0]
+
+
+def run_digest(config: Path, *args: str, timeout: float = 120) -> str:
+    """`digest --config CONFIG ARGS…` in a child process; its stdout, after asserting success."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "digest", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=config.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@contextmanager
+def serving(config: Path, port: int, env: dict[str, str] | None = None) -> Iterator[tuple[str, Path]]:
+    """A real `digest web` on `port` until the block ends: its base URL and the file it logs to."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    log = config.parent / f"web-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "digest", "--config", str(config), "web"],
+            cwd=config.parent, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=1):
+                    break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"digest web did not start: {log.read_text()}") from exc
+                time.sleep(0.1)
+        yield base, log
+    finally:
+        stop(proc)
+
+
+def stop(proc: Any) -> None:
+    """End a child process: SIGTERM, then SIGKILL if it is still there after ten seconds."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from conftest import free_port
+from conftest import free_port, run_cli
 
 DIGEST = Path(sys.executable).parent / "digest"
 
@@ -178,19 +178,11 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
 
-def digest(config: Path, *args: str, timeout: float = 120) -> str:
-    """One short CLI command; its output, or an assertion naming what it said."""
-    done = subprocess.run(
-        [str(DIGEST), "--config", str(config), *args],
-        cwd=config.parent,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, (
-        f"digest {' '.join(args)} exited {done.returncode}: {done.stderr}{done.stdout}"
-    )
-    return done.stdout
+def digest(config: Path, *args: str) -> str:
+    """One short CLI command, run in this process; its output, or an assertion naming what it said."""
+    done = run_cli(config, *args)
+    assert done.exit_code == 0, f"digest {' '.join(args)} exited {done.exit_code}: {done.stderr}{done.stdout}"
+    return str(done.stdout)
 
 
 def wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> None:

@@ -37,6 +37,8 @@ PURE = {
     "inbound_feedback",
     "bounce_rules",
     "bounce_reasons",
+    "topic_rules",
+    "same_story",
 }
 EDGES = {"store", "ingest", "smtp", "capture", "dkim_sign", "previews"}
 FRONTS = {"cli", "web", "scheduler", "service", "__main__"}
@@ -68,17 +70,19 @@ ALLOWED: dict[str, set[str]] = {
     "inbound_feedback": {"bounce_rules", "inbound_mail", "tokens"},
     "bounce_rules": {"bounce_reasons"},
     "bounce_reasons": set(),
+    "topic_rules": set(),
+    "same_story": set(),
     # edges: the database, feeds, SMTP, the capture server, DKIM keys, the browser
     "store": {"errors", "models"},
     "ingest": {"article_files", "errors", "feeds", "models", "source_items"},
     "smtp": {"config"},
-    "capture": set(),
+    "capture": {"errors"},
     "dkim_sign": {"errors"},
     "previews": set(),
     # domain operations, lowest first
     "bootstrap": {"config", "errors", "models", "rendering", "store"},
     "readers": {"bootstrap", "errors", "models", "schedule", "store", "tokens"},
-    "signup_form": {"errors", "readers", "schedule"},
+    "signup_form": {"errors", "models", "readers", "schedule"},
     "welcome": {"bootstrap", "messages", "models", "readers", "rendering", "schedule", "store", "views"},
     "signup": {
         "alerting",
@@ -92,8 +96,9 @@ ALLOWED: dict[str, set[str]] = {
         "views",
         "welcome",
     },
-    "preferences": {"bootstrap", "models", "readers", "schedule", "signup", "signup_form", "store"},
-    "sources": {"bootstrap", "errors", "ingest", "store"},
+    "preferences": {"bootstrap", "models", "readers", "schedule", "signup", "signup_form", "store", "topics"},
+    "topics": {"bootstrap", "config", "errors", "models", "store", "topic_rules"},
+    "sources": {"bootstrap", "errors", "ingest", "store", "topics"},
     "stories": {"bootstrap", "display_text", "models", "store", "tokens"},
     "compose": {
         "bootstrap",
@@ -103,6 +108,7 @@ ALLOWED: dict[str, set[str]] = {
         "personal",
         "readers",
         "rendering",
+        "same_story",
         "schedule",
         "selection",
         "stories",
@@ -140,8 +146,8 @@ ALLOWED: dict[str, set[str]] = {
     "bounce_mailboxes": {"bootstrap", "bounce_outcomes", "bounces", "errors", "inbound", "store"},
     "bounce_listener": {"bootstrap", "bounce_outcomes", "bounces", "errors"},
     "bounce_admin": {"bootstrap", "errors", "models", "readers", "store"},
-    "readers_io": {"bootstrap", "errors", "models", "readers", "schedule", "signup", "store"},
-    "retention": {"bootstrap", "errors", "models", "readers", "store"},
+    "readers_io": {"bootstrap", "errors", "models", "readers", "schedule", "signup", "store", "topics"},
+    "retention": {"bootstrap", "errors", "messages", "models", "readers", "store"},
     "alerts": {"alerting", "bootstrap", "config", "messages", "smtp", "store"},
     "reports": {"bootstrap", "models", "readers", "store"},
     "observability": {"bootstrap", "reports"},
@@ -170,6 +176,7 @@ ALLOWED: dict[str, set[str]] = {
         "readers_io",
         "rendering",
         "reports",
+        "retention",
         "schedule",
         "signup",
         "signup_form",
@@ -177,6 +184,7 @@ ALLOWED: dict[str, set[str]] = {
         "stories",
         "store",
         "tokens",
+        "topics",
     },
     "scheduler": {"alerts", "bootstrap", "bounces", "compose", "retention", "signup", "sources", "store"},
     "service": {
@@ -219,6 +227,7 @@ ALLOWED: dict[str, set[str]] = {
         "signup",
         "sources",
         "store",
+        "topics",
     },
     "__main__": {"cli"},
 }

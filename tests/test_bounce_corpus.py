@@ -9,6 +9,7 @@ VERP address of ours gets one as a Delivered-To header, as the MTA would add it.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_each_real_world_message_gets_the_verdict_read_from_it(row: dict[str, st
         assert got.recipient in row["recipient"].split("|"), row["why"]
 
 
-def test_dead_mailboxes_are_suppressed_and_live_ones_are_not(capsys: pytest.CaptureFixture[str]) -> None:
+def test_dead_mailboxes_are_suppressed_and_live_ones_are_not(report_figure: Callable[[str], None]) -> None:
     """The figures the issue asks for: hard-bounce recall of at least 90% of dead mailboxes and
     wrong suppressions of at most 0.3% of live ones, over every message, none raising."""
     results = [(row, run(row, n)) for n, row in enumerate(ROWS) if row in JUDGED]
@@ -79,11 +80,10 @@ def test_dead_mailboxes_are_suppressed_and_live_ones_are_not(capsys: pytest.Capt
     wrong = [row["file"] for row, got in live if got.klass == "hard"]
     unknowns = sum(got.klass == "unknown" for _, got in results)
     recall, wrong_rate = found / len(dead), len(wrong) / len(live)
-    with capsys.disabled():
-        print(
-            f"\nbounce corpus: {len(ROWS)} messages, {len(dead)} dead mailboxes, {len(live)} live; "
-            f"hard-bounce recall {found}/{len(dead)} = {recall:.1%}; wrong suppressions "
-            f"{len(wrong)}/{len(live)} = {wrong_rate:.2%}; unknown class {unknowns}"
-        )
+    report_figure(
+        f"bounce corpus: {len(ROWS)} messages, {len(dead)} dead mailboxes, {len(live)} live; "
+        f"hard-bounce recall {found}/{len(dead)} = {recall:.1%}; wrong suppressions "
+        f"{len(wrong)}/{len(live)} = {wrong_rate:.2%}; unknown class {unknowns}"
+    )
     assert recall >= 0.90, [row["file"] for row, got in dead if got.klass != "hard"]
     assert wrong_rate <= 0.003, wrong

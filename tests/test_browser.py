@@ -7,15 +7,13 @@ who leaves and comes back. Screenshots go to tests/artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, SmtpSink, free_port, write_config
+from conftest import ROOT, SmtpSink, free_port, run_digest, serving, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -46,15 +44,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def digest(config: Path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "digest", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=config.parent,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return run_digest(config, *args, timeout=60)
 
 
 @pytest.fixture
@@ -63,38 +53,17 @@ def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
     config = write_config(
         tmp_path, database_url=f"sqlite:///{tmp_path}/digest.db", smtp_port=smtp_sink.port, web_port=port
     )
+    with serve_web(config, port) as base:
+        yield base, config
+
+
+@contextlib.contextmanager
+def serve_web(config: Path, port: int) -> Iterator[str]:
+    """`digest init`, `ingest`, then `digest web` on `port` until the block ends; yields its URL."""
     digest(config, "init")
     digest(config, "ingest")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "digest", "--config", str(config), "web"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"digest web did not start: {proc.stderr.read() if proc.stderr else ''}"
-                    ) from exc
-                time.sleep(0.1)
-        yield base, config
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+    with serving(config, port) as (base, _):
+        yield base
 
 
 def wait_for_mail(sink: SmtpSink, count: int, timeout: float = 15, to: str = READER) -> list[EmailMessage]:

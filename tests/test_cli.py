@@ -37,9 +37,10 @@ def test_a_bad_config_value_is_one_line_with_exit_2(tmp_path: Path) -> None:
     assert "Nowhere/Land" in line and "timezone" in line
 
 
-def test_init_twice_is_harmless_and_migrate_says_up_to_date(project: Project) -> None:
-    assert "1 new" not in project.run("init")
-    assert "up to date" in project.run("migrate")
+def test_init_twice_is_harmless_and_both_say_the_schema_is_up_to_date(project: Project) -> None:
+    again = project.run("init")
+    assert "1 new" not in again and "schema: up to date" in again
+    assert "schema: up to date" in project.run("migrate")
 
 
 @pytest.mark.parametrize(
@@ -208,6 +209,7 @@ def test_a_broken_source_is_reported_and_the_exit_code_says_so(tmp_path: Path) -
     p.run("migrate")
     said = p.run("ingest", code=1)
     assert "seeds" in said and "gone" in said
+    assert "failed to ingest: seeds" in p.run("init", code=1)
 
 
 def test_every_command_has_an_example_in_its_help() -> None:
@@ -225,3 +227,21 @@ def test_every_command_has_an_example_in_its_help() -> None:
     ):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Example" in result.stdout, command
+
+
+def test_a_tick_far_ahead_says_which_slots_it_moved(project: Project) -> None:
+    project.run("subscribers", "add", "erin@example.com", "--list", "demo", "--confirmed")
+    said = project.run("tick", "--once", "--now", "2099-01-01T07:30:00Z")
+    assert "list demo: 0 composed, 0 skipped (nothing new), 1 missed slot(s)" in said, said
+    assert "moved to the next slot" in said
+
+
+def test_import_reports_a_repeated_address_with_other_values(project: Project) -> None:
+    f = project.dir / "twice.csv"
+    f.write_text(
+        "email,name\nfrank@example.com,Frank\nfrank@example.com,Franklin\n"
+        "gina@example.com,Gina\ngina@example.com,Gina\n"
+    )
+    said = project.run("subscribers", "import", str(f), "--list", "demo", "--confirmed", "--apply")
+    assert "line 3: repeats frank@example.com from line 2 with other values" in said, said
+    assert "2 new, 0 updated, 1 unchanged, 1 bad row(s)" in said, said

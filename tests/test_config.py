@@ -129,3 +129,41 @@ def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     example = Path(__file__).resolve().parents[1] / "config.example.toml"
     cfg = load_config(example, environ={})
     assert cfg.lists and cfg.sources
+
+
+@pytest.mark.parametrize(
+    ("environ", "words"),
+    [
+        ({"DIGEST_SMTP__HOTS": "x"}, ["environment variable DIGEST_SMTP__HOTS", "smtp.hots", "did you mean smtp.host?"]),
+        ({"DIGEST_SMPT__HOST": "x"}, ["environment variable DIGEST_SMPT__HOST", "did you mean smtp?"]),
+        ({"DIGEST_SMTP__PORT": "lots"}, ["DIGEST_SMTP__PORT", "'lots'", "expected a whole number"]),
+        ({"DIGEST_WEB__PORT": "-3"}, ["DIGEST_WEB__PORT", "expected a number at least 0"]),
+        ({"DIGEST_CAPTURE__ENABLED": "maybe"}, ["DIGEST_CAPTURE__ENABLED", "expected true or false"]),
+    ],
+)
+def test_a_bad_environment_override_names_the_variable_not_the_file(
+    tmp_path: Path, environ: dict[str, str], words: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, MINIMAL), environ=environ)
+    message = str(info.value)
+    for word in words:
+        assert word in message, message
+    assert "digest.toml" not in message and "Input should" not in message
+
+
+def test_an_unknown_key_in_the_file_suggests_the_nearest(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'smtp.hots' \(did you mean smtp.host\?\)"):
+        load_config(write(tmp_path, MINIMAL + "\n[smtp]\nhots = 1\n"), environ={})
+
+
+def test_a_postgresql_url_without_its_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from digest import store
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "psycopg" else real(name))
+    with pytest.raises(ConfigError, match=r"pip install 'digest\[postgres\]'"):
+        store.Database("postgresql://postgres@127.0.0.1/x")
+

@@ -180,7 +180,7 @@ def test_sigkill_at_random_moments_over_5000_readers(tmp_path: Path, smtp_sink: 
     assert dupes <= sum(in_flight)
 
 
-@pytest.mark.parametrize("readers", [20_000 if LONG else 5_000])
+@pytest.mark.parametrize("readers", [20_000 if LONG else 2_000])
 def test_three_workers_on_one_postgres_deliver_each_message_exactly_once(
     tmp_path: Path, smtp_sink: SmtpSink, postgres_url: str, readers: int
 ) -> None:

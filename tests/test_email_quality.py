@@ -29,7 +29,7 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -39,7 +39,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import free_port
+from conftest import free_port, stop
 from digest import feeds, ingest, messages, personal
 from digest.assembly import sender_id
 from digest.models import NewArticle
@@ -150,7 +150,7 @@ def views_from(parsed: list[NewArticle], source: str) -> list[ArticleView]:
 
 
 def seed_edition() -> EditionView:
-    parsed = ingest.read_directory("seeds", ROOT / "seeds", NOW).articles
+    parsed = ingest.read_directory("seeds", ROOT / "src" / "digest" / "defaults" / "seeds", NOW).articles
     seed = [a for a in parsed if a.guid.startswith("file:000_")]
     assert len(seed) == 1
     return edition(articles=views_from(seed, "seeds"))
@@ -420,12 +420,7 @@ def spamd() -> Iterator[list[str] | None]:
             time.sleep(0.2)
         yield client
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def spamc(client: list[str], raw: bytes) -> SpamVerdict:
@@ -461,11 +456,10 @@ def test_spamd_and_the_command_line_agree_on_the_seed_digest(
 
 @pytest.mark.parametrize("name", NAMES)
 def test_spamassassin_finds_no_newsletter_mistakes(
-    spam_verdicts: dict[str, SpamVerdict], name: str, capsys: pytest.CaptureFixture[str]
+    spam_verdicts: dict[str, SpamVerdict], name: str, report_figure: Callable[[str], None]
 ) -> None:
     verdict = spam_verdicts[name]
-    with capsys.disabled():
-        print(f"\n[spamassassin] {name}: {verdict.status}, score {verdict.score} ({','.join(verdict.tests)})")
+    report_figure(f"[spamassassin] {name}: {verdict.status}, score {verdict.score} ({','.join(verdict.tests)})")
     fired = [t for t in verdict.tests if t.startswith(SA_BAD_RULES)]
     assert fired == [], f"{name}: SpamAssassin fired {fired} (all: {verdict.tests})"
     assert verdict.status == "No", f"{name}: score {verdict.score}, tests {verdict.tests}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SmtpSink, free_port, write_config
+from conftest import SmtpSink, free_port, run_cli, wait_healthy, write_config
 
 SEED_HEADLINE = "S.Korea, US, Japan urge repatriation of N.Korean workers"
 SEED_TAIL = [
@@ -26,19 +26,10 @@ SEED_TAIL = [
 ]
 
 
-def digest(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "digest", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=config.parent,
-    )
-
-
 def ok(config: Path, *args: str) -> str:
-    result = digest(config, *args)
-    assert result.returncode == 0, result.stdout + result.stderr
+    """A command in this process: the test process itself is the second writer where one is needed."""
+    result = run_cli(config, *args)
+    assert result.exit_code == 0, result.stdout + result.stderr
     assert "database is locked" not in result.stderr
     return result.stdout
 
@@ -117,15 +108,7 @@ def test_digest_run_serves_and_a_second_shell_leaves_an_eml_in_the_capture_folde
         cwd=tmp_path,
     )
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{web}/healthz", timeout=2) as r:
-                    assert r.status == 200
-                break
-            except OSError:
-                assert time.time() < deadline and service.poll() is None, "digest run did not come up"
-                time.sleep(0.2)
+        wait_healthy(web, service, 30)
         ok(config, "send-test", "demo", "--to", "you@example.com")
         captured = list((tmp_path / "captured").glob("*you@example.com.eml"))
         assert len(captured) == 1

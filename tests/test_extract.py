@@ -25,7 +25,7 @@ from digest.extract import (
 ROOT = Path(__file__).parent
 ARTICLES = ROOT / "fixtures" / "articles"
 GOLDEN = ROOT / "golden" / "extract"
-SEED = ROOT.parent / "seeds" / "000_ef3eb6749892e7fe.txt"
+SEED = ROOT.parent / "src" / "digest" / "defaults" / "seeds" / "000_ef3eb6749892e7fe.txt"
 
 
 def check_golden(path: Path, rendered: object) -> None:

@@ -21,7 +21,7 @@ from digest.ingest import FetchLimits, FetchResult, fetch_source
 ROOT = Path(__file__).parent
 FEEDS = ROOT / "fixtures" / "feeds"
 GOLDEN = ROOT / "golden" / "feeds"
-SEEDS = ROOT.parent / "seeds"
+SEEDS = ROOT.parent / "src" / "digest" / "defaults" / "seeds"
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 RSS = (FEEDS / "rss2_cdata.xml").read_bytes()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -286,10 +286,16 @@ async def test_a_database_from_the_previous_version_is_rekeyed_without_losing_or
         for a in feeds.parse_feed("comments", disqus.read_bytes(), now=NOW).articles
         if a.guid.endswith("40")
     )
-    app = await bootstrap.open_app(cfg, check=False)  # syncs the source and list rows, as 0002 had them
+    database = bootstrap.open_database(cfg)  # the source and list rows, as 0002 had them
     try:
-        async with app.db.write() as s:
-            source_id = (await s.execute(select(Source.id).where(Source.name == "comments"))).scalar_one()
+        async with database.write() as s:
+            source = await sources_store.upsert_source(
+                s, "comments", "feed", str(disqus), timedelta(minutes=30)
+            )
+            await sources_store.upsert_list(s, "comments", {"name": "Comments", "schedule": "0 7 * * *",
+                "timezone": "UTC", "min_articles": 1, "max_articles": 10, "max_age_seconds": 3650 * 86400,
+                "template": "digest"}, [source.id])  # fmt: skip
+            source_id = source.id
             article_id = (
                 await s.execute(
                     insert(Article)
@@ -314,7 +320,7 @@ async def test_a_database_from_the_previous_version_is_rekeyed_without_losing_or
                 )
             )
     finally:
-        await app.db.close()
+        await database.close()
     migrate.migrate(url)
     app = await bootstrap.open_app(cfg)
     try:

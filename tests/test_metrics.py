@@ -4,9 +4,6 @@ a real browser (Debian's Chromium via Playwright) with a screenshot in tests/art
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, SmtpSink, free_port, write_config
+from conftest import ROOT, SmtpSink, free_port, run_cli, serving, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -23,11 +20,9 @@ TOKEN = "operator-token-0123456789"
 
 
 def digest(config: Path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "digest", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, cwd=config.parent,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    """Set-up commands run in-process (a subprocess each would spend seconds importing)."""
+    result = run_cli(config, *args)
+    assert result.exit_code == 0, result.stdout + result.stderr
     return result.stdout
 
 
@@ -61,24 +56,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, module_sink: SmtpSink) -> I
     smtp_sink.reply_for = lambda address, n: "550 5.1.1 no such user" if address.startswith("bob") else None
     digest(config, "send", "demo")
     digest(config, "subscribers", "remove", "dora@example.com", "--yes")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "digest", "--config", str(config), "web"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "digest web did not start"
-                time.sleep(0.1)
+    with serving(config, port) as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -117,6 +96,7 @@ def test_readyz_checks_the_schema(served: str) -> None:
 def test_the_admin_page_needs_the_token(served: str) -> None:
     assert fetch(served + "/admin")[0] == 401
     assert fetch(served + "/admin?token=wrong")[0] == 401
+    assert fetch(served + f"/admin?token={TOKEN}")[0] == 401  # never in a URL: logs keep URLs
     status, html = fetch(served + "/admin", {"Authorization": f"Bearer {TOKEN}"})
     assert status == 200 and "Recent editions" in html and "no such user" not in html
     assert "hard" in html and "bob@example.com" in html
@@ -131,14 +111,26 @@ def test_the_admin_page_in_a_real_browser(served: str) -> None:
         browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.set_extra_http_headers({"Authorization": f"Bearer {TOKEN}"})
             page.goto(f"{served}/admin")
+            page.get_by_label("Operator token").fill("not the token")
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_text("Not authorized.").wait_for()
+            page.get_by_label("Operator token").fill(TOKEN)
+            page.get_by_role("button", name="Sign in").click()
             page.get_by_role("heading", name="Sends per hour").wait_for()
+            assert page.url == f"{served}/admin"  # the token is in no URL the browser visited
+            session = [c for c in page.context.cookies() if c["name"] == "digest_admin"]
+            assert session and session[0]["httpOnly"] and session[0]["sameSite"] == "Strict"
+            assert session[0]["path"] == "/admin" and TOKEN not in session[0]["value"]
             bars = page.locator(".chart .bar")
             assert bars.count() == 24
             tallest = max(b.bounding_box()["height"] for b in bars.all())  # type: ignore[index]
             assert tallest > 50  # the hour of the send fills the chart
             assert page.locator("table").first.inner_text().count("demo") == 1
             page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
+            page.get_by_role("button", name="Sign out").click()
+            page.get_by_label("Operator token").wait_for()
+            page.goto(f"{served}/admin")
+            assert page.get_by_role("heading", name="Sends per hour").count() == 0
         finally:
             browser.close()

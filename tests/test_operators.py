@@ -134,4 +134,4 @@ def test_erasure_keeps_only_a_hash_and_refuses_operator_re_adds(project: Project
 def test_prune_with_nothing_old_deletes_nothing(project: Project) -> None:
     project.run("send", "demo")
     report = project.json("prune")
-    assert isinstance(report, dict) and report["deliveries deleted"] == 0 and report["events deleted"] == 0
+    assert isinstance(report, dict) and report["deliveries_deleted"] == 0 and report["events_deleted"] == 0

@@ -1,13 +1,15 @@
 """A stateful property test of scheduling and exactly-once composition.
 
 Random sequences of ingests (including one story seen in a second source), ticks at advancing
-times, cadence/hour/time-zone changes, unsubscribes and re-subscribes, failed deliveries (a real
+times, cadence/hour/time-zone changes, topic choices and changes (list alpha offers two topics; a
+third kind of story matches neither), unsubscribes and re-subscribes, failed deliveries (a real
 SMTP server answering 550 5.1.1 or 451 to chosen readers) and restarts, checked after every step:
 
 - no reader ever receives the same article twice from a list;
 - a reader misses an article only when it fell outside `max_age`, or beyond `max_articles` in a
-  digest that said "N more" (and then it was older than everything that digest held), or the
-  reader was not subscribed, confirmed or active when it would have gone out;
+  digest that said "N more" (and then it was older than everything that digest held), or it was
+  outside the topics the reader had chosen when their digest was composed (or their slot skipped),
+  or the reader was not subscribed, confirmed or active when it would have gone out;
 - a daily or weekly reader never gets two digests composed on one local day, whatever they change;
 - at the end, once the relay accepts everything again and a week and a half has passed, every
   subscribed reader is owed nothing and has a next slot.
@@ -49,7 +51,7 @@ from hypothesis.stateful import (
 from sqlalchemy import func, select, text
 
 from conftest import SmtpSink, write_config
-from digest import bootstrap, compose, delivery, preferences, readers, selection, store
+from digest import bootstrap, compose, delivery, preferences, readers, selection, store, topics
 from digest.config import load_config
 from digest.models import (
     Article,
@@ -100,6 +102,10 @@ LISTS = {
     "alpha": ListSpec("alpha", ("a", "b"), "0 7 * * *", "UTC", 1, 3, timedelta(days=3)),
     "beta": ListSpec("beta", ("b",), "30 18 * * 1,3,5", "America/New_York", 2, 4, timedelta(days=20)),
 }
+# List alpha offers two topics, matched by a word in the title; a third kind of story matches none.
+TOPICS = ("harbour", "market")
+KINDS = ("harbour", "market", "weather")
+TOPIC_CHOICES: tuple[str | None, ...] = (None, "harbour", "market", "harbour,market")
 
 
 def lists_toml() -> str:
@@ -112,11 +118,23 @@ def lists_toml() -> str:
             f"min_articles = {spec.min_articles}\nmax_articles = {spec.max_articles}\n"
             f'max_age = "{spec.max_age.days}d"\n'
         )
+        if spec.slug == "alpha":
+            out.extend(
+                f'[[lists.topics]]\nslug = "{t}"\nname = "{t.title()}"\nkeywords = ["{t}"]\n' for t in TOPICS
+            )
     return "\n".join(out)
 
 
 def title_of(n: int) -> str:
-    return f"Story {n:04d} of the day"
+    return f"Story {n:04d} of the day: {KINDS[n % len(KINDS)]}"
+
+
+def topic_of(title: str) -> str:
+    return title.rsplit(" ", 1)[-1]
+
+
+def in_choice(title: str, choice: str | None) -> bool:
+    return choice is None or topic_of(title) in choice.split(",")
 
 
 TITLE = re.compile(r"Story (\d{4}) of the day")
@@ -173,7 +191,10 @@ class Prefs:
 
 class Store(Protocol):
     async def ingest(self, source: str, items: list[tuple[str, datetime]], now: datetime) -> None: ...
-    async def subscribe(self, reader: str, slug: str, prefs: Prefs, now: datetime) -> None: ...
+    async def subscribe(
+        self, reader: str, slug: str, prefs: Prefs, now: datetime, choice: str | None = None
+    ) -> None: ...
+    async def choose_topics(self, reader: str, choice: str | None, now: datetime) -> None: ...
     async def unsubscribe(self, reader: str, slug: str, now: datetime) -> None: ...
     async def change_prefs(self, reader: str, prefs: Prefs, now: datetime) -> None: ...
     async def tick(self, now: datetime) -> None: ...
@@ -188,8 +209,39 @@ class Store(Protocol):
 # ---------------------------------------------------------------- the checker
 
 
-def check(snap: Snapshot, history: dict[str, list[tuple[datetime, Prefs]]]) -> None:
-    """The invariants; `history` holds each reader's preferences and since when they hold."""
+Choices = dict[str, list[tuple[datetime, str | None]]]  # reader -> (since, topic choice on alpha)
+
+
+def choices_at(choices: Choices, reader: str, when: datetime) -> set[str | None]:
+    """The reader's topic choice at `when`: the one before a change made at that very instant too."""
+    current: str | None = None
+    out: set[str | None] = set()
+    for since, choice in choices.get(reader, []):
+        if since < when:
+            current = choice
+        elif since == when:
+            out.add(choice)
+    return out | {current}
+
+
+def outside_topics(reader: str, slug: str, title: str, when: datetime | None, choices: Choices) -> bool:
+    """Was the article outside the reader's topics at `when` (None: at any time)?"""
+    if slug != "alpha":
+        return False
+    if when is not None:
+        return not all(in_choice(title, c) for c in choices_at(choices, reader, when))
+    return any(not in_choice(title, c) for _, c in choices.get(reader, []))
+
+
+def check(
+    snap: Snapshot,
+    history: dict[str, list[tuple[datetime, Prefs]]],
+    choices: Choices | None = None,
+    now: datetime | None = None,
+) -> None:
+    """The invariants; `history` holds each reader's preferences and since when they hold,
+    `choices` their topic choices on list alpha, `now` the time of the snapshot."""
+    choices = choices or {}
     by_sub: dict[tuple[str, str], list[DeliveryInfo]] = defaultdict(list)
     for d in snap.deliveries:
         by_sub[(d.reader, d.slug)].append(d)
@@ -209,12 +261,24 @@ def check(snap: Snapshot, history: dict[str, list[tuple[datetime, Prefs]]]) -> N
             if s is None or title in got:
                 continue
             covering = [d for d in by_sub[key] if d.from_seq < s <= d.to_seq]
+            if any(
+                d.status == "sent" and outside_topics(reader, slug, title, d.created_at, choices)
+                for d in covering
+            ):
+                continue  # not in the topics the digest was composed for
             if any(_excused(d, title, art, spec, snap) for d in covering):
                 continue
             if any(d.status in OUTSTANDING for d in covering):
                 continue  # on its way
             if sub is not None and s > sub.watermark:
                 continue  # not composed yet (checked at the end: nothing may stay owed)
+            if all(d.status == "failed" for d in covering) and (
+                outside_topics(reader, slug, title, None, choices)
+                or (now is not None and art.published_at < now - spec.max_age)
+            ):
+                # A slot with nothing in the reader's topics (within max_age) moved their watermark
+                # past it (a failed digest had put it back): outside their topics, or too old.
+                continue
             raise AssertionError(
                 f"{reader} lost {title} (seq {s}) on {slug}: watermark "
                 f"{sub.watermark if sub else None}, covering deliveries {covering}"
@@ -278,6 +342,7 @@ class MSub:
     watermark: int = 0
     next_due_at: datetime | None = None
     last_digest_at: datetime | None = None
+    topics: str | None = None  # the topic choice (list alpha only)
 
 
 @dataclass
@@ -341,14 +406,21 @@ class ModelStore:
         seqs = [q for src, q in self.sightings[title].items() if src in spec.sources]
         return min(seqs) if seqs else None
 
-    async def subscribe(self, reader: str, slug: str, prefs: Prefs, now: datetime) -> None:
+    async def subscribe(
+        self, reader: str, slug: str, prefs: Prefs, now: datetime, choice: str | None = None
+    ) -> None:
         sub = self.subs.get((reader, slug))
         if sub is not None and sub.status != "unsubscribed":
             return
         if sub is None:
             sub = self.subs[(reader, slug)] = MSub(prefs)
-        sub.status, sub.prefs = "confirmed", prefs
+        sub.status, sub.prefs, sub.topics = "confirmed", prefs, choice
         sub.next_due_at = next_slot(sub, LISTS[slug], now)
+
+    async def choose_topics(self, reader: str, choice: str | None, now: datetime) -> None:
+        sub = self.subs.get((reader, "alpha"))
+        if sub is not None:
+            sub.topics = choice
 
     async def unsubscribe(self, reader: str, slug: str, now: datetime) -> None:
         sub = self.subs.get((reader, slug))
@@ -399,13 +471,20 @@ class ModelStore:
             candidates = []
             for title in self.sightings:
                 s = self.first_seq(title, spec)
-                if s is not None and sub.watermark < s <= upto and self.published[title] >= since:
+                if (
+                    s is not None
+                    and sub.watermark < s <= upto
+                    and self.published[title] >= since
+                    and in_choice(title, sub.topics)
+                ):
                     candidates.append((self.published[title], s, title))
             candidates.sort(reverse=True)
             chosen = selection.select_articles(candidates, spec.min_articles, spec.max_articles)
             old = sub.watermark
             sub.next_due_at = next_slot(sub, spec, now)
             if chosen.empty:
+                if not candidates and sub.topics is not None:
+                    sub.watermark = upto  # nothing in their topics: past the other topics' stories
                 continue
             sub.watermark, sub.last_digest_at = upto, now
             key = (r, slug, old, upto, now if DEDUPE_KEY_HAS_EDITION else None)
@@ -493,6 +572,7 @@ class ModelStore:
                 if (s := self.first_seq(t, spec)) is not None
                 and sub.watermark < s <= upto
                 and self.published[t] >= now - spec.max_age
+                and in_choice(t, sub.topics)
             )
             if n >= spec.min_articles:
                 out.append(f"{r}/{slug}: {n} article(s) owed")
@@ -563,12 +643,24 @@ class RealStore:
         async with self.app.db.write() as s:
             src = await sources_store.source_by_name(s, source)
             assert src is not None
-            await sources_store.store_articles(s, src.id, rows, now)
+            stored = await sources_store.store_articles(s, src.id, rows, now)
+            await topics.match_articles(self.app, s, stored.article_ids)
 
-    async def subscribe(self, reader: str, slug: str, prefs: Prefs, now: datetime) -> None:
+    async def subscribe(
+        self, reader: str, slug: str, prefs: Prefs, now: datetime, choice: str | None = None
+    ) -> None:
         lst = await bootstrap.get_list(self.app, slug)
+        wanted = replace(prefs.reader_prefs(), topics=choice)
         async with self.app.db.write() as s:
-            await readers.add_subscription(s, lst, reader, prefs.reader_prefs(), confirmed=True, now=now)
+            await readers.add_subscription(s, lst, reader, wanted, confirmed=True, now=now)
+
+    async def choose_topics(self, reader: str, choice: str | None, now: datetime) -> None:
+        async with self.app.db.read() as s:
+            sub = await self._sub(s, reader, "alpha")
+        lst_cfg = topics.list_config(self.app, "alpha")
+        assert lst_cfg is not None
+        if sub is not None:
+            await topics.choose(self.app, sub.id, lst_cfg, choice, now, "preferences")
 
     async def _sub(self, s: Any, reader: str, slug: str) -> Subscription | None:
         stmt = (
@@ -688,7 +780,7 @@ class RealStore:
             for lst in await sources_store.active_lists(s):
                 upto = await compose_store.list_max_seq(s, lst.id)
                 for slot in await compose_store.due_readers(s, lst.id, None):
-                    d = await compose.draft(self.app, s, lst, slot.watermark, upto, now)
+                    d = await compose.draft(self.app, s, lst, slot.watermark, upto, now, slot.topics)
                     if not d.empty:
                         out.append(f"{who[slot.id]}/{lst.slug}: {len(d.picked)} article(s) owed")
                     if slot.next_due_at is None or slot.next_due_at <= now:
@@ -713,6 +805,7 @@ prefs_strategy = st.one_of(
     ),
 )
 readers_strategy = st.sampled_from(READERS)
+choices_strategy = st.sampled_from(TOPIC_CHOICES)
 lists_strategy = st.sampled_from(sorted(LISTS))
 
 
@@ -727,6 +820,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.now = START
         self.count = 0
         self.prefs: dict[str, list[tuple[datetime, Prefs]]] = {r: [] for r in READERS}
+        self.choices: Choices = {r: [] for r in READERS}
         self.subscribed: set[tuple[str, str]] = set()
 
     def run(self, coro: Any) -> Any:
@@ -736,13 +830,17 @@ class SchedulingMachine(RuleBasedStateMachine):
         return self.prefs[reader][-1][1] if self.prefs[reader] else Prefs()
 
     @initialize(
-        first=st.lists(st.tuples(readers_strategy, lists_strategy, prefs_strategy), min_size=1, max_size=4),
+        first=st.lists(
+            st.tuples(readers_strategy, lists_strategy, prefs_strategy, choices_strategy),
+            min_size=1,
+            max_size=4,
+        ),
         stories=st.integers(0, 6),
     )
-    def start(self, first: list[tuple[str, str, Prefs]], stories: int) -> None:
+    def start(self, first: list[tuple[str, str, Prefs, str | None]], stories: int) -> None:
         self.ingest_stories("a", stories, timedelta(hours=6))
-        for reader, slug, prefs in first:
-            self.subscribe(reader, slug, prefs)
+        for reader, slug, prefs, choice in first:
+            self.subscribe(reader, slug, prefs, choice)
 
     def ingest_stories(self, source: str, n: int, age: timedelta) -> None:
         items = []
@@ -776,24 +874,34 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.prefs[reader].append((self.now, prefs))
         self.run(self.store.change_prefs(reader, prefs, self.now))
 
+    @rule(reader=readers_strategy, choice=choices_strategy)
+    def choose_topics(self, reader: str, choice: str | None) -> None:
+        if (reader, "alpha") not in self.subscribed:
+            return
+        self.choices[reader].append((self.now, choice))
+        self.run(self.store.choose_topics(reader, choice, self.now))
+
     @rule(reader=readers_strategy, slug=lists_strategy)
     def unsubscribe(self, reader: str, slug: str) -> None:
         self.subscribed.discard((reader, slug))
         self.run(self.store.unsubscribe(reader, slug, self.now))
 
-    @rule(reader=readers_strategy, slug=lists_strategy, prefs=prefs_strategy)
-    def resubscribe(self, reader: str, slug: str, prefs: Prefs) -> None:
-        self.subscribe(reader, slug, prefs)
+    @rule(reader=readers_strategy, slug=lists_strategy, prefs=prefs_strategy, choice=choices_strategy)
+    def resubscribe(self, reader: str, slug: str, prefs: Prefs, choice: str | None) -> None:
+        self.subscribe(reader, slug, prefs, choice)
 
-    def subscribe(self, reader: str, slug: str, prefs: Prefs) -> None:
+    def subscribe(self, reader: str, slug: str, prefs: Prefs, choice: str | None = None) -> None:
         if (reader, slug) in self.subscribed:
             return
+        choice = choice if slug == "alpha" else None
+        if slug == "alpha":
+            self.choices[reader].append((self.now, choice))
         # One set of preferences per reader: the signup form sets them for every list it covers.
         if any(r == reader for r, _ in self.subscribed):
             prefs = self.current_prefs(reader)
         self.subscribed.add((reader, slug))
         self.prefs[reader].append((self.now, prefs))
-        self.run(self.store.subscribe(reader, slug, prefs, self.now))
+        self.run(self.store.subscribe(reader, slug, prefs, self.now, choice))
 
     @rule(reader=readers_strategy, mode=st.sampled_from(["ok", "ok", "temp", "hard"]))
     def relay_answers(self, reader: str, mode: str) -> None:
@@ -807,7 +915,7 @@ class SchedulingMachine(RuleBasedStateMachine):
 
     @invariant()
     def nothing_lost_or_repeated(self) -> None:
-        check(self.run(self.store.snapshot()), self.prefs)
+        check(self.run(self.store.snapshot()), self.prefs, self.choices, self.now)
 
     def teardown(self) -> None:
         try:
@@ -818,7 +926,7 @@ class SchedulingMachine(RuleBasedStateMachine):
             for _ in range(9):
                 self.now += timedelta(hours=11)
                 self.run(self.store.tick(self.now))
-            check(self.run(self.store.snapshot()), self.prefs)
+            check(self.run(self.store.snapshot()), self.prefs, self.choices, self.now)
             weekly = {r for r in READERS if self.current_prefs(r).cadence == "weekly"}
             owed = [o for o in self.run(self.store.owed(self.now)) if o.split("/")[0] not in weekly]
             assert not owed, owed

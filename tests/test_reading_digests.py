@@ -200,7 +200,7 @@ def test_the_demo_shows_every_sample_story_and_a_real_looking_footer(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DIGEST_CONFIG", raising=False)
-    shutil.copytree(ROOT / "seeds", tmp_path / "seeds")
+    shutil.copytree(ROOT / "src" / "digest" / "defaults" / "seeds", tmp_path / "seeds")
     runner = CliRunner()
     for args in (["init"], ["ingest"]):
         assert runner.invoke(app, args).exit_code == 0

@@ -478,7 +478,7 @@ def test_unknown_variable_fails_at_start_naming_the_file_and_line(
 
 
 def test_default_templates_dir_is_the_checkout_copy() -> None:
-    assert default_templates_dir() == Path(__file__).parents[1] / "templates"
+    assert default_templates_dir() == Path(__file__).parents[1] / "src" / "digest" / "defaults" / "templates"
 
 
 # Size, network, palette

@@ -596,6 +596,7 @@ async def test_two_schedulers_on_postgres_racing_fetch_a_feed_once(
     try:
         jobs = [scheduler.build_scheduler(app).get_job("ingest:wire") for app in (a, b)]
         assert all(j is not None for j in jobs)
+        assert all(j.name == "ingest:wire" for j in jobs if j is not None)  # logs name the job
         await asyncio.gather(*(j.func() for j in jobs if j is not None))
         assert len(hits) == 1, hits
     finally:

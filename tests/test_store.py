@@ -17,7 +17,7 @@ from conftest import SmtpSink, write_config
 from digest import bootstrap, compose, delivery, readers, sources, store
 from digest.config import load_config
 from digest.errors import SchemaError
-from digest.models import ArticleSource, Delivery, Subscription
+from digest.models import ArticleSource, Delivery, Edition, Subscription
 from digest.store import compose as compose_store
 from digest.store import ledger, migrate
 from digest.store import sources as sources_store
@@ -110,16 +110,23 @@ async def test_readers_at_one_watermark_share_one_rendered_edition(project: boot
     assert (report.deliveries, report.renders, len(report.editions)) == (3, 1, 1)
 
 
-async def test_two_composers_at_once_compose_each_reader_once(project: bootstrap.App) -> None:
+async def test_racing_composers_compose_each_reader_once_into_one_edition(project: bootstrap.App) -> None:
     await sources.ingest_sources(project, NOW)
     for i in range(20):
         await add_reader(project, f"reader{i}@example.com")
     lst = await bootstrap.get_list(project, "demo")
     reports = await asyncio.gather(*(compose.compose(project, lst, NOW, manual=True) for _ in range(3)))
-    assert sum(r.deliveries for r in reports) == 20
+    assert sorted(r.deliveries for r in reports) == [0, 0, 20]
+    assert [len(r.editions) for r in reports if not r.deliveries] == [0, 0]
     async with project.db.read() as s:
-        n = (await s.execute(select(func.count()).select_from(Delivery))).scalar_one()
-    assert n == 20
+        per_edition = (
+            await s.execute(
+                select(Edition.id, func.count(Delivery.id))
+                .outerjoin(Delivery, Delivery.edition_id == Edition.id)
+                .group_by(Edition.id)
+            )
+        ).all()
+    assert [n for _, n in per_edition] == [20]
 
 
 async def test_only_new_articles_reach_a_reader_in_the_next_digest(
@@ -240,10 +247,10 @@ async def test_preview_shows_the_next_digest_and_changes_nothing(project: bootst
 
 async def test_same_story_in_two_sources_reaches_a_list_once(tmp_path: Path, database_url: str) -> None:
     """An exact copy (the same link) in a second source is linked to the stored story."""
-    seed = (Path(__file__).resolve().parents[1] / "seeds" / "000_ef3eb6749892e7fe.txt").read_text()
+    seed = (Path(__file__).resolve().parents[1] / "src" / "digest" / "defaults" / "seeds" / "000_ef3eb6749892e7fe.txt").read_text()
     headline, _, body = seed.partition("\n")
     story = f"---\ntitle: {headline}\nurl: https://wire.example/korea-workers\n---\n{body}"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "seeds", tmp_path / "seeds")
+    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "digest" / "defaults" / "seeds", tmp_path / "seeds")
     (tmp_path / "seeds" / "000_ef3eb6749892e7fe.txt").unlink()  # the seeds carry the wire copy instead
     (tmp_path / "mirror").mkdir()
     for folder in ("seeds", "mirror"):
@@ -271,3 +278,12 @@ async def test_same_story_in_two_sources_reaches_a_list_once(tmp_path: Path, dat
         assert any("repatriation" in c.article.title for c in only)
     finally:
         await app.db.close()
+
+
+def test_the_schema_check_knows_the_same_newest_revision_as_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    from digest.store import migrate
+
+    alembic_head = ScriptDirectory.from_config(migrate._alembic_config("sqlite:///:memory:")).get_current_head()
+    assert migrate.head_revision() == alembic_head

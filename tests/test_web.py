@@ -182,12 +182,24 @@ async def open_site(
     options.setdefault("rate_limits", RELAXED)
     options.setdefault("min_fill", timedelta(0))
     asgi = web.create_app(app, clock=clock, purge_every=None, **options)
-    transport = httpx.ASGITransport(app=asgi, client=(peer, 40000))
+    transport = httpx.ASGITransport(app=settled(asgi), client=(peer, 40000))
     try:
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
             yield Site(app, asgi, client, sink, clock)
     finally:
+        await asgi.state.web.work.close()
         await app.db.close()
+
+
+def settled(asgi: Any) -> Any:
+    """The app, answering each request only once the work it queued has run, as tests expect."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asgi(scope, receive, send)
+        if scope["type"] == "http":
+            await asgi.state.web.work.join()
+
+    return app
 
 
 @pytest.fixture
@@ -383,7 +395,9 @@ async def test_malformed_addresses_are_refused(lite: Site, address: str) -> None
 
 
 async def test_names_are_stripped_of_control_characters(lite: Site) -> None:
-    await lite.signup_json("ann@example.com", name="Ann\r\nBcc: evil@example.com\u202e\x00 Smith")
+    refused = await lite.signup_json("ann@example.com", name="Ann\x00 Smith")
+    assert refused.status_code == 422 and await lite.sub("ann@example.com") is None  # NUL: inputs.py
+    await lite.signup_json("ann@example.com", name="Ann\r\nBcc: evil@example.com\u202e\x07 Smith")
     await lite.deliver()
     async with lite.app.db.read() as s:
         reader = await readers_store.subscriber_by_email(s, "ann@example.com")
@@ -471,7 +485,9 @@ async def test_html_forms_need_their_csrf_token_and_the_json_api_does_not(lite: 
     data = {**form["fields"], "email": "ann@example.com", "list": "demo", "consent": "yes"}
     missing = await lite.client.post("/subscribe", data={k: v for k, v in data.items() if k != "csrf"})
     assert missing.status_code == 403 and "expired" in missing.text
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=lite.asgi), base_url=BASE) as other:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=settled(lite.asgi)), base_url=BASE
+    ) as other:
         stolen = await other.post("/subscribe", data=data)  # the field without its cookie
         assert stolen.status_code == 403
         await other.get("/subscribe")
@@ -482,7 +498,7 @@ async def test_html_forms_need_their_csrf_token_and_the_json_api_does_not(lite: 
         )
         assert plain.status_code == 415
     assert await lite.sub("ann@example.com") is None
-    no_cookie = httpx.AsyncClient(transport=httpx.ASGITransport(app=lite.asgi), base_url=BASE)
+    no_cookie = httpx.AsyncClient(transport=httpx.ASGITransport(app=settled(lite.asgi)), base_url=BASE)
     async with no_cookie:
         assert (
             await no_cookie.post("/subscribe", json={**data, "list": ["demo"], "consent": True})
@@ -603,7 +619,9 @@ async def test_one_click_unsubscribe_in_either_encoding_is_200_without_redirect_
     site: Site, encoding: str
 ) -> None:
     sub = await site.add_reader("ann@example.com")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=site.asgi), base_url=BASE) as bare:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=settled(site.asgi)), base_url=BASE
+    ) as bare:
         for _ in range(2):
             if encoding == "urlencoded":
                 answer = await bare.post(
@@ -766,7 +784,9 @@ async def test_the_signup_api_is_documented_in_openapi(lite: Site) -> None:
     body = schema["paths"]["/subscribe"]["post"]["requestBody"]["content"]
     assert {"application/json", "application/x-www-form-urlencoded"} <= set(body)
     assert {"email", "list", "consent"} <= set(body["application/json"]["schema"]["properties"])
-    assert "/api/subscribers" in schema["paths"] and "/api/sources/{name}/articles" in schema["paths"]
+    assert "/api/subscribers" not in schema["paths"]  # the operator API: only with its token
+    operator = (await lite.client.get("/openapi.json", headers=auth())).json()
+    assert "/api/subscribers" in operator["paths"] and "/api/sources/{name}/articles" in operator["paths"]
 
 
 # ---------------------------------------------------------------- operator API
@@ -893,3 +913,26 @@ async def test_a_test_send_is_a_draft_its_copy_opens_only_from_its_own_link(site
     assert (await site.client.get(f"/archive/demo/{edition_id}?t=0123456789abcdef")).status_code == 404
     archive = await site.client.get("/archive/demo")
     assert f"/archive/demo/{edition_id}" not in archive.text
+    assert (await site.client.get(f"/archive/demo/{edition_id}/stories")).status_code == 404
+
+
+async def test_the_archive_shows_an_edition_only_once_a_reader_received_it(site: Site) -> None:
+    lst = await bootstrap.get_list(site.app, "demo")
+    await sources.ingest_sources(site.app, site.clock())
+    async with site.app.db.read() as s:
+        d = await compose.draft(site.app, s, lst, 0, 10**9, site.clock())
+    async with site.app.db.write() as s:
+        unsent = await compose._new_edition(site.app, s, d, site.clock())  # no reader composed into it
+    await site.add_reader("ann@example.com")
+    report = await compose.compose(site.app, lst, site.clock(), manual=True)
+    (composed,) = report.editions
+    for edition_id in (unsent, composed):
+        assert (await site.client.get(f"/archive/demo/{edition_id}")).status_code == 404
+        assert (await site.client.get(f"/archive/demo/{edition_id}/stories")).status_code == 404
+    assert "/archive/demo/" not in (await site.client.get("/archive/demo")).text
+    await site.deliver()
+    assert (await site.client.get(f"/archive/demo/{composed}")).status_code == 200
+    assert (await site.client.get(f"/archive/demo/{composed}/stories")).status_code == 200
+    assert (await site.client.get(f"/archive/demo/{unsent}")).status_code == 404
+    listed = set(re.findall(r"/archive/demo/(\d+)", (await site.client.get("/archive/demo")).text))
+    assert listed == {str(composed)}

@@ -18,7 +18,8 @@ Pure core (no session, socket, environment or clock; `now` is a parameter):
     views       what templates are given and give back
     rendering   Jinja2 templates → subject, HTML (premailer, once per edition) and text
       palette, display_text, email_samples   colours, text as readers see it, template samples
-    personal    what differs per reader in a shared edition: greeting by name, dates in their zone
+    personal    what differs per reader in a shared edition (token, name, dates) and markers no
+                content can forge
     messages    message bytes: shared headers once per edition, per-reader assembly
     tokens      subscription tokens and VERP return paths
     extract     canonical URLs, fingerprints, sanitizing, boilerplate trimming, summaries

@@ -36,7 +36,15 @@ def _read_text(text: str, relative: str) -> SourceItem | None:
         published=parse_date(dated),
         content_html=text_to_html(body if not fields.get("title") else text),
         date_text=dated,
+        categories=_listed(fields.get("categories") or fields.get("tags")),
     )
+
+
+def _listed(value: str | None) -> tuple[str, ...]:
+    """A front-matter list: `[a, b]`, `a, b` or one value."""
+    if not value:
+        return ()
+    return tuple(v.strip().strip("\"'") for v in value.strip().strip("[]").split(",") if v.strip())
 
 
 def _date_field(fields: dict[str, str]) -> str | None:
@@ -82,6 +90,7 @@ def _read_markdown(text: str, relative: str) -> SourceItem | None:
         image=fields.get("image"),
         base=link,
         summary=fields.get("summary"),
+        categories=_listed(fields.get("categories") or fields.get("tags")),
     )
 
 

@@ -6,6 +6,7 @@ database, so every process sees the same lists as its config file.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,9 @@ from digest.models import (
 )
 from digest.store import migrate
 from digest.store import sources as sources_store
+from digest.store import topics as topics_store
+
+log = logging.getLogger("digest")
 
 Clock = Callable[[], datetime]
 
@@ -86,7 +90,17 @@ async def sync_config(s: AsyncSession, cfg: Config) -> None:
         row = await sources_store.upsert_source(s, src.name, src.kind, location, src.interval)
         ids[src.name] = row.id
     for lst in cfg.lists:
-        await sources_store.upsert_list(s, lst.slug, _list_values(lst), [ids[n] for n in lst.sources])
+        lst_row = await sources_store.upsert_list(
+            s, lst.slug, _list_values(lst), [ids[n] for n in lst.sources]
+        )
+        specs = [topics_store.TopicSpec(t.slug, t.name, t.description, t.rest) for t in lst.topics]
+        removed = await topics_store.sync_topics(s, lst_row.id, specs, datetime.now(UTC))
+        if removed:
+            log.warning(
+                "list %s: topic(s) %s no longer configured; dropped from readers' choices",
+                lst.slug,
+                ", ".join(removed),
+            )
     await sources_store.deactivate_lists_except(s, [lst.slug for lst in cfg.lists])
 
 

@@ -1,13 +1,15 @@
 """Configuration: one TOML file plus `DIGEST_<SECTION>__<KEY>` environment overrides, read once.
 
 The file is `--config PATH`, else `$DIGEST_CONFIG`, else `./digest.toml`; with none of them the
-embedded default runs (SQLite in the working directory, `seeds/` as a source, a demo list and the
-capture SMTP server). Every value is validated here; a bad one raises ConfigError naming the TOML
-key, the value and what was expected, so the service never starts half-configured.
+embedded default runs from any directory (SQLite in the working directory, the sample articles
+shipped in `digest/defaults/seeds/` as a source, a demo list and the capture SMTP server). Every
+value is validated here; a bad one raises ConfigError naming the TOML key, the value and what was
+expected, so the service never starts half-configured.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -252,6 +254,30 @@ class SourceConfig(_Section):
         return self.url or self.path or ""
 
 
+class TopicConfig(_Section):
+    """A subject readers of a list may choose: an article matches it by its source, its feed's own
+    categories, or a keyword or phrase in its title and summary (whole words, case and accents
+    ignored). `rest` makes it the "everything else" topic: the articles that match no other."""
+
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field(default="", max_length=300)
+    sources: list[str] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    keywords: list[str] = Field(default_factory=list)
+    rest: bool = False
+
+    @model_validator(mode="after")
+    def _has_rule(self) -> TopicConfig:
+        if self.rest and (self.sources or self.categories or self.keywords):
+            raise ValueError(
+                f"topic {self.slug!r} is the rest topic: it takes no sources, categories or keywords"
+            )
+        if not self.rest and not (self.sources or self.categories or self.keywords):
+            raise ValueError(f"topic {self.slug!r} needs sources, categories or keywords (or rest = true)")
+        return self
+
+
 class ListConfig(_Section):
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     name: str = Field(min_length=1)
@@ -267,6 +293,7 @@ class ListConfig(_Section):
     reply_to: str | None = None
     public: bool = True
     language: str = "en"
+    topics: list[TopicConfig] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod
@@ -297,6 +324,22 @@ class ListConfig(_Section):
     def _min_le_max(self) -> ListConfig:
         if self.min_articles > self.max_articles:
             raise ValueError("min_articles is larger than max_articles")
+        return self
+
+    @model_validator(mode="after")
+    def _topics(self) -> ListConfig:
+        slugs = [t.slug for t in self.topics]
+        doubled = sorted({s for s in slugs if slugs.count(s) > 1})
+        if doubled:
+            raise ValueError(f"topic {doubled[0]!r} is declared twice")
+        if sum(t.rest for t in self.topics) > 1:
+            raise ValueError("only one topic may be the rest topic (rest = true)")
+        for topic in self.topics:
+            unknown = [name for name in topic.sources if name not in self.sources]
+            if unknown:
+                raise ValueError(
+                    f"topic {topic.slug!r} names source {unknown[0]!r}, which the list does not have"
+                )
         return self
 
 
@@ -385,16 +428,19 @@ class Config(_Section):
         return next((lst for lst in self.lists if lst.slug == slug), None)
 
 
+# The sample articles travel inside the package, so the embedded default works from any directory.
+SAMPLE_ARTICLES = Path(__file__).parent / "defaults" / "seeds"
+
 # The first digest a newcomer sees should be a whole one: the sample stories go back to 2024, so
 # the demo list looks back ten years, and its footer carries an address of the sample town.
 EMBEDDED_DEFAULT: dict[str, Any] = {
     "sender": {"postal_address": "Demo Digest, 1 Harbour Street, Kingsport"},
-    "sources": [{"name": "seeds", "kind": "directory", "path": "seeds", "interval": "10m"}],
+    "sources": [{"name": "seeds", "kind": "directory", "path": str(SAMPLE_ARTICLES), "interval": "10m"}],
     "lists": [
         {
             "slug": "demo",
             "name": "Demo Digest",
-            "description": "A demonstration list fed by the sample articles in seeds/.",
+            "description": "A demonstration list fed by the sample articles shipped with digest.",
             "sources": ["seeds"],
             "schedule": "0 7 * * *",
             "timezone": "UTC",
@@ -414,20 +460,75 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def _describe(err: ValidationError, origin: str) -> str:
+# What pydantic's error types expect, in the words an operator would use.
+_EXPECTED = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "text (in quotes)",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "missing": "a value (it is required)",
+}
+
+
+def _expected(error: Any) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in _EXPECTED:
+        return _EXPECTED[kind]
+    if kind == "literal_error":
+        return f"one of {ctx.get('expected', '')}".replace("'", '"')
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "greater_than": ("more than", "gt"),
+        "less_than_equal": ("at most", "le"),
+        "less_than": ("less than", "lt"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"a number {words} {ctx.get(key)}"
+    return str(error["msg"]).removeprefix("Input should be ").removeprefix("Value error, ")
+
+
+def _section_keys(section: str) -> list[str]:
+    field = Config.model_fields.get(section)
+    model = field.annotation if field else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _describe(err: ValidationError, origin: str, from_env: Mapping[tuple[str, str], str]) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    msg = str(first["msg"]).removeprefix("Value error, ")
+    parts = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
+    loc = ".".join(parts)
+    env_name = next(
+        (name for (sec, key), name in from_env.items() if [sec, key][: len(parts)] == parts[:2]), None
+    )
+    if env_name:
+        origin = f"environment variable {env_name}"
     if first["type"] == "extra_forbidden":
-        return f"{origin}: unknown key {loc!r}"
+        known = (
+            _section_keys(parts[0])
+            if len(parts) == 2
+            else list(Config.model_fields)
+            if len(parts) == 1
+            else []
+        )
+        near = difflib.get_close_matches(parts[-1], known, n=1)
+        hint = f" (did you mean {'.'.join([*parts[:-1], near[0]])}?)" if near else ""
+        return f"{origin}: unknown key {loc!r}{hint}"
     value = first.get("input")
     shown = "" if isinstance(value, dict | list) or value is None else f" = {value!r}"
     where = f"key {loc!r}{shown}" if loc else "config"
-    return (
-        f"{origin}: {where}: expected {msg}"
-        if first["type"] != "value_error"
-        else f"{origin}: {where}: {msg}"
-    )
+    if first["type"] == "value_error":
+        return f"{origin}: {where}: {str(first['msg']).removeprefix('Value error, ')}"
+    return f"{origin}: {where}: expected {_expected(first)}"
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -448,14 +549,16 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {chosen} is not valid TOML: {exc}") from None
         origin = str(chosen)
+    from_env: dict[tuple[str, str], str] = {}
     for section, values in _env_overrides(env).items():
         target = data.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"DIGEST_{section.upper()}__*: [{section}] is not a table")
         target.update(values)
+        from_env.update({(section, key): f"DIGEST_{section.upper()}__{key.upper()}" for key in values})
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+        raise ConfigError(_describe(exc, origin, from_env)) from None
     resolved = chosen.resolve() if chosen else None
     return cfg.model_copy(update={"path": resolved})

@@ -180,6 +180,7 @@ def _feedparser_item(entry: Any, feed_link: str | None, index: int) -> SourceIte
         image=_feedparser_image(entry),
         date_text=date_text,
         base=detail.get("base") or link or feed_link,
+        categories=tuple(str(t.get("term") or t.get("label") or "") for t in entry.get("tags") or []),
     )
 
 
@@ -242,6 +243,7 @@ def _json_feed_item(item: dict[str, Any], base: str | None, index: int) -> Sourc
         image=_text(item.get("image")) or _text(item.get("banner_image")),
         base=urljoin(base or "", link) if link else base,
         summary=_text(item.get("summary")),
+        categories=tuple(t for t in item.get("tags") or [] if isinstance(t, str)),
     )
 
 

@@ -7,6 +7,7 @@ are the enums below, so SQLite and PostgreSQL share one schema without native en
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -136,6 +137,8 @@ class Article(Base):
     # source has the same one. Neither it nor `url` is unique: two comments on one page differ
     # only by their fragment, and two "Photo" posts share a title and an empty text.
     identity_url: Mapped[str | None] = mapped_column(Text, index=True)
+    # The feed's own categories or tags, as given (topics may match them).
+    categories: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class NewArticle:
     # The link (or a guid that is a URL) with its fragment: an exact copy of the item in another
     # source has the same one, and is linked to this article rather than stored again.
     identity_url: str | None = None
+    categories: tuple[str, ...] = ()  # the feed's own categories or tags
 
 
 class ArticleSource(Base):
@@ -194,6 +198,29 @@ class ListSource(Base):
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
 
 
+class Topic(Base):
+    """A subject a list offers its readers, kept in step with the config by (list, slug)."""
+
+    __tablename__ = "topics"
+    __table_args__ = (UniqueConstraint("list_id", "slug", name="uq_topics_list_slug"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    rest: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ArticleTopic(Base):
+    """An article matched one of a list's topics at ingest (or at `digest topics rematch`)."""
+
+    __tablename__ = "article_topics"
+    __table_args__ = (Index("ix_article_topics_topic", "topic_id", "article_id"),)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True)
+    topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id", ondelete="CASCADE"), primary_key=True)
+
+
 class Subscriber(Base):
     __tablename__ = "subscribers"
     __table_args__ = (Index("ix_subscribers_status", "status"),)  # readers by status, for /metrics
@@ -214,6 +241,7 @@ class Subscription(Base):
         Index("ix_subscriptions_due", "status", "next_due_at"),
         # reader counts by list for /metrics, status and the admin page read this index, not the rows
         Index("ix_subscriptions_list", "list_id", "status", "cadence"),
+        Index("ix_subscriptions_topics", "list_id", "status", "topics"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
@@ -238,6 +266,18 @@ class Subscription(Base):
     confirm_user_agent: Mapped[str | None] = mapped_column(Text)
     unsubscribed_at: Mapped[datetime | None]
     unsubscribe_method: Mapped[str | None] = mapped_column(String(20))
+    # The reader's topics: their slugs, sorted and comma-joined; NULL means every topic (those
+    # added later included). Readers with the same choice and watermark share an edition.
+    topics: Mapped[str | None] = mapped_column(Text)
+
+
+def topic_choice_key(slugs: Iterable[str] | None) -> str | None:
+    """A topic choice as `Subscription.topics` keeps it: sorted, comma-joined slugs (None: every topic)."""
+    return None if slugs is None else ",".join(sorted(set(slugs)))
+
+
+def topic_choice_slugs(key: str | None) -> list[str] | None:
+    return None if key is None else [s for s in key.split(",") if s]
 
 
 class Edition(Base):
@@ -255,6 +295,8 @@ class Edition(Base):
     created_at: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(20), default=EditionStatus.SENDING)
     pause_reason: Mapped[str | None] = mapped_column(Text)
+    # The topic choice this edition was composed for (as Subscription.topics); NULL: every topic.
+    topics: Mapped[str | None] = mapped_column(Text)
 
 
 # What a claim takes: pending and deferred rows (deferred ones once their retry time comes).
@@ -368,3 +410,15 @@ class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class SignupLimit(Base):
+    """One rate-limit window of one client: every web process counts in the same row, so the
+    signup limits hold across processes and restarts."""
+
+    __tablename__ = "signup_limits"
+    # HMAC-SHA256 (keyed with the service's secret) of the window length and the client address:
+    # the table never holds an address, and an IPv4 address cannot be found by trying them all
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(index=True)
+    hits: Mapped[int] = mapped_column(Integer)

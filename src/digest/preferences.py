@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import bootstrap, readers, schedule
+from digest import bootstrap, readers, schedule, topics
 from digest.models import MailingList, Subscription, SubscriptionStatus
 from digest.signup import request_confirmation
 from digest.signup_form import Signup
@@ -28,6 +28,7 @@ class Reader:
     prefs: readers.ReaderPrefs
     subscribed: tuple[str, ...]  # confirmed list slugs
     pending: tuple[str, ...]
+    topics: Mapping[str, str | None] = field(default_factory=dict)  # list slug → topic choice
 
 
 async def reader_for_token(app: bootstrap.App, token: str) -> Reader | None:
@@ -51,6 +52,7 @@ async def reader_for_token(app: bootstrap.App, token: str) -> Reader | None:
         prefs=prefs,
         subscribed=tuple(lst.slug for x, lst in subs if x.status == SubscriptionStatus.CONFIRMED),
         pending=tuple(lst.slug for x, lst in subs if x.status == SubscriptionStatus.PENDING),
+        topics={lst.slug: x.topics for x, lst in subs},
     )
 
 
@@ -102,8 +104,10 @@ async def change_preferences(
     *,
     consent: readers.Consent,
     hourly_budget: int | None = None,
+    chosen_topics: Mapping[str, str | None] | None = None,
 ) -> PrefsOutcome | None:
-    """Apply the preferences form: new schedule and name, lists left, lists joined (double opt-in)."""
+    """Apply the preferences form: new schedule, topics and name, lists left, lists joined (double
+    opt-in). `chosen_topics` (list slug → choice; absent: every topic) applies to lists with topics."""
     prefs = readers.validate_prefs(prefs)
     outcome = PrefsOutcome()
     async with app.db.write() as s:
@@ -117,6 +121,7 @@ async def change_preferences(
             )
             await readers_store.rename_subscriber(s, reader, prefs.name, now)
         current = await readers_store.subscriptions_of(s, reader.id)
+        offering = {c.slug for c in app.cfg.lists if c.topics}
         have = {lst.slug for sub, lst in current if sub.status == SubscriptionStatus.CONFIRMED}
         for sub, lst in current:
             if sub.status != SubscriptionStatus.CONFIRMED:
@@ -125,6 +130,13 @@ async def change_preferences(
                 await readers.unsubscribe(s, sub, "preferences", now)
                 outcome.left.append(lst.slug)
                 continue
+            if (
+                chosen_topics is not None
+                and lst.slug in offering
+                and sub.topics != chosen_topics.get(lst.slug)
+            ):
+                await topics.record_choice(s, sub.id, chosen_topics.get(lst.slug), now, "preferences")
+                outcome.changed.append(lst.slug)
             before = (sub.cadence, sub.weekday, sub.send_hour, sub.timezone)
             after = (prefs.cadence, prefs.weekday, prefs.send_hour, prefs.timezone)
             if before == after:
@@ -152,7 +164,7 @@ async def change_preferences(
     outcome.back = await _rejoin(app, token, joining, now, consent)
     asking = tuple(slug for slug in joining if slug not in outcome.back)
     if asking:
-        signup = Signup(address, asking, replace(prefs, name=""), consent)
+        signup = Signup(address, asking, replace(prefs, name=""), consent, dict(chosen_topics or {}))
         done = await request_confirmation(app, signup, now, method="preferences", hourly_budget=hourly_budget)
         outcome.confirmation_for = done.mailed
         outcome.waiting = done.waiting

@@ -89,6 +89,7 @@ class ReaderPrefs:
     weekday: int | None = None
     send_hour: int | None = None
     timezone: str | None = None
+    topics: str | None = None  # the stored topic choice (topics.parse_choice); None: every topic
 
 
 def validate_prefs(prefs: ReaderPrefs) -> ReaderPrefs:
@@ -173,6 +174,7 @@ async def add_subscription(
             "weekday": prefs.weekday,
             "send_hour": prefs.send_hour,
             "timezone": prefs.timezone,
+            "topics": prefs.topics,
             "signup_at": now,
             "signup_ip": consent.ip,
             "signup_user_agent": consent.user_agent,
@@ -197,6 +199,7 @@ async def add_subscription(
         method=method,
         ip=consent.ip,
         source=consent.source,
+        topics=prefs.topics.split(",") if prefs.topics else "all",
     )
     if confirmed:
         await readers_store.add_event(

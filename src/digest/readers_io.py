@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import IO
 
-from digest import bootstrap, readers, signup
+from digest import bootstrap, readers, signup, topics
 from digest.errors import DigestError
 from digest.models import MailingList, Subscriber, Subscription
 from digest.schedule import WEEKDAYS
@@ -24,6 +25,7 @@ EXPORT_COLUMNS = [
     "weekday",
     "send_hour",
     "timezone",
+    "topics",
     "signup_at",
     "signup_ip",
     "signup_source",
@@ -48,6 +50,7 @@ class Row:
     address: str
     prefs: readers.ReaderPrefs
     consent: readers.Consent
+    topics: str = ""  # topic slugs as the file gives them; empty: every topic
 
 
 @dataclass
@@ -100,7 +103,8 @@ def read_rows(handle: IO[str]) -> Iterator[Row | tuple[int, str]]:
             source=row.get("signup_source") or row.get("source") or "import",
             text_version=row.get("consent_text_version") or None,
         )
-        yield Row(line, row.get("email", ""), prefs, consent)
+        topic_text = " ".join(re.split(r"[\s,;|]+", row.get("topics", ""))).strip().replace(" ", ",")
+        yield Row(line, row.get("email", ""), prefs, consent, topic_text)
 
 
 async def import_csv(
@@ -119,6 +123,9 @@ async def import_csv(
     same limits as a signup on the web (only when applying)."""
     report = ImportReport()
     rows = read_rows(handle)
+    lst_cfg = topics.list_config(app, lst.slug)
+    # Within one file, a second row for an address must agree with the first; it never overrides it.
+    first_rows: dict[str, Row] = {}
     while True:
         batch = [r for _, r in zip(range(chunk), rows, strict=False)]
         if not batch:
@@ -130,13 +137,25 @@ async def import_csv(
                     if isinstance(item, tuple):
                         report.bad.append(item)
                         continue
+                    if (first := _earlier_row(first_rows, item)) is not None:
+                        if (first.prefs, first.consent) == (item.prefs, item.consent):
+                            report.unchanged += 1
+                        else:
+                            why = f"repeats {item.address} from line {first.line} with other values; not used"
+                            report.bad.append((item.line, why))
+                        continue
                     try:
+                        prefs = item.prefs
+                        if item.topics and lst_cfg is not None:
+                            prefs = replace(prefs, topics=topics.parse_choice(lst_cfg, item.topics))
+                        elif item.topics:
+                            raise DigestError(f"list {lst.slug} offers no topics")
                         async with s.begin_nested():
                             result = await readers.add_subscription(
                                 s,
                                 lst,
                                 item.address,
-                                item.prefs,
+                                prefs,
                                 confirmed=confirmed,
                                 now=now,
                                 consent=item.consent,
@@ -161,6 +180,12 @@ async def import_csv(
                 asked = await signup.ask_pending(app, address, [lst.slug], now)
                 report.asked += bool(asked.mailed)
                 report.waiting += bool(asked.waiting)
+
+
+def _earlier_row(first_rows: dict[str, Row], item: Row) -> Row | None:
+    """The file's first row for the same address, when `item` repeats it."""
+    first = first_rows.setdefault(item.address.strip().lower(), item)
+    return None if first is item else first
 
 
 class _DryRun(Exception):
@@ -210,6 +235,7 @@ def _export_row(reader: Subscriber, sub: Subscription, lst: MailingList) -> dict
         "weekday": WEEKDAYS[sub.weekday] if sub.weekday is not None else "",
         "send_hour": "" if sub.send_hour is None else str(sub.send_hour),
         "timezone": sub.timezone or "",
+        "topics": sub.topics or "",
         "signup_at": sub.signup_at.isoformat() if sub.signup_at else "",
         "signup_ip": sub.signup_ip or "",
         "signup_source": sub.signup_source or "",

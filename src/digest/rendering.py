@@ -4,9 +4,12 @@ Pure: no database, sockets, clock or environment. Dates arrive in the views, and
 per-reader token stays a placeholder (`TOKEN_PLACEHOLDER`) that the sender substitutes
 in the decoded parts, so one rendering (and one premailer pass) serves a whole edition. The
 reader's name and every date (in the reader's zone) are markers that `personal` fills in.
+The placeholder appears only in links to this service's own pages: every rendering ends with
+`personal.seal`, which deletes any marker that the content (feeds, pushed articles, settings)
+carried before placing the ones the templates asked for.
 
 Templates live in `<dir>/email/<name>/{subject.txt, body.txt, body.html}`; operators may
-point the config at their own copy of `templates/`.
+point the config at their own copy of `src/digest/defaults/templates/`.
 
 Size discipline (STANDARDS item 48): an edition's decoded HTML must stay under 90 KB after the
 longest token is substituted, or Gmail clips it and hides the unsubscribe link. `render_edition`
@@ -34,6 +37,7 @@ from digest.display_text import (
     clean,
     clean_lines,
     direction_of,
+    host_of,
     is_https,
     is_web_url,
     join_names,
@@ -46,14 +50,18 @@ from digest.display_text import (
 from digest.email_samples import sample_confirmation, sample_edition, sample_editions, sample_welcomes
 from digest.errors import TemplateError
 from digest.palette import DARK_PALETTE, LIGHT_PALETTE, link_colour, readable_on
-from digest.personal import NAME_MARKER, NAME_MAX_BYTES, date_marker, for_reader
+from digest.personal import (
+    NAME_MARKER,
+    NAME_MAX_BYTES,
+    date_marker,
+    for_reader,
+    private,
+    seal,
+)
+from digest.personal import TOKEN_PLACEHOLDER as TOKEN_PLACEHOLDER  # the sender and web copy fill it
 from digest.views import ArticleView, ConfirmView, EditionView, Rendered, WelcomeView
 
 log = logging.getLogger("digest.rendering")
-
-
-# Not a secret: a marker the sender replaces with each reader's token after rendering.
-TOKEN_PLACEHOLDER = "__DIGEST_TOKEN__"  # noqa: S105
 
 
 # Without this cssutils rewrites #ffffff as #fff while inlining, and some clients
@@ -187,11 +195,7 @@ class Templates:
 
 
 def default_templates_dir() -> Path:
-    """The templates shipped with digest: the checkout's copy, else the installed one."""
-    checkout = Path(__file__).parents[2] / "templates"
-    # Checking for email/ keeps an unrelated "templates" folder beside site-packages from winning.
-    if (checkout / "email").is_dir():
-        return checkout
+    """The templates shipped inside the package (a checkout and an installed wheel alike)."""
     return Path(__file__).parent / "defaults" / "templates"
 
 
@@ -217,15 +221,15 @@ def render_edition(templates: Templates, view: EditionView) -> Rendered:
             _edition_context(view, parts.articles[:kept], view.more_count + len(articles) - kept),
         )
         html = _inline_css(parts.html, base_url=view.base_url.rstrip("/"))
-    return Rendered(subject=parts.subject, html=html, text=parts.text)
+    return Rendered(subject=parts.subject, html=seal(html), text=seal(parts.text))
 
 
 def render_welcome(templates: Templates, view: WelcomeView) -> Rendered:
     """The mail after confirming, for one reader: greeted by name, times in their zone."""
     parts = _render_parts(templates, "welcome", _welcome_context(view))
     text, html = for_reader(
-        parts.text,
-        _inline_css(parts.html, base_url=view.base_url.rstrip("/")),
+        seal(parts.text),
+        seal(_inline_css(parts.html, base_url=view.base_url.rstrip("/"))),
         name=view.reader_name,
         zone=view.zone,
     )
@@ -236,8 +240,8 @@ def render_confirmation(templates: Templates, view: ConfirmView) -> Rendered:
     parts = _render_parts(templates, "confirm", _confirm_context(view))
     return Rendered(
         subject=parts.subject,
-        html=_inline_css(parts.html, base_url=view.base_url.rstrip("/")),
-        text=parts.text,
+        html=seal(_inline_css(parts.html, base_url=view.base_url.rstrip("/"))),
+        text=seal(parts.text),
     )
 
 
@@ -309,18 +313,19 @@ def _within_image_ratio(view: EditionView, articles: Sequence[ArticleView]) -> l
 
 def _budget_size(html: str) -> int:
     """Bytes of the HTML once the longest token and name we allow replace their placeholders."""
-    grow = html.count(TOKEN_PLACEHOLDER) * (MAX_TOKEN_LENGTH - len(TOKEN_PLACEHOLDER))
-    grow += html.count(NAME_MARKER) * NAME_MAX_BYTES
+    token, name = private(TOKEN_PLACEHOLDER), private(NAME_MARKER)  # not yet sealed
+    grow = html.count(token) * (MAX_TOKEN_LENGTH - len(token))
+    grow += html.count(name) * NAME_MAX_BYTES
     return len(html.encode()) + grow
 
 
 def _long_date(value: date) -> str:
     """A day as "2 March 2026": a moment becomes a marker, shown in each reader's own zone."""
-    return date_marker(value, "L") if isinstance(value, datetime) else long_date(value)
+    return private(date_marker(value, "L")) if isinstance(value, datetime) else long_date(value)
 
 
 def _short_date(value: date) -> str:
-    return date_marker(value, "S") if isinstance(value, datetime) else short_date(value)
+    return private(date_marker(value, "S")) if isinstance(value, datetime) else short_date(value)
 
 
 def _edition_context(view: EditionView, articles: Sequence[ArticleView], more_count: int) -> dict[str, Any]:
@@ -340,7 +345,7 @@ def _edition_context(view: EditionView, articles: Sequence[ArticleView], more_co
         "edition_date": view.edition_date,
         # The header's day, in each reader's own zone once `personal` fills it in.
         "edition_day": _long_date(view.composed_at) if view.composed_at else long_date(view.edition_date),
-        "reader_name": NAME_MARKER,
+        "reader_name": private(NAME_MARKER),
         "articles": list(articles),
         "more_count": more_count,
         "total_count": len(articles) + more_count,
@@ -348,8 +353,8 @@ def _edition_context(view: EditionView, articles: Sequence[ArticleView], more_co
         "more_url": view.more_url or view.archive_url,
         "web_url": view.web_url,
         "base_url": base_url,
-        "unsubscribe_url": f"{base_url}/u/{TOKEN_PLACEHOLDER}",
-        "preferences_url": f"{base_url}/p/{TOKEN_PLACEHOLDER}",
+        "unsubscribe_url": f"{base_url}/u/{private(TOKEN_PLACEHOLDER)}",
+        "preferences_url": f"{base_url}/p/{private(TOKEN_PLACEHOLDER)}",
         "postal_address": clean_lines(view.postal_address),
         "contact": contact,
         # Linked only when it is a web address: a mailto: href would be the only link
@@ -410,8 +415,8 @@ def _welcome_context(view: WelcomeView) -> dict[str, Any]:
         "lists": lists,
         "list_names": names,
         "zone": view.zone,
-        "reader_name": NAME_MARKER,
-        "preferences_url": f"{base_url}/p/{TOKEN_PLACEHOLDER}",
+        "reader_name": private(NAME_MARKER),
+        "preferences_url": f"{base_url}/p/{private(TOKEN_PLACEHOLDER)}",
         "base_url": base_url,
         "postal_address": clean_lines(view.postal_address),
         "sender_name": clean(view.sender_name),
@@ -428,7 +433,7 @@ def _welcome_context(view: WelcomeView) -> dict[str, Any]:
 
 def _render_parts(templates: Templates, name: str, context: dict[str, Any]) -> _Parts:
     # The HTML <title> and the text part show the subject, so it is settled first.
-    subject = one_line(templates._render(name, "subject.txt", context))
+    subject = seal(one_line(templates._render(name, "subject.txt", context)))
     context = {**context, "subject": subject}
     text = templates._render(name, "body.txt", context).replace("\r", "")
     html = templates._render(name, "body.html", context)
@@ -481,4 +486,8 @@ def _clean_article(article: ArticleView) -> ArticleView:
         image_url=image,
         author=shorten(clean(article.author), 100) if article.author else None,
         direction=article.direction if article.direction in ("ltr", "rtl") else direction_of(title, summary),
+        section=shorten(clean(article.section), 100),
+        also=tuple(
+            (shorten(clean(src), 100) or host_of(url), url) for src, url in article.also if is_web_url(url)
+        )[:10],
     )

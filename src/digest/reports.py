@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +30,7 @@ from digest.store import readers as readers_store
 from digest.store import reports as reports_store
 from digest.store import retention as retention_store
 from digest.store import sources as sources_store
+from digest.store import topics as topics_store
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,15 @@ class Readers:
 
 
 @dataclass(frozen=True)
+class TopicLine:
+    slug: str
+    name: str
+    description: str
+    readers: int  # confirmed readers who get it (those with every topic included)
+    articles_last_week: int  # articles published in the last 7 days matched to it
+
+
+@dataclass(frozen=True)
 class ListReport:
     slug: str
     name: str
@@ -84,6 +94,7 @@ class ListReport:
     last_edition: EditionSummary | None  # the latest digest; test sends are not the list's editions
     next_due_at: datetime | None  # the earliest next slot of a confirmed reader
     due_within_a_day: int  # confirmed readers due within a day of next_due_at
+    topics: tuple[TopicLine, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,7 @@ class Metrics:
     replies: list[tuple[str, int | None, int]]  # (relay, SMTP code, deliveries) in the last hour
     sources: list[SourceState]
     bounces: list[tuple[str, str | None, int]]  # (event kind, bounce class, events) in the last day
+    topic_readers: list[tuple[str, str, int]]  # (list, topic, confirmed readers who get it)
     lease_renewal_failures: int  # by every worker since the database was made, written on recovery
 
 
@@ -312,8 +324,19 @@ async def metrics(app: App, now: datetime) -> Metrics:
             replies=await reports_store.smtp_reply_counts(s, now - timedelta(hours=1)),
             sources=await _source_states(s, app),
             bounces=await reports_store.inbound_class_counts(s, INBOUND_EVENTS, now - timedelta(days=1)),
+            topic_readers=await _topic_readers(s),
             lease_renewal_failures=await store.counter(s, "lease_renewal_failures"),
         )
+
+
+async def _topic_readers(s: AsyncSession) -> list[tuple[str, str, int]]:
+    out: list[tuple[str, str, int]] = []
+    for lst in await sources_store.active_lists(s):
+        offered = [t.slug for t in await topics_store.list_topics(s, lst.id)]
+        if offered:
+            counts = await topics_store.topic_reader_counts(s, lst.id, offered)
+            out.extend((lst.slug, slug, counts[slug]) for slug in offered)
+    return out
 
 
 def _summary(e: Edition, slug: str, counts: dict[str, int]) -> EditionSummary:
@@ -350,6 +373,11 @@ async def _list_report(s: AsyncSession, lst: MailingList) -> ListReport:
     last = await reports_store.last_edition_of(s, lst.id)
     next_due, due_soon = await reports_store.next_due_of_list(s, lst.id)
     last_counts = await retention_store.edition_status_counts(s, last.id) if last else {}
+    offered = await topics_store.list_topics(s, lst.id)
+    readers_per_topic = await topics_store.topic_reader_counts(s, lst.id, [t.slug for t in offered])
+    week = await topics_store.topic_article_counts(
+        s, [t.id for t in offered], datetime.now(UTC) - timedelta(days=7)
+    )
     return ListReport(
         slug=lst.slug,
         name=lst.name,
@@ -360,6 +388,10 @@ async def _list_report(s: AsyncSession, lst: MailingList) -> ListReport:
         last_edition=None if last is None else _summary(last, lst.slug, last_counts),
         next_due_at=next_due,
         due_within_a_day=due_soon,
+        topics=tuple(
+            TopicLine(t.slug, t.name, t.description, readers_per_topic[t.slug], week.get(t.id, 0))
+            for t in offered
+        ),
     )
 
 

@@ -15,6 +15,7 @@ back by accident (a new self-signup with double opt-in is new consent, and is al
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from digest import bootstrap, readers
+from digest import bootstrap, messages, readers
 from digest.errors import UsageError
 from digest.models import INBOUND_EVENTS
 from digest.store import inbound as inbound_store
@@ -47,11 +48,11 @@ class PruneReport:
 
     def counts(self) -> dict[str, int]:
         return {
-            "deliveries deleted": self.deleted_deliveries,
-            "events deleted": self.deleted_events,
-            "raw bounces trimmed": self.trimmed_raw_bounces,
-            "inbound messages forgotten": self.forgotten_inbound,
-            "edition bodies dropped": self.stripped_editions,
+            "deliveries_deleted": self.deleted_deliveries,
+            "events_deleted": self.deleted_events,
+            "raw_bounces_trimmed": self.trimmed_raw_bounces,
+            "inbound_messages_forgotten": self.forgotten_inbound,
+            "edition_bodies_dropped": self.stripped_editions,
         }
 
 
@@ -95,7 +96,7 @@ async def prune(app: bootstrap.App, now: datetime, *, batch_size: int | None = N
         report.batches += 1
         await asyncio.sleep(0)
     if any(report.counts().values()):
-        log.info("prune: %s", ", ".join(f"{v} {k}" for k, v in report.counts().items()))
+        log.info("prune: %s", ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.counts().items()))
     return report
 
 
@@ -113,6 +114,13 @@ class Erasure:
     deliveries: int
 
 
+def _spellings(address: str) -> list[str]:
+    """The forms an address may be stored in: as given, on the wire (an internationalized domain
+    as its A-label), and as JSON writes either inside an event's details."""
+    forms = {address, messages.wire_address(address)}
+    return sorted(forms | {json.dumps(f)[1:-1] for f in forms})
+
+
 async def erase_reader(app: bootstrap.App, address: str, now: datetime) -> Erasure:
     """Erase a reader's personal data on request, keeping only the hash that suppresses the address."""
     _, key = readers.normalize_address(address)
@@ -123,7 +131,7 @@ async def erase_reader(app: bootstrap.App, address: str, now: datetime) -> Erasu
                 raise UsageError(f"{address} was already erased")
             raise UsageError(f"no reader {address}")
         subs = await readers_store.subscriptions_of(s, reader.id)
-        scrubbed = await retention_store.erase_subscriber(s, reader, now)
+        scrubbed = await retention_store.erase_subscriber(s, reader, now, _spellings(reader.email))
         await readers_store.add_event(s, "erased", now, subscriber_id=reader.id, method="operator")
         marker = retention_store.erased_email(key)
     log.info("reader %s erased on request", reader.id)

@@ -47,6 +47,7 @@ def build_scheduler(app: bootstrap.App) -> AsyncIOScheduler:
             "interval",
             seconds=interval.total_seconds(),
             id=name,
+            name=name,  # APScheduler's log lines name the job by this, not by the inner function
             max_instances=1,
             coalesce=True,
             **options,

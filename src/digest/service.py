@@ -169,11 +169,12 @@ def _start_capture(app: bootstrap.App) -> Any:
     if not cfg.capture.enabled or cfg.relays:
         return None
     directory = bootstrap.resolve_path(cfg, cfg.capture.directory)
-    if capture.is_listening(cfg.capture.host, cfg.capture.port):
-        log.info("a capture server already listens on %s:%d", cfg.capture.host, cfg.capture.port)
-        return None
-    controller = capture.start_capture(cfg.capture.host, cfg.capture.port, directory)
-    log.info("capture SMTP server on %s:%d stores mail in %s", cfg.capture.host, cfg.capture.port, directory)
+    host, port = cfg.capture.host, cfg.capture.port
+    controller = capture.ensure_capture(host, port, directory)
+    if controller is None:
+        log.info("this project's capture server already listens on %s:%d", host, port)
+    else:
+        log.info("capture SMTP server on %s:%d stores mail in %s", host, port, directory)
     return controller
 
 

@@ -17,7 +17,7 @@ import email
 import email.policy
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -153,8 +153,9 @@ async def _request_confirmation(
             lst = await sources_store.list_by_slug(s, slug)
             if lst is None or not lst.active:
                 continue
+            prefs = replace(signup.prefs, topics=signup.topics.get(slug))
             added = await readers.add_subscription(
-                s, lst, signup.address, signup.prefs, confirmed=False, now=now, consent=signup.consent,
+                s, lst, signup.address, prefs, confirmed=False, now=now, consent=signup.consent,
                 method=method,
             )  # fmt: skip
             sub = await readers_store.subscription_by_id(s, added.subscription_id)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from digest import readers, schedule
 from digest.errors import AddressError, UsageError
+from digest.models import topic_choice_key
 
 MAX_LISTS = 20
 
@@ -60,6 +61,7 @@ class Signup:
     lists: tuple[str, ...]
     prefs: readers.ReaderPrefs
     consent: readers.Consent
+    topics: Mapping[str, str | None] = field(default_factory=dict)  # list slug → topic choice (absent: all)
 
 
 class SignupInvalid(UsageError):
@@ -106,6 +108,7 @@ def parse_signup(
     consent: readers.Consent,
     *,
     require_list: bool = True,
+    offered_topics: Mapping[str, Sequence[str]] | None = None,
 ) -> Signup:
     """Validate raw form or JSON fields; SignupInvalid names every field that needs fixing."""
     errors: dict[str, str] = {}
@@ -173,6 +176,11 @@ def parse_signup(
         errors["weekday"] = "Choose the day your weekly digest should arrive."
     if not truthy(fields.get("consent")):
         errors["consent"] = "Tick the box to agree, or we cannot send you anything."
+    topics: dict[str, str | None] = {}
+    try:
+        topics = parse_topics(fields.get("topics"), slugs, offered_topics or {})
+    except ValueError as exc:
+        errors["topics"] = str(exc)
     if errors:
         raise SignupInvalid(errors)
     if cadence == "default":
@@ -182,7 +190,42 @@ def parse_signup(
     prefs = readers.ReaderPrefs(
         name=name, cadence=cadence, weekday=weekday, send_hour=send_hour, timezone=timezone
     )
-    return Signup(address, tuple(slugs), readers.validate_prefs(prefs), consent)
+    return Signup(address, tuple(slugs), readers.validate_prefs(prefs), consent, topics)
+
+
+def parse_topics(
+    raw: object, lists: Sequence[str], offered: Mapping[str, Sequence[str]]
+) -> dict[str, str | None]:
+    """Each chosen list's topic choice, from `topics`: absent (every topic), or a list (or
+    comma-separated text) of topic slugs, or of `list/topic` where the form names the list. A list
+    none of whose topics is named gets every topic; naming all of them is every topic too. A name
+    no chosen list offers is a ValueError a reader can act on."""
+    if raw is None or raw == "" or raw == []:
+        return {}
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw) or len(raw) > 200:
+        raise ValueError("Choose topics from this page.")
+    named: dict[str, set[str]] = {slug: set() for slug in lists}
+    for entry in (x.strip() for x in raw):
+        if not entry:
+            continue
+        in_list, _, topic = entry.rpartition("/")
+        targets = [in_list] if in_list else [slug for slug in lists if entry in offered.get(slug, ())]
+        if not targets or any(topic not in offered.get(t, ()) for t in targets):
+            raise ValueError(f"Choose topics the list offers ({_offer(lists, offered)}).")
+        for t in targets:
+            if t in named:  # ticked under a list the reader did not choose: nothing to keep
+                named[t].add(topic)
+    return {
+        slug: None if not chosen or chosen == set(offered.get(slug, ())) else topic_choice_key(chosen)
+        for slug, chosen in named.items()
+        if chosen
+    }
+
+
+def _offer(lists: Sequence[str], offered: Mapping[str, Sequence[str]]) -> str:
+    return "; ".join(f"{slug}: {', '.join(offered[slug])}" for slug in lists if offered.get(slug)) or "none"
 
 
 @lru_cache(maxsize=1024)

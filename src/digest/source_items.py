@@ -55,6 +55,7 @@ class SourceItem:
     base: str | None = None
     summary: str | None = None
     date_text: str | None = None
+    categories: tuple[str, ...] = ()  # the source's own categories or tags
 
 
 def parse_date(value: str | None) -> datetime | None:
@@ -146,6 +147,7 @@ def build_articles(
             summary=item.summary,
             image=item.image,
             base=item.base,
+            categories=item.categories,
         )
         if not (item.title.strip() or article.url or article.image_url or html_to_text(article.content_html)):
             refused.append(f"{name}: item {item.label}: nothing to show (no title, text, link or image)")
@@ -189,6 +191,7 @@ def normalize_article(
     image: str | None = None,
     base: str | None = None,
     untitled: str = "Untitled",
+    categories: Iterable[str] = (),
 ) -> NewArticle:
     """One article as it is stored, from a feed, a directory or the operator API alike.
 
@@ -226,7 +229,18 @@ def normalize_article(
         image_url=image_url,
         fingerprint=digest_value,
         identity_url=link_identity or guid_identity,
+        categories=clean_categories(categories),
     )
+
+
+def clean_categories(values: Iterable[str]) -> tuple[str, ...]:
+    """A source's categories as stored: one line each, at most 30 of 100 characters, no repeats."""
+    out: list[str] = []
+    for value in values:
+        line = clean_line(value, 100)
+        if line and line not in out:
+            out.append(line)
+    return tuple(out[:30])
 
 
 def content_key(title: str, text: str, image_url: str | None, published: datetime | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from digest import ingest
+from digest import ingest, topics
 from digest.bootstrap import App
 from digest.errors import SourceError, UsageError
 from digest.store import sources as sources_store
@@ -85,6 +85,7 @@ async def ingest_one(
             if result.articles
             else sources_store.Stored()
         )
+        await topics.match_articles(app, s, stored.article_ids)
         await sources_store.record_fetch(
             s,
             source_id,

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from digest import bootstrap, tokens
 from digest.display_text import clean, direction_of, host_of, long_date, short_date
-from digest.models import Article, Edition, MailingList
+from digest.models import Article, Edition, MailingList, topic_choice_slugs
 from digest.store import compose as compose_store
 from digest.store import reports as reports_store
 from digest.store import sources as sources_store
@@ -67,13 +67,21 @@ async def edition_stories(
     async with app.db.read() as s:
         lst = await sources_store.list_by_slug(s, slug)
         edition = await reports_store.edition_by_id(s, edition_id) if 0 < edition_id < 2**62 else None
-        if lst is None or edition is None or edition.list_id != lst.id or not (lst.public or found):
+        if lst is None or edition is None or edition.list_id != lst.id:
+            return None
+        # Unsigned, only a published digest of a public list: never a test send or an unsent edition.
+        if found is None and not (lst.public and await reports_store.is_published(s, edition.id)):
             return None
         titles = await source_titles(app, s)
         if found is not None:
             after, upto, since = found
             rows = await compose_store.new_articles_for_list(
-                s, lst.id, after, upto, datetime.fromtimestamp(since, UTC)
+                s,
+                lst.id,
+                after,
+                upto,
+                datetime.fromtimestamp(since, UTC),
+                topic_choice_slugs(edition.topics),
             )
             pairs = [(c.article, c.source_name) for c in rows]
         else:

@@ -42,6 +42,10 @@ class ArticleView:
     # "ltr" or "rtl", from the story's own text (rendering works it out when left empty): an
     # Arabic story in an English digest is laid out right-to-left, aligned to the right.
     direction: str = ""
+    # The topic heading this story is shown under (empty: no headings, the reader has one topic).
+    section: str = ""
+    # The same story as other sources told it: (source, url) each, shown as "Also reported by".
+    also: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         if not is_web_url(self.url):

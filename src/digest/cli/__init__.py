@@ -6,6 +6,7 @@ The root app registers the commands that stand alone and mounts one sub-app per 
     ingest, sources                                             sources.py
     preview, send-test, send, tick, worker                      sending.py
     status, lists                                               overview.py
+    topics                                                      topics.py
     subscribers                                                 readers.py
     editions                                                    editions.py
     bounces                                                     bounces.py
@@ -18,22 +19,31 @@ what they share: printing, exit codes, the config and the App.
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from digest.cli import bounces, editions, operations, overview, readers, runner, sending, sources
+from digest.cli import bounces, editions, operations, overview, readers, runner, sending, sources, topics
 from digest.cli.output import err
 from digest.errors import DigestError
 
 app = typer.Typer(
     help="digest: email digests of what is new, per reader, sent correctly.",
     no_args_is_help=True,
+    # Plain help: Rich markup would eat bracketed config names such as "[capture] port".
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        print(f"digest {version('digest')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -42,6 +52,10 @@ def _main(
         Path | None,
         typer.Option("--config", "-c", help="TOML config file (default: $DIGEST_CONFIG or ./digest.toml)."),
     ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     runner.start(config)
 
@@ -67,6 +81,7 @@ app.add_typer(editions.editions_app, name="editions")
 app.add_typer(bounces.bounces_app, name="bounces")
 app.add_typer(sources.sources_app, name="sources")
 app.add_typer(overview.lists_app, name="lists")
+app.add_typer(topics.topics_app, name="topics")
 app.add_typer(operations.alerts_app, name="alerts")
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from digest import bootstrap
-from digest.cli.output import err, fail, out
+from digest.cli.output import JsonOption, err, fail, out, print_json, print_table
 from digest.cli.runner import with_app
 from digest.config import parse_duration
 from digest.errors import DigestError, UsageError
@@ -76,7 +76,7 @@ def process(
     for name in bounce_outcomes.OUTCOMES:
         if result.counts.get(name):
             table.add_row(name, str(result.counts[name]))
-    out.print(table)
+    print_table(table)
     for name in result.unreadable:
         err.print(f"{name}: empty message skipped", highlight=False)
     paused = ", ".join(map(str, result.paused_editions)) or "none"
@@ -95,6 +95,7 @@ def process(
 @bounces_app.command("report")
 def report(
     since: Annotated[str, typer.Option("--since", help="How far back: 12h, 7d, 2w.")] = "7d",
+    as_json: JsonOption = False,
 ) -> None:
     """Bounces (SMTP-time and DSN), delays and complaints by class, by reason and by recipient domain.
 
@@ -104,17 +105,31 @@ def report(
     from digest import bounce_admin
 
     result = with_app(lambda application: bounce_admin.report(application, start))
+    if as_json:
+        print_json(
+            {
+                "since": start,
+                "total": result.total,
+                "by_class": result.by_class,
+                "by_reason": [
+                    {"class": klass, "reason": reason, "events": n}
+                    for (klass, reason), n in result.by_reason.items()
+                ],
+                "by_domain": result.by_domain,
+            }
+        )
+        return
     classes = list(result.by_class)
     by_class = Table("class", "events", title=f"since {start:%Y-%m-%d %H:%M} UTC")
     for name, n in result.by_class.items():
         by_class.add_row(name, str(n))
-    out.print(by_class)
+    print_table(by_class)
     by_reason = Table("class", "reason", "events", title="why: the reason each bounce was classed by")
     for (klass, reason), n in result.by_reason.items():
         by_reason.add_row(klass, reason, str(n))
-    out.print(by_reason)
+    print_table(by_reason)
     by_domain = Table("domain", *classes, "total", title="by recipient domain")
     for domain, counts in result.by_domain.items():
         by_domain.add_row(domain, *(str(counts.get(c, 0)) for c in classes), str(sum(counts.values())))
-    out.print(by_domain)
+    print_table(by_domain)
     out.print(f"{result.total} event(s)", highlight=False)

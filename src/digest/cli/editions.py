@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from digest import bootstrap, editions, reports
-from digest.cli.output import JsonOption, counts_cell, fail, out, print_json
+from digest.cli.output import JsonOption, counts_cell, fail, out, print_json, print_table
 from digest.cli.runner import with_app
 from digest.errors import UsageError
 
@@ -117,7 +117,7 @@ def list_(
             counts_cell(e.deliveries) or "-",
             e.subject[:50],
         )
-    out.print(table)
+    print_table(table)
 
 
 def _rate(r: reports.EditionReport) -> float | None:
@@ -178,12 +178,12 @@ def show(
     )
     articles = Table("article", "title", "url", title=f"{len(r.articles)} article(s), {r.more} more")
     for a in r.articles:
-        articles.add_row(str(a.id), a.title[:60], (a.url or "-")[:60])
-    out.print(articles)
+        articles.add_row(str(a.id), a.title, a.url or "-")
+    print_table(articles)
     counts = Table("status", "messages", title="deliveries")
     for status, n in sorted(e.deliveries.items()):
         counts.add_row(status, str(n))
-    out.print(counts)
+    print_table(counts)
     if r.first_sent_at and r.last_sent_at:
         rate = _rate(r)
         out.print(
@@ -194,10 +194,10 @@ def show(
     if r.errors:
         errors = Table("status", "code", "messages", "reply", title="errors by reply")
         for g in r.errors:
-            errors.add_row(g.status, str(g.code or "-"), str(g.count), g.reply[:90])
-        out.print(errors)
+            errors.add_row(g.status, str(g.code or "-"), str(g.count), g.reply)
+        print_table(errors)
     if recipients:
         who = Table("address", "status", "code", "reply", title="recipients")
         for x in r.recipients:
-            who.add_row(x.address, x.status, str(x.code or "-"), (x.reply or "")[:70])
-        out.print(who)
+            who.add_row(x.address, x.status, str(x.code or "-"), x.reply or "")
+        print_table(who)

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from digest import bootstrap, sources, store
-from digest.cli.output import JsonOption, fail, out, print_json
+from digest.cli.output import JsonOption, fail, out, print_json, print_table
 from digest.cli.runner import config, config_path, run, serve, with_app
 from digest.cli.sources import say_ingest
 from digest.config import load_config
@@ -25,21 +25,21 @@ alerts_app = typer.Typer(help="Check where alerts go.", no_args_is_help=True)
 def init() -> None:
     """Create or upgrade the schema, sync sources and lists, and ingest once.
 
+    Exits 1 when a configured source could not be ingested (the schema is ready all the same).
+
     Example: digest init
     """
-    cfg = config()
-    url = store.resolve_url(cfg.database.url, cfg.base_dir)
-    try:
-        before, after = migrate_store.migrate(url)
-    except Exception as exc:
-        fail(exc)
-    out.print(f"schema: {before or 'empty'} -> {after}")
+    _migrate_and_say()
 
-    async def go(application: bootstrap.App) -> None:
-        for r in await sources.ingest_sources(application, datetime.now(UTC)):
-            say_ingest(r)
+    async def go(application: bootstrap.App) -> list[sources.IngestReport]:
+        return await sources.ingest_sources(application, datetime.now(UTC))
 
-    with_app(go)
+    ingested = with_app(go)
+    for r in ingested:
+        say_ingest(r)
+    failed = ", ".join(r.source for r in ingested if r.error)
+    if failed:
+        fail(DigestError(f"the schema is ready, but these sources failed to ingest: {failed}"))
 
 
 def migrate() -> None:
@@ -47,6 +47,11 @@ def migrate() -> None:
 
     Example: digest migrate
     """
+    _migrate_and_say()
+
+
+def _migrate_and_say() -> None:
+    """`init` and `migrate` report the schema the same way: upgraded from what, or up to date."""
     cfg = config()
     try:
         before, after = migrate_store.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
@@ -143,11 +148,11 @@ def prune(as_json: JsonOption = False) -> None:
     table = Table("what", "rows", "older than (UTC)")
     for (name, n), cutoff in zip(
         report.counts().items(),
-        [report.cutoffs[k] for k in ("deliveries", "events", "raw_bounces", "edition_bodies")],
+        [report.cutoffs[k] for k in ("deliveries", "events", "raw_bounces", "events", "edition_bodies")],
         strict=True,
     ):
-        table.add_row(name, str(n), f"{cutoff:%Y-%m-%d %H:%M}")
-    out.print(table)
+        table.add_row(name.replace("_", " "), str(n), f"{cutoff:%Y-%m-%d %H:%M}")
+    print_table(table)
 
 
 @alerts_app.command("test")

@@ -13,8 +13,11 @@ from datetime import datetime
 from typing import Annotated, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from digest.errors import DigestError
 
@@ -36,6 +39,44 @@ def fail(exc: BaseException) -> NoReturn:
     message = str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def print_table(table: Table) -> None:
+    """A table on a terminal; piped, tab-separated lines with every value whole, so `grep` and
+    `cut -f` see full addresses and dates (a title, when there is one, is a line of its own)."""
+    if out.is_terminal:
+        out.print(_fitted(table))
+        return
+    if table.title:
+        sys.stdout.write(f"{_plain(table.title)}\n")
+    if table.show_header:
+        sys.stdout.write("\t".join(_plain(c.header) for c in table.columns) + "\n")
+    for row in zip(*(c.cells for c in table.columns), strict=True):
+        sys.stdout.write("\t".join(_plain(cell) for cell in row) + "\n")
+    sys.stdout.flush()
+
+
+def _fitted(table: Table) -> Table:
+    """A table that fits the terminal (80 columns too): a rule under the header, a space between columns,
+    every cell on one line; the last column (a subject, a reply, a title) takes what is left and
+    ends in "…" when it must."""
+    table.box = box.SIMPLE_HEAD  # its column divider is one space
+    table.padding = (0, 0, 0, 0)
+    table.show_edge = False
+    table.expand = False
+    widths = []
+    for column in table.columns:
+        column.no_wrap = True
+        column.overflow = "ellipsis"
+        widths.append(max(len(_plain(cell)) for cell in [column.header, *column.cells]))
+    if table.columns:
+        table.columns[-1].max_width = max(out.width - sum(widths[:-1]) - len(widths) - 1, 12)
+    return table
+
+
+def _plain(cell: object) -> str:
+    text = cell.plain if isinstance(cell, Text) else str(cell)
+    return text.replace("\t", " ").replace("\n", " ")
 
 
 def print_json(value: object) -> None:

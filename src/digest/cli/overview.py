@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from digest import bootstrap, reports
-from digest.cli.output import JsonOption, counts_cell, minute, out, print_json
+from digest.cli.output import JsonOption, counts_cell, minute, out, print_json, print_table
 from digest.cli.runner import with_app
 
 lists_app = typer.Typer(
@@ -47,18 +47,9 @@ def _status_json(st: reports.Status) -> dict[str, object]:
 
 
 def _editions_table(editions: list[reports.EditionSummary]) -> Table:
+    # Short headers: eleven columns still fit 80 on a terminal.
     table = Table(
-        "edition",
-        "list",
-        "kind",
-        "created (UTC)",
-        "status",
-        "sent",
-        "pending",
-        "deferred",
-        "failed",
-        "other",
-        "subject",
+        "id", "list", "kind", "created UTC", "status", "sent", "pend", "defer", "fail", "other", "subject"
     )
     for e in editions:
         counts = e.deliveries
@@ -76,7 +67,7 @@ def _editions_table(editions: list[reports.EditionSummary]) -> Table:
             str(counts.get("deferred", 0)),
             str(counts.get("failed", 0)),
             str(other),
-            e.subject[:50],
+            e.subject,
         )
     return table
 
@@ -98,7 +89,7 @@ def status(
     if as_json:
         print_json(_status_json(st))
         return
-    out.print(_editions_table(st.editions))
+    print_table(_editions_table(st.editions))
     summary = ", ".join(f"{kind}/{status}: {n}" for (kind, status), n in sorted(st.deliveries.items()))
     out.print(f"all deliveries: {summary or 'none yet'}", highlight=False)
     queue = st.queue
@@ -132,6 +123,16 @@ def _list_json(r: reports.ListReport) -> dict[str, object]:
         },
         "next_due_at": r.next_due_at,
         "readers_due_within_a_day_of_it": r.due_within_a_day,
+        "topics": [
+            {
+                "slug": t.slug,
+                "name": t.name,
+                "description": t.description,
+                "readers": t.readers,
+                "articles_last_week": t.articles_last_week,
+            }
+            for t in r.topics
+        ],
     }
 
 
@@ -158,7 +159,7 @@ def list_(as_json: JsonOption = False) -> None:
             f"#{last.id} {last.created_at:%Y-%m-%d %H:%M} {last.status}" if last else "-",
             minute(r.next_due_at),
         )
-    out.print(table)
+    print_table(table)
 
 
 @lists_app.command("show")
@@ -183,11 +184,16 @@ def show(slug: Annotated[str, typer.Argument(metavar="SLUG")], as_json: JsonOpti
     readers = Table("status", "readers", title="readers")
     for status_name, n in sorted(r.readers.by_status.items()):
         readers.add_row(status_name, str(n))
-    out.print(readers)
+    print_table(readers)
     cadences = Table("cadence", "confirmed readers", title="how often")
     for cadence, n in sorted(r.readers.confirmed_by_cadence.items()):
         cadences.add_row(cadence, str(n))
-    out.print(cadences)
+    print_table(cadences)
+    if r.topics:
+        topic_table = Table("topic", "name", "readers", "articles (7 days)", title="topics")
+        for t in r.topics:
+            topic_table.add_row(t.slug, t.name, str(t.readers), str(t.articles_last_week))
+        print_table(topic_table)
     last = r.last_edition
     if last:
         counts = counts_cell(last.deliveries) or "no deliveries"

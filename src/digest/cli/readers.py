@@ -14,8 +14,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from digest import bootstrap, readers, readers_io, reports, signup
-from digest.cli.output import err, fail, minute, out
+from digest import bootstrap, readers, readers_io, reports, signup, topics
+from digest.cli.output import JsonOption, err, fail, minute, out, print_json, print_table
 from digest.cli.runner import with_app
 from digest.errors import UsageError
 from digest.schedule import WEEKDAYS
@@ -46,18 +46,27 @@ def add(
     weekday: Annotated[str | None, typer.Option("--weekday", help="mon..sun, for weekly")] = None,
     hour: Annotated[int | None, typer.Option("--hour", help="Local send hour 0-23")] = None,
     timezone: Annotated[str | None, typer.Option("--timezone", help="IANA zone, e.g. Europe/Berlin")] = None,
+    topic_choice: Annotated[
+        str | None, typer.Option("--topics", help="Comma-separated topic slugs (default: every topic).")
+    ] = None,
 ) -> None:
     """Subscribe a reader (pending until confirmed unless --confirmed).
 
     Example: digest subscribers add ann@example.com --list demo --confirmed
-             --cadence daily --hour 7 --timezone Europe/Berlin
+             --cadence daily --hour 7 --timezone Europe/Berlin --topics transport,local
     """
-    prefs = readers.ReaderPrefs(
-        name=name, cadence=cadence, weekday=_weekday_option(weekday), send_hour=hour, timezone=timezone
-    )
 
     async def go(application: bootstrap.App) -> tuple[readers.AddResult, signup.SignupResult | None]:
         lst = await bootstrap.get_list(application, list_slug)
+        lst_cfg = topics.list_config(application, list_slug)
+        prefs = readers.ReaderPrefs(
+            name=name,
+            cadence=cadence,
+            weekday=_weekday_option(weekday),
+            send_hour=hour,
+            timezone=timezone,
+            topics=topics.parse_choice(lst_cfg, topic_choice) if lst_cfg else None,
+        )
         now = datetime.now(UTC)
         async with application.db.write() as s:
             _, key = readers.normalize_address(email)
@@ -130,7 +139,7 @@ async def _export_rows(application: bootstrap.App, list_slug: str | None) -> lis
 @subscribers_app.command("list")
 def list_(
     list_slug: Annotated[str | None, typer.Option("--list", help="Only this list.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """List readers and their subscriptions.
 
@@ -138,15 +147,14 @@ def list_(
     """
     rows = with_app(lambda application: _export_rows(application, list_slug))
     if as_json:
-        for row in rows:
-            out.print_json(json.dumps(row))
+        print_json(rows)
         return
     table = Table("email", "name", "list", "status", "cadence", "since")
     for row in rows:
         table.add_row(
             row["email"], row["name"], row["list"], row["status"], row["cadence"], row["signup_at"][:16]
         )
-    out.print(table)
+    print_table(table)
     out.print(f"{len(rows)} subscription(s)")
 
 
@@ -156,8 +164,61 @@ def _local(when: datetime | None, tz: str) -> str:
     return f"{when:%Y-%m-%d %H:%M} UTC ({when.astimezone(ZoneInfo(tz)):%Y-%m-%d %H:%M %Z})"
 
 
+def _reader_json(found: reports.ReaderReport) -> dict[str, object]:
+    reader = found.reader
+    return {
+        "email": reader.email,
+        "name": reader.name,
+        "status": reader.status,
+        "bounce_score": reader.bounce_score,
+        "subscriptions": [
+            {
+                "list": lst.slug,
+                "status": sub.status,
+                "cadence": sub.cadence,
+                "weekday": WEEKDAYS[sub.weekday] if sub.weekday is not None else None,
+                "send_hour": sub.send_hour,
+                "timezone": readers.reader_schedule(sub, lst)[1],
+                "next_due_at": sub.next_due_at,
+                "signup_at": sub.signup_at,
+                "signup_ip": sub.signup_ip,
+                "signup_source": sub.signup_source,
+                "signup_user_agent": sub.signup_user_agent,
+                "consent_text_version": sub.consent_text_version,
+                "confirmed_at": sub.confirmed_at,
+                "confirm_ip": sub.confirm_ip,
+                "unsubscribed_at": sub.unsubscribed_at,
+                "unsubscribe_method": sub.unsubscribe_method,
+                "watermark": sub.watermark,
+            }
+            for sub, lst in found.subscriptions
+        ],
+        "events": [
+            {
+                "created_at": e.created_at,
+                "kind": e.kind,
+                "why": e.detail.get("why"),
+                "detail": {k: v for k, v in e.detail.items() if k not in ("raw", "why")},
+            }
+            for e in found.events
+        ],
+        "deliveries": [
+            {
+                "id": d.id,
+                "kind": d.kind,
+                "status": d.status,
+                "attempts": d.attempts,
+                "smtp_code": d.smtp_code,
+                "smtp_reply": d.smtp_reply,
+                "sent_at": d.sent_at,
+            }
+            for d in found.deliveries
+        ],
+    }
+
+
 @subscribers_app.command("show")
-def show(email: str) -> None:
+def show(email: str, as_json: JsonOption = False) -> None:
     """A reader's subscriptions, consent record, events and last deliveries.
 
     Example: digest subscribers show ann@example.com
@@ -165,6 +226,9 @@ def show(email: str) -> None:
     found = with_app(lambda application: reports.reader_report(application, email))
     if found is None:
         fail(UsageError(f"no reader {email}"))
+    if as_json:
+        print_json(_reader_json(found))
+        return
     reader = found.reader
     out.print(
         f"[bold]{escape(reader.email)}[/bold] {escape(reader.name)}  status: {reader.status}"
@@ -193,7 +257,7 @@ def show(email: str) -> None:
         if sub.unsubscribed_at:
             table.add_row("unsubscribed", f"{_local(sub.unsubscribed_at, tz)} by {sub.unsubscribe_method}")
         table.add_row("watermark", str(sub.watermark))
-        out.print(table)
+        print_table(table)
     events = Table("time (UTC)", "event", "why", "detail", title="events")
     for e in found.events:
         # raw bounces can be 64 KB; `why` has its own column: how a bounce was classed, and on what
@@ -202,13 +266,13 @@ def show(email: str) -> None:
         events.add_row(
             f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.kind, escape(why), json.dumps(shown, default=str)
         )
-    out.print(events)
-    deliveries = Table("id", "kind", "status", "attempts", "reply", "sent (UTC)", title="last deliveries")
+    print_table(events)
+    deliveries = Table("id", "kind", "status", "attempts", "sent (UTC)", "reply", title="last deliveries")
     for d in found.deliveries:
         deliveries.add_row(
-            str(d.id), d.kind, d.status, str(d.attempts), (d.smtp_reply or "")[:60], minute(d.sent_at)
+            str(d.id), d.kind, d.status, str(d.attempts), minute(d.sent_at), d.smtp_reply or ""
         )
-    out.print(deliveries)
+    print_table(deliveries)
 
 
 @subscribers_app.command("import")
@@ -241,8 +305,9 @@ def import_(
             )
 
     report = with_app(go)
-    for line, reason in report.bad:
+    for line, reason in sorted(report.bad):
         err.print(f"line {line}: {reason}", highlight=False, soft_wrap=True)
+    err.file.flush()  # bad rows first, then the summary, also when both streams go to one file
     verb = "imported" if apply else "would import (dry run; add --apply to write)"
     out.print(
         f"{verb}: {report.added} new, {report.updated} updated, {report.unchanged} unchanged, "

@@ -46,9 +46,7 @@ def _ensure_capture(cfg: Config) -> Any:
         return None
     from digest import capture
 
-    if capture.is_listening(cfg.capture.host, cfg.capture.port):
-        return None
-    return capture.start_capture(
+    return capture.ensure_capture(
         cfg.capture.host, cfg.capture.port, bootstrap.resolve_path(cfg, cfg.capture.directory)
     )
 
@@ -227,6 +225,9 @@ def tick(
 ) -> None:
     """Compose what is due at NOW, then deliver until nothing is pending.
 
+    A tick at another instant acts for real: readers' slots move as if it were NOW, and every
+    move is printed per list (composed, skipped with nothing new, missed slots moved on).
+
     Example: digest tick --once --now 2026-03-29T05:01:00Z
     """
     at = _parse_now(now)
@@ -237,9 +238,14 @@ def tick(
 
     reports, stats = with_app(go)
     for r in reports:
-        if r.deliveries or r.skipped:
+        if r.deliveries or r.skipped or r.moved:
+            moved = (
+                f", {r.moved} missed slot(s) older than [scheduler] catch_up moved to the next slot"
+                if r.moved
+                else ""
+            )
             out.print(
-                f"list {r.list_slug}: {r.deliveries} composed, {r.skipped} skipped (nothing new)",
+                f"list {r.list_slug}: {r.deliveries} composed, {r.skipped} skipped (nothing new){moved}",
                 highlight=False,
             )
     _say_stats(stats)

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from digest import bootstrap, reports, sources
-from digest.cli.output import JsonOption, err, minute, out, print_json
+from digest.cli.output import JsonOption, err, minute, out, print_json, print_table
 from digest.cli.runner import with_app
 
 sources_app = typer.Typer(help="See sources and try one without storing anything.", no_args_is_help=True)
@@ -80,7 +80,7 @@ def list_(as_json: JsonOption = False) -> None:
             minute(r.last_success_at),
             (r.last_error or "")[:60],
         )
-    out.print(table)
+    print_table(table)
 
 
 @sources_app.command("check")
@@ -107,7 +107,7 @@ def check(name: Annotated[str, typer.Argument(metavar="NAME")], as_json: JsonOpt
     table = Table("published (UTC)", "title", "url", title=f"{name}: {len(result.articles)} article(s)")
     for a in result.articles:
         table.add_row(f"{a.published_at:%Y-%m-%d %H:%M}", a.title[:70], (a.url or "-")[:60])
-    out.print(table)
+    print_table(table)
     out.print(
         f"ingesting would store {would.new} new, update {would.updated}, find {would.known} already known "
         f"and link {would.linked} from another source; {len(result.refused)} refused",

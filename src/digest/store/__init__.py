@@ -9,6 +9,7 @@ its row locks and advisory locks give the same guarantees between machines.
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import zlib
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from digest.errors import ConfigError
 from digest.models import Setting
 
 
@@ -31,6 +33,11 @@ def _async_url(url: str) -> str:
         return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
+    # The driver is the optional `postgres` extra, so a SQLite-only install stays small.
+    if importlib.util.find_spec("psycopg") is None:
+        raise ConfigError(
+            "database.url is PostgreSQL but its driver is not installed: pip install 'digest[postgres]'"
+        )
     return "postgresql+psycopg://" + url[len("postgresql://") :]
 
 

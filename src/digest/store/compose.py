@@ -3,18 +3,22 @@ set-based inserts that turn due readers into deliveries."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     String,
     and_,
+    case,
+    false,
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -24,6 +28,7 @@ from digest.models import (
     OUTSTANDING,
     Article,
     ArticleSource,
+    ArticleTopic,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
@@ -33,6 +38,7 @@ from digest.models import (
     Subscriber,
     Subscription,
     SubscriptionStatus,
+    Topic,
     UTCDateTime,
 )
 from digest.store import dialect_insert
@@ -56,9 +62,15 @@ class Candidate:
 
 
 async def new_articles_for_list(
-    session: AsyncSession, list_id: int, after_seq: int, upto_seq: int, since: datetime
+    session: AsyncSession,
+    list_id: int,
+    after_seq: int,
+    upto_seq: int,
+    since: datetime,
+    topics: Sequence[str] | None = None,
 ) -> list[Candidate]:
-    """Articles first seen by this list in (after_seq, upto_seq], published since `since`.
+    """Articles first seen by this list in (after_seq, upto_seq], published since `since`, and
+    with `topics`, only those matched to one of these topic slugs of the list.
 
     An article seen in two of the list's sources counts at its first sighting, so a reader who
     already had it from one source does not get it again when the other source catches up.
@@ -78,6 +90,13 @@ async def new_articles_for_list(
         .where(first.c.seq > after_seq, Article.published_at >= since)
         .order_by(Article.published_at.desc(), first.c.seq.desc())
     )
+    if topics is not None:
+        chosen = (
+            select(ArticleTopic.article_id)
+            .join(Topic, Topic.id == ArticleTopic.topic_id)
+            .where(Topic.list_id == list_id, Topic.slug.in_(list(topics)))
+        )
+        stmt = stmt.where(Article.id.in_(chosen))
     rows = (await session.execute(stmt)).all()
     return [Candidate(article=a, source_name=name, seq=int(seq)) for a, name, seq in rows]
 
@@ -98,6 +117,7 @@ class Slot:
     weekday: int | None
     timezone: str | None
     next_due_at: datetime | None
+    topics: str | None = None  # the reader's topic choice (None: every topic)
 
 
 def _sendable(list_id: int) -> Any:
@@ -128,6 +148,7 @@ async def due_readers(session: AsyncSession, list_id: int, due_before: datetime 
         Subscription.weekday,
         Subscription.timezone,
         Subscription.next_due_at,
+        Subscription.topics,
     ).where(_sendable(list_id))
     if due_before is not None:
         stmt = stmt.where(Subscription.next_due_at <= due_before)
@@ -143,50 +164,70 @@ async def advance_readers(
     next_due: datetime,
     now: datetime,
     due_before: datetime | None,
-) -> list[int]:
-    """Compare-and-set watermark and next slot for a set of readers; returns those this composer won.
+    choices: Collection[str | None] | None = None,
+    *,
+    sent: bool = True,
+) -> list[tuple[int, str | None]]:
+    """Compare-and-set watermark and next slot for a set of readers; returns those this composer
+    won, each with its topic choice.
 
     The row locks this UPDATE takes come before any delivery is inserted, so two composers
-    (a second scheduler, a retried tick) can never both compose for one reader.
+    (a second scheduler, a retried tick) can never both compose for one reader. With `choices`,
+    only readers whose topic choice is one of them are taken: one who changed it since the draft
+    waits for the next pass.
     """
     cond = [Subscription.id.in_(ids), Subscription.watermark == old_watermark, _sendable(list_id)]
     if due_before is not None:
         cond.append(Subscription.next_due_at <= due_before)
+    if choices is not None:
+        named = [c for c in choices if c is not None]
+        either = [Subscription.topics.in_(named)] if named else []
+        if None in choices:
+            either.append(Subscription.topics.is_(None))
+        cond.append(or_(*either) if either else false())
     values: dict[str, Any] = {"watermark": new_watermark, "next_due_at": next_due}
-    if new_watermark != old_watermark:
+    if sent and new_watermark != old_watermark:
         values["last_digest_at"] = now
-    stmt = update(Subscription).where(*cond).values(**values).returning(Subscription.id)
-    return [int(i) for i in (await session.execute(stmt)).scalars().all()]
+    stmt = update(Subscription).where(*cond).values(**values).returning(Subscription.id, Subscription.topics)
+    return [(int(i), t) for i, t in (await session.execute(stmt)).all()]
 
 
 async def insert_digest_deliveries(
     session: AsyncSession,
-    edition_id: int,
+    editions: Mapping[str | None, int],
     ids: Sequence[int],
     from_seq: int,
     to_seq: int,
     now: datetime,
     message_id_suffix: str,
 ) -> int:
-    """One INSERT … SELECT for a chunk of readers; Message-IDs are <d{edition}.{subscription}{suffix}>."""
+    """One INSERT … SELECT for a chunk of readers, each into the edition of their topic choice
+    (`editions`: choice → edition; None is every topic). Message-IDs are
+    <d{edition}.{subscription}{suffix}>."""
     sid = func.cast(Subscription.id, String)
+    by_choice = [
+        (Subscription.topics.is_(None) if choice is None else Subscription.topics == choice, edition)
+        for choice, edition in editions.items()
+    ]
+    edition_id: ColumnElement[int] = literal(by_choice[0][1]) if len(by_choice) == 1 else case(*by_choice)
+    edition_text = func.cast(edition_id, String)
     source = (
         select(
             literal(DeliveryKind.DIGEST.value),
-            literal(edition_id),
+            edition_id,
             Subscription.id,
             Subscriber.email,
             # The edition is part of the key: after a failure rolls a watermark back, the same seq
             # range is composed again into a new edition and must not collide with the failed row.
             # The compare-and-set in advance_readers is what makes composition exactly-once.
-            literal("digest:") + sid + literal(f":{from_seq}:{to_seq}:{edition_id}"),
+            literal("digest:") + sid + literal(f":{from_seq}:{to_seq}:") + edition_text,
             literal(from_seq),
             literal(to_seq),
             literal(10),
             literal(DeliveryStatus.PENDING.value),
             literal(0),
             literal(now, UTCDateTime()),
-            literal(f"<d{edition_id}.") + sid + literal(message_id_suffix),
+            literal("<d") + edition_text + literal(".") + sid + literal(message_id_suffix),
             literal(now, UTCDateTime()),
             literal(now, UTCDateTime()),
         )

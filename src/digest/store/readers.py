@@ -259,11 +259,6 @@ async def delete_readers_without_history(session: AsyncSession) -> int:
     return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
 
 
-async def delete_subscriber(session: AsyncSession, subscriber_id: int) -> None:
-    """Erase a reader on an operator's request: subscriptions and events go with the row."""
-    await session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
-
-
 async def start_subscription(
     session: AsyncSession,
     subscriber_id: int,

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
+    and_,
     func,
     select,
     text,
@@ -79,15 +81,35 @@ async def edition_with_slug(session: AsyncSession, edition_id: int) -> tuple[Edi
     return None if row is None else (row[0], str(row[1]))
 
 
+def _published() -> ColumnElement[bool]:
+    """A digest (never a test send) that reached at least one reader: what the archive may show."""
+    received = (
+        select(Delivery.id)
+        .where(
+            Delivery.edition_id == Edition.id,
+            Delivery.kind == DeliveryKind.DIGEST,
+            Delivery.status.in_([DeliveryStatus.SENT, DeliveryStatus.UNKNOWN]),
+        )
+        .exists()
+    )
+    return and_(Edition.kind == DeliveryKind.DIGEST, received)
+
+
 async def public_editions(session: AsyncSession, list_id: int, limit: int = 100) -> Sequence[Edition]:
-    """A list's past digests for its archive page (never test sends)."""
+    """A list's published digests for its archive page."""
     stmt = (
         select(Edition)
-        .where(Edition.list_id == list_id, Edition.kind == "digest")
+        .where(Edition.list_id == list_id, _published())
         .order_by(Edition.id.desc())
         .limit(limit)
     )
     return (await session.execute(stmt)).scalars().all()
+
+
+async def is_published(session: AsyncSession, edition_id: int) -> bool:
+    """Did this edition reach a reader (so its public web copy may open)?"""
+    stmt = select(Edition.id).where(Edition.id == edition_id, _published())
+    return (await session.execute(stmt)).first() is not None
 
 
 async def ping(session: AsyncSession) -> None:
@@ -275,16 +297,8 @@ async def claim_alert_slot(session: AsyncSession, key: str, now: datetime, windo
 
 
 async def latest_sent_edition(session: AsyncSession, list_id: int) -> Edition | None:
-    """A list's latest digest that reached at least one reader: what a welcome mail links to."""
-    sent = (
-        select(Delivery.id)
-        .where(Delivery.edition_id == Edition.id, Delivery.status == DeliveryStatus.SENT)
-        .exists()
-    )
+    """A list's latest published digest: what a welcome mail links to."""
     stmt = (
-        select(Edition)
-        .where(Edition.list_id == list_id, Edition.kind == DeliveryKind.DIGEST, sent)
-        .order_by(Edition.id.desc())
-        .limit(1)
+        select(Edition).where(Edition.list_id == list_id, _published()).order_by(Edition.id.desc()).limit(1)
     )
     return (await session.execute(stmt)).scalar_one_or_none()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -9,6 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
+    Text,
+    cast,
     delete,
     func,
     or_,
@@ -45,8 +49,15 @@ async def erased_reader(session: AsyncSession, email_key: str) -> bool:
     return await subscriber_by_email(session, erased_email(email_key)) is not None
 
 
-async def erase_subscriber(session: AsyncSession, reader: Subscriber, now: datetime) -> int:
-    """Replace a reader's personal data by its hash everywhere it is kept; returns deliveries scrubbed."""
+async def erase_subscriber(
+    session: AsyncSession, reader: Subscriber, now: datetime, spellings: Sequence[str]
+) -> int:
+    """Replace a reader's personal data by its hash everywhere it is kept; returns deliveries scrubbed.
+
+    `spellings` are the forms the address may be stored in (as given, its wire form with an ASCII
+    domain, JSON-escaped): any delivery or event that still mentions one after the reader's own rows
+    are scrubbed (a bounce for a delivery since pruned, a complaint that named no reader) is cleared.
+    """
     address, marker = reader.email, erased_email(reader.email_key)
     subs = select(Subscription.id).where(Subscription.subscriber_id == reader.id)
     await session.execute(
@@ -81,13 +92,47 @@ async def erase_subscriber(session: AsyncSession, reader: Subscriber, now: datet
         .where(Delivery.status.in_(list(OUTSTANDING)), Delivery.subscription_id.in_(subs))
         .values(status=DeliveryStatus.SKIPPED, smtp_reply="reader erased", lease_owner=None, updated_at=now)
     )
+    forms = sorted({f.lower() for f in (address, *spellings)})
     scrubbed = await session.execute(
         update(Delivery)
-        .where(or_(Delivery.subscription_id.in_(subs), func.lower(Delivery.address) == address.lower()))
+        .where(or_(Delivery.subscription_id.in_(subs), func.lower(Delivery.address).in_(forms)))
         .values(address=marker, smtp_reply=None, body_html=None, body_text=None, subject=None)
     )
-    await session.execute(update(Event).where(Event.subscriber_id == reader.id).values(detail={}))
+    mine = select(Delivery.id).where(Delivery.address == marker)
+    await session.execute(
+        update(Event)
+        .where(
+            or_(
+                Event.subscriber_id == reader.id,
+                Event.subscription_id.in_(subs),
+                Event.delivery_id.in_(mine),
+                *(_mentions(Event.detail, f) for f in forms),
+            )
+        )
+        .values(detail={})
+    )
+    await session.execute(
+        update(Delivery)
+        .where(or_(*(_mentions(col, f) for col in _DELIVERY_TEXT for f in forms)))
+        .values(smtp_reply=None, body_html=None, body_text=None, subject=None)
+    )
+    # A raw message that is not UTF-8 is kept in base64, where no LIKE finds the address: decode
+    # them (only bounce events younger than the raw retention still hold one).
+    encoded = select(Event).where(Event.detail["raw_base64"].as_boolean().is_(True))
+    for event in (await session.execute(encoded)).scalars():
+        raw = base64.b64decode(str(event.detail.get("raw", ""))).decode("utf-8", "replace").lower()
+        if any(f in raw for f in forms):
+            event.detail = {}
+    await session.flush()
     return int(scrubbed.rowcount)  # type: ignore[attr-defined]
+
+
+_DELIVERY_TEXT = (Delivery.smtp_reply, Delivery.body_html, Delivery.body_text, Delivery.subject)
+
+
+def _mentions(column: Any, spelling: str) -> ColumnElement[bool]:
+    """Does a text (or JSON) column hold this address, in any letter case? A full scan: erasure is rare."""
+    return func.lower(cast(column, Text)).contains(spelling, autoescape=True)
 
 
 @asynccontextmanager

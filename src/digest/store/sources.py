@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -128,6 +128,7 @@ class Stored:
     updated: int = 0  # known items whose title, text, link or image changed
     known: int = 0  # known items, unchanged
     linked: int = 0  # exact copies of a story stored from another source, linked to it
+    article_ids: list[int] = field(default_factory=list)  # the articles new, updated or linked
 
 
 async def store_articles(
@@ -158,6 +159,7 @@ async def store_articles(
             done.updated += 1
             if not dry_run:
                 _copy_into(article, item)
+                done.article_ids.append(article.id)
             continue
         article = await _copy_elsewhere(session, source_id, item)
         if dry_run:
@@ -171,6 +173,7 @@ async def store_articles(
             done.new += 1
         else:
             done.linked += 1
+        done.article_ids.append(article.id)
         last_seq += 1
         session.add(
             ArticleSource(
@@ -238,11 +241,12 @@ async def _copy_elsewhere(session: AsyncSession, source_id: int, item: NewArticl
 
 
 def _changed(article: Article, item: NewArticle) -> bool:
-    return (article.fingerprint, article.title, article.url, article.image_url) != (
+    return (article.fingerprint, article.title, article.url, article.image_url, article.categories or []) != (
         item.fingerprint,
         item.title,
         item.url,
         item.image_url,
+        list(item.categories),
     )
 
 
@@ -253,6 +257,7 @@ def _copy_into(article: Article, item: NewArticle) -> None:
     article.title, article.author = item.title, item.author
     article.summary, article.content, article.image_url = item.summary, item.content_html, item.image_url
     article.fingerprint = item.fingerprint
+    article.categories = list(item.categories) or None
 
 
 async def record_fetch(

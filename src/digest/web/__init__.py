@@ -4,17 +4,22 @@ Rules every route keeps:
 - GET and HEAD never change state (scanners and link prefetchers follow them); each state change
   is a POST from a page with a button.
 - POST /subscribe answers the same way whatever the address's state (no enumeration); the work
-  that depends on that state runs after the answer is sent.
+  that depends on that state goes to the app's work queue (work.py), off the connection's path.
 - HTML forms carry a CSRF token (csrf.py). The unsubscribe URL is exempt: it is the RFC 8058
   one-click endpoint, which mail providers call without cookies, and answers 200 without a
   redirect. The JSON API is exempt too: a cross-site form cannot send `application/json`.
 - No redirect target ever comes from the request; bodies are size-limited (guard.py); client
   addresses come from `X-Forwarded-For` only behind a trusted proxy (limits.py).
 - Operator endpoints under /api need `Authorization: Bearer <[api] token>`; their errors, like the
-  JSON signup's, are `{"error": {"code": ..., "message": ...}}`.
+  JSON signup's, are `{"error": {"code": ..., "message": ...}}`. The admin page takes the same
+  header or a session cookie from its login form; the token never travels in a URL (auth.py).
+  /openapi.json lists the operator API only to that header (schema.py).
+- Redirects and absolute URLs are built from `[web] base_url`, never from the Host header.
+- A NUL or lone surrogate in a path, query, form or JSON string, or JSON nested too deep, gets a
+  4xx before any route runs (inputs.py).
 
-One router per area (subscribe, confirm, account, archive, admin, api, health); what they share
-reaches them as FastAPI dependencies (deps.py).
+One router per area (subscribe, confirm, account, archive, admin, api, health, schema); what they
+share reaches them as FastAPI dependencies (deps.py).
 """
 
 from __future__ import annotations
@@ -27,19 +32,35 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
 import jinja2
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from digest import bootstrap, signup
 from digest.errors import DigestError
-from digest.web import account, admin, api, archive, confirm, csrf, health, limits, stories, subscribe
-from digest.web.deps import WebState
+from digest.web import (
+    account,
+    admin,
+    api,
+    archive,
+    auth,
+    confirm,
+    csrf,
+    health,
+    inputs,
+    limits,
+    schema,
+    stories,
+    subscribe,
+)
+from digest.web.deps import WebState, web_state
 from digest.web.errors import ApiError, error_json, wants_json
 from digest.web.guard import Guard
 from digest.web.render import message
+from digest.web.work import WorkQueue
 
 log = logging.getLogger("digest")
 
@@ -73,13 +94,15 @@ def create_app(
         templates=Jinja2Templates(env=env),
         forms=csrf.FormGuard(app.keys),
         secure_cookie=app.base_url.startswith("https://"),
-        limiter=limits.RateLimiter(rate_limits or limits.RateLimits()),
+        limiter=limits.RateLimiter(rate_limits or limits.RateLimits(), app.keys[0]),
         trust=limits.ProxyTrust(app.cfg.web.trusted_proxies),
         consent_text=" ".join(consent_source.split()).replace("{sender}", signup.sender_name(app)),
         consent_version="sha256:" + hashlib.sha256(consent_source.encode()).hexdigest()[:16],
         min_fill=min_fill,
         confirmations_per_hour=confirmations_per_hour,
         wake=wake,
+        work=WorkQueue(wake),
+        admin_sessions=auth.AdminSessions(app.keys),
     )
 
     @contextlib.asynccontextmanager
@@ -88,6 +111,7 @@ def create_app(
         try:
             yield
         finally:
+            await state.work.close()
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -98,6 +122,8 @@ def create_app(
         summary="Email digests: reader signup and the operator API.",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # schema.py serves it, with the operator API for the operator only
+        dependencies=[Depends(inputs.refuse_unclean_strings)],
         lifespan=lifespan,
         exception_handlers={
             ApiError: _on_api_error,
@@ -107,7 +133,10 @@ def create_app(
         },
     )
     asgi.state.web = state
-    for area in (health, subscribe, confirm, account, archive, stories, admin, api):
+    # Starlette's own trailing-slash redirect builds its target from the Host header; _on_http
+    # redirects to `base_url` instead.
+    asgi.router.redirect_slashes = False
+    for area in (health, subscribe, confirm, account, archive, stories, admin, api, schema):
         asgi.include_router(area.router)
     asgi.add_middleware(Guard, base_origin="/".join(app.base_url.split("/")[:3]))
     return asgi
@@ -117,8 +146,9 @@ async def _purge_loop(web: WebState, every: timedelta) -> None:
     while True:
         try:
             await signup.purge_stale_signups(web.app, web.clock())
+            await web.limiter.prune(web.app.db, web.clock())
         except Exception:
-            log.exception("purging unconfirmed signups failed")
+            log.exception("purging unconfirmed signups or finished rate-limit windows failed")
         await asyncio.sleep(every.total_seconds())
 
 
@@ -141,9 +171,26 @@ async def _on_invalid(request: Request, exc: RequestValidationError) -> Response
     return error_json(422, "invalid", "; ".join(problems) or "invalid request")
 
 
+def _without_slash(request: Request) -> str | None:
+    """The `base_url` address of the route a path with a trailing slash means, if there is one."""
+    path = request.url.path
+    if len(path) < 2 or not path.endswith("/") or not inputs.clean(path):
+        return None
+    stripped = path.rstrip("/")
+    scope = {**request.scope, "path": stripped}
+    if all(route.matches(scope)[0] == Match.NONE for route in request.app.router.routes):
+        return None
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return web_state(request).base_url + stripped + (f"?{query}" if query else "")
+
+
 async def _on_http(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == 404 and (target := _without_slash(request)) is not None:
+        return RedirectResponse(target, status_code=307 if request.method not in ("GET", "HEAD") else 308)
     if wants_json(request):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 422: "invalid"}.get(
+            exc.status_code, "http_error"
+        )
         return error_json(exc.status_code, code, str(exc.detail))
     return message(request, "Page not found" if exc.status_code == 404 else "That did not work",
                    str(exc.detail), status=exc.status_code)  # fmt: skip

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from digest import bootstrap, preferences, readers, signup_form
-from digest.models import SubscriptionStatus
+from digest.models import SubscriptionStatus, topic_choice_slugs
 from digest.schedule import describe_schedule
 from digest.store import readers as readers_store
 from digest.store import reports as reports_store
@@ -33,6 +33,7 @@ from digest.web.render import (
     readable,
     unknown,
 )
+from digest.web.subscribe import offered_topics, topic_choices, with_ticked_topics
 
 router = APIRouter()
 
@@ -180,10 +181,14 @@ async def preferences_page(
             "description": lst.description,
             "schedule": describe_schedule(lst.schedule, lst.timezone),
             "pending": lst.slug in reader.pending,
+            "topics": topic_choices(app, lst.slug),
+            "chosen_topics": topic_choice_slugs(reader.topics.get(lst.slug)),
         }
         for lst in active
         if lst.public or lst.slug in mine
     ]
+    if values is not None:
+        lists = with_ticked_topics(lists, values.get("topics"))
     p = reader.prefs
     shown = values or {
         "name": reader.name,
@@ -236,16 +241,19 @@ async def preferences_save(request: Request, token: str, web: Web, now: Now) -> 
     if form is None or not csrf_ok(request, form):
         expired = {"form": "This form had expired. Please save again."}
         return await preferences_page(request, web.app, token, status=403, errors=expired)
-    if (limited := rate_limited(request)) is not None:
+    if (limited := await rate_limited(request)) is not None:
         return limited
-    fields: dict[str, object] = {k: form.get(k) for k in form if k != "list"}
+    fields: dict[str, object] = {k: form.get(k) for k in form if k not in ("list", "topics")}
     fields["list"] = [v for v in form.getlist("list") if isinstance(v, str)]
+    fields["topics"] = [v for v in form.getlist("topics") if isinstance(v, str)]
     fields["email"], fields["consent"] = reader.email, True
     async with web.app.db.read() as s:
         known = [lst.slug for lst in await sources_store.active_lists(s)]
     values = {k: signup_form.clean_text(v, 320) if isinstance(v, str) else v for k, v in fields.items()}
     try:
-        item = signup_form.parse_signup(fields, known, readers.Consent(), require_list=False)
+        item = signup_form.parse_signup(
+            fields, known, readers.Consent(), require_list=False, offered_topics=offered_topics(web.app)
+        )
     except signup_form.SignupInvalid as exc:
         return await preferences_page(request, web.app, token, status=422, errors=exc.fields, values=values)
     consent = readers.Consent(
@@ -255,7 +263,14 @@ async def preferences_save(request: Request, token: str, web: Web, now: Now) -> 
         text_version=web.consent_version,
     )
     outcome = await preferences.change_preferences(
-        web.app, token, item.lists, item.prefs, now, consent=consent, hourly_budget=web.confirmations_per_hour
+        web.app,
+        token,
+        item.lists,
+        item.prefs,
+        now,
+        consent=consent,
+        hourly_budget=web.confirmations_per_hour,
+        chosen_topics=item.topics,
     )
     if outcome is None:
         return unknown(request)

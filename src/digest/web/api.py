@@ -7,7 +7,6 @@ No CSRF token is needed: a cross-site form cannot send `application/json` or an 
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,11 +16,22 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from digest import bootstrap, extract, readers, readers_io, signup, signup_form, source_items
-from digest.errors import DigestError
+from digest import (
+    bootstrap,
+    extract,
+    readers,
+    readers_io,
+    retention,
+    signup,
+    signup_form,
+    source_items,
+    topics,
+)
+from digest.errors import DigestError, UsageError
 from digest.models import NewArticle
 from digest.store import readers as readers_store
 from digest.store import sources as sources_store
+from digest.web import auth
 from digest.web.deps import DigestApp, Now, Web, client_ip, user_agent
 from digest.web.errors import ApiError
 
@@ -48,6 +58,7 @@ class ArticleIn(BaseModel):
     author: str | None = Field(default=None, max_length=500)
     published_at: datetime | None = None
     image_url: str | None = Field(default=None, max_length=4000)
+    categories: list[str] = Field(default_factory=list, max_length=30)
 
 
 class ArticleBatch(BaseModel):
@@ -59,8 +70,7 @@ def operator(request: Request, app: DigestApp) -> None:
     expected = app.cfg.api.token
     if not expected:
         raise ApiError(403, "api_disabled", "The operator API is off: set [api] token in the config.")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    if not auth.bearer_ok(request, expected):
         raise ApiError(401, "unauthorized", "Send Authorization: Bearer <the [api] token>.")
 
 
@@ -189,16 +199,20 @@ async def api_remove(
     list_slug: str | None = Query(default=None, alias="list"),
     erase: bool = False,
 ) -> dict[str, Any]:
-    """Unsubscribe a reader (method `operator`) from one list or all; `erase=true` deletes all."""
-    _, key = _address_key(address)
+    """Unsubscribe a reader (method `operator`) from one list or all; `erase=true` erases them as
+    `digest subscribers erase` does: only a hash of the address is kept, which refuses re-adds."""
+    email, key = _address_key(address)
     list_id = await list_or_404(app, list_slug)
+    if erase:
+        try:
+            await retention.erase_reader(app, email, now)
+        except UsageError:
+            raise ApiError(404, "not_found", "no such subscriber") from None
+        return {"email": email, "erased": True}
     async with app.db.write() as s:
         reader = await readers_store.subscriber_by_email(s, key)
         if reader is None:
             raise ApiError(404, "not_found", "no such subscriber")
-        if erase:
-            await readers_store.delete_subscriber(s, reader.id)
-            return {"email": reader.email, "erased": True}
         left = []
         for sub, lst in await readers_store.subscriptions_of(s, reader.id):
             wanted = list_id is None or lst.id == list_id
@@ -221,6 +235,7 @@ async def api_push(name: str, body: ArticleBatch | ArticleIn, app: DigestApp, no
     items = [pushed_article(a, now) for a in (body.articles if isinstance(body, ArticleBatch) else [body])]
     async with app.db.write() as s:
         stored = await sources_store.store_articles(s, source.id, items, now)
+        await topics.match_articles(app, s, stored.article_ids)
     return {
         "received": len(items),
         "stored": stored.new,
@@ -247,6 +262,7 @@ def pushed_article(item: ArticleIn, now: datetime) -> NewArticle:
         published=published,
         summary=_client_text(item.summary, 5000),
         image=item.image_url,
+        categories=item.categories,
         untitled="",  # a feed may lack a title; an API client is told to send one
     )
     if not article.title:

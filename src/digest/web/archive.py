@@ -48,6 +48,7 @@ async def edition(request: Request, slug: str, edition_id: int, app: DigestApp, 
     async with app.db.read() as s:
         lst = await sources_store.list_by_slug(s, slug)
         found = await reports_store.edition_by_id(s, edition_id) if 0 < edition_id < 2**62 else None
+        published = found is not None and await reports_store.is_published(s, found.id)
     if lst is None or found is None or found.list_id != lst.id:
         return message(request, "No such digest", status=404)
     if found.kind == "test":
@@ -55,7 +56,7 @@ async def edition(request: Request, slug: str, edition_id: int, app: DigestApp, 
         if not tokens.is_draft_copy_signature(t, found.id, app.keys):
             return message(request, "No such digest", status=404)
         token = tokens.TEST_TOKEN
-    elif lst.public:
+    elif lst.public and published:
         token = "archive"  # noqa: S105 (a marker, not a secret)
     else:
         return message(request, "No such digest", status=404)

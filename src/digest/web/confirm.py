@@ -19,7 +19,6 @@ from digest.store import reports as reports_store
 from digest.web.deps import DigestApp, Now, Web, client_ip, user_agent, web_state
 from digest.web.render import (
     csrf_ok,
-    in_background,
     join_names,
     message,
     rate_limited,
@@ -144,7 +143,7 @@ async def confirm_post(request: Request, token: str, web: Web, now: Now) -> HTML
 async def confirm_resend(request: Request, token: str, web: Web, now: Now) -> Response:
     if not _CONFIRM_TOKEN.fullmatch(token):
         return unknown(request)
-    if (limited := rate_limited(request)) is not None:
+    if (limited := await rate_limited(request)) is not None:
         return limited
     try:
         pairs = signup.read_confirm_token(web.app.keys, token, now, max_age=signup.RESEND_WITHIN)
@@ -155,14 +154,12 @@ async def confirm_resend(request: Request, token: str, web: Web, now: Now) -> Re
     form = await read_form(request)
     if form is None or not csrf_ok(request, form):
         return expired_page(request, token)
-    response = message(
+    web.work.submit(
+        "resending a confirmation",
+        lambda: signup.resend_confirmation(web.app, pairs, now, hourly_budget=web.confirmations_per_hour),
+    )
+    return message(
         request,
         "Check your inbox",
         "If this signup is still waiting, a fresh confirmation link is on its way to the same address.",
     )
-    response.background = in_background(
-        lambda: signup.resend_confirmation(web.app, pairs, now, hourly_budget=web.confirmations_per_hour),
-        "resending a confirmation",
-        web.wake,
-    )
-    return response

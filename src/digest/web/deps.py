@@ -17,7 +17,8 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
 from digest import bootstrap, signup_form
-from digest.web import csrf, limits
+from digest.web import auth, csrf, limits
+from digest.web.work import WorkQueue
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class WebState:
     min_fill: timedelta
     confirmations_per_hour: int | None
     wake: asyncio.Event | None  # set whenever mail was queued, so the delivery loop sends it at once
+    work: WorkQueue  # what a request hands off, run off the connection's path
+    admin_sessions: auth.AdminSessions
 
 
 def web_state(request: Request) -> WebState:

@@ -1,14 +1,19 @@
-"""Signup rate limits and the client address behind trusted proxies."""
+"""Signup rate limits, shared by every process through the database, and the client address
+behind trusted proxies."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from digest.signup_form import clean_text
+from digest.store import Database
+from digest.store import limits as limits_store
 
 log = logging.getLogger("digest")
 
@@ -69,34 +74,35 @@ class RateLimits:
 
 
 class RateLimiter:
-    """In-memory token buckets per key (one per window); each web process counts on its own."""
+    """Signup windows per client address, counted in the database (`store.limits`), so every web
+    process and every restart sees the same counts. A window starts at a client's first request
+    and lasts its length; rows of finished windows are pruned by `prune`."""
 
-    def __init__(self, limits: RateLimits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limits: RateLimits, secret: str) -> None:
         self.windows = [
-            (float(cap), seconds)
-            for cap, seconds in ((limits.per_minute, 60.0), (limits.per_hour, 3600.0))
+            (cap, timedelta(seconds=seconds))
+            for cap, seconds in ((limits.per_minute, 60), (limits.per_hour, 3600))
             if cap > 0
         ]
-        self.clock = clock
-        self.buckets: dict[str, tuple[float, list[float]]] = {}
+        self._secret = secret.encode()
 
-    def check(self, key: str) -> float | None:
-        """Take one token; None when allowed, else the seconds until the next one."""
-        now = self.clock()
-        if len(self.buckets) > 50_000:
-            self.buckets = {k: v for k, v in self.buckets.items() if now - v[0] < 3600}
-        last, tokens = self.buckets.get(key, (now, [cap for cap, _ in self.windows]))
-        tokens = [
-            min(cap, left + (now - last) * cap / seconds)
-            for (cap, seconds), left in zip(self.windows, tokens, strict=True)
-        ]
-        short = [
-            (1 - left) * seconds / cap
-            for (cap, seconds), left in zip(self.windows, tokens, strict=True)
-            if left < 1
-        ]
-        if short:
-            self.buckets[key] = (now, tokens)
-            return max(short)
-        self.buckets[key] = (now, [left - 1 for left in tokens])
-        return None
+    def key(self, client: str, length: timedelta) -> str:
+        message = f"{int(length.total_seconds())}:{client}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    async def check(self, db: Database, client: str, now: datetime) -> float | None:
+        """Count one request; None when allowed, else the seconds until the client may try again."""
+        if not self.windows:
+            return None
+        waits = []
+        async with db.write() as s:
+            for cap, length in self.windows:
+                hits, start = await limits_store.count_hit(s, self.key(client, length), length, now)
+                if hits > cap:
+                    waits.append((start + length - now).total_seconds())
+        return max(waits) if waits else None
+
+    async def prune(self, db: Database, now: datetime) -> int:
+        longest = max((length for _, length in self.windows), default=timedelta())
+        async with db.write() as s:
+            return await limits_store.delete_windows_before(s, now - longest)

@@ -1,4 +1,4 @@
-"""HTML answers of the reader pages, and what their routes share: forms, rate limits, background work.
+"""HTML answers of the reader pages, and what their routes share: forms and rate limits.
 
 A page with a form carries a CSRF token (csrf.py) minted for the browser's cookie, which is set
 on the response when the browser has none yet. Pages are never cached: they hold tokens.
@@ -6,16 +6,14 @@ on the response when the browser has none yet. Pages are never cached: they hold
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 
 from digest import signup, signup_form, tokens
@@ -122,9 +120,10 @@ def inert(request: Request, token: str) -> HTMLResponse | None:
     return None
 
 
-def rate_limited(request: Request) -> Response | None:
+async def rate_limited(request: Request) -> Response | None:
     """None while the client is within the signup rate limits, else the 429 to answer."""
-    wait = web_state(request).limiter.check(client_ip(request) or "unknown")
+    web = web_state(request)
+    wait = await web.limiter.check(web.app.db, client_ip(request) or "unknown", web.clock())
     if wait is None:
         return None
     minutes = max(1, round(wait / 60))
@@ -154,22 +153,6 @@ def web_url(value: object) -> str | None:
         return None
     text = signup_form.clean_text(value, signup_form.TEXT_MAX)
     return text if re.match(r"https?://[^\s/]+", text) else None
-
-
-def in_background(
-    coro_fn: Callable[[], Awaitable[Any]], what: str, wake: asyncio.Event | None
-) -> BackgroundTask:
-    """Work that runs after the answer is sent; a failure is logged, never shown to the reader."""
-
-    async def run() -> None:
-        try:
-            await coro_fn()
-        except Exception:
-            log.exception("%s failed", what)
-        if wake is not None:
-            wake.set()
-
-    return BackgroundTask(run)
 
 
 def join_names(names: list[str]) -> str:

@@ -1,7 +1,8 @@
 """Signing up: the signup pages and POST /subscribe, from the page's form or as JSON.
 
-POST /subscribe answers the same way whatever the address's state (no enumeration); the work
-that depends on that state runs after the answer is sent.
+POST /subscribe answers the same way whatever the address's state (no enumeration): a request
+does the same work for every address (limits, parsing, validation) and queues the rest, which
+depends on that state, on the app's work queue (work.py), off the connection's path.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
-from starlette.background import BackgroundTask
 
 from digest import bootstrap, readers, signup, signup_form
 from digest.schedule import describe_schedule
@@ -27,7 +27,6 @@ from digest.web.render import (
     WEEKDAYS,
     ZONES,
     csrf_ok,
-    in_background,
     message,
     page,
     rate_limited,
@@ -58,6 +57,11 @@ class SignupIn(BaseModel):
     weekday: int | str | None = Field(default=None, description="0 (Monday) to 6, or mon..sun; for weekly.")
     send_hour: int | None = Field(default=None, ge=0, le=23, description="Local hour; for daily and weekly.")
     timezone: str | None = Field(default=None, description="IANA time zone such as Europe/Berlin.")
+    topics: list[str] | None = Field(
+        default=None,
+        description="Topic slugs of the chosen lists (absent: every topic); `list/topic` names one list's.",
+        examples=[["transport", "local"]],
+    )
     consent: bool = Field(description="The reader ticked the consent checkbox.")
     consent_text_version: str | None = None
     source: str | None = Field(default=None, description="The page the reader signed up on.")
@@ -78,10 +82,36 @@ async def signup_lists(app: bootstrap.App, slug: str | None) -> list[dict[str, A
             "name": lst.name,
             "description": lst.description,
             "schedule": describe_schedule(lst.schedule, lst.timezone),
+            "topics": topic_choices(app, lst.slug),
         }
         for lst in lists
         if (lst.slug == slug if slug else lst.public)
     ]
+
+
+def topic_choices(app: bootstrap.App, slug: str) -> list[dict[str, str]]:
+    """The topics a list offers, as the pages show them (in the list's order)."""
+    cfg = next((c for c in app.cfg.lists if c.slug == slug), None)
+    return [
+        {"slug": t.slug, "name": t.name, "description": t.description} for t in (cfg.topics if cfg else [])
+    ]
+
+
+def with_ticked_topics(lists: list[dict[str, Any]], ticked: list[str] | None) -> list[dict[str, Any]]:
+    """A form shown again keeps the topics the reader ticked (`list/topic` each)."""
+    if ticked is None:
+        return lists
+    return [
+        {
+            **lst,
+            "chosen_topics": [e.split("/", 1)[1] for e in ticked if e.startswith(lst["slug"] + "/")] or None,
+        }
+        for lst in lists
+    ]
+
+
+def offered_topics(app: bootstrap.App) -> dict[str, list[str]]:
+    return {c.slug: [t.slug for t in c.topics] for c in app.cfg.lists}
 
 
 async def private_slugs(app: bootstrap.App) -> list[str]:
@@ -103,6 +133,7 @@ def signup_page(
     web = web_state(request)
     values = values or {}
     chosen = values.get("list") or ([single] if single else [])
+    lists = with_ticked_topics(lists, values.get("topics"))
     return page(
         request,
         "subscribe.html",
@@ -145,8 +176,8 @@ async def subscribe_one_page(request: Request, slug: str, app: DigestApp, now: N
     return signup_page(request, now, lists, slug, ref=web_url(request.headers.get("referer")))
 
 
-def accepted_page(request: Request, address: str, task: BackgroundTask | None) -> HTMLResponse:
-    response = message(
+def accepted_page(request: Request, address: str) -> HTMLResponse:
+    return message(
         request,
         "Check your inbox",
         f"If {address} can receive mail and is not subscribed yet, a confirmation link is on its way "
@@ -155,17 +186,15 @@ def accepted_page(request: Request, address: str, task: BackgroundTask | None) -
         "Open the link in that email to confirm. Nothing else is sent to you until you do. "
         "If it does not arrive within a few minutes, look in your spam folder.",
     )
-    response.background = task
-    return response
 
 
-def signup_task(web: WebState, item: signup_form.Signup, method: str, now: datetime) -> BackgroundTask:
-    return in_background(
+def queue_signup(web: WebState, item: signup_form.Signup, method: str, now: datetime) -> None:
+    """Hand the state-dependent part of a signup (rows, the confirmation mail) to the work queue."""
+    web.work.submit(
+        f"signup ({method})",
         lambda: signup.request_confirmation(
             web.app, item, now, method=method, hourly_budget=web.confirmations_per_hour
         ),
-        "signup",
-        web.wake,
     )
 
 
@@ -207,11 +236,11 @@ async def subscribe(request: Request, web: Web, now: Now) -> Response:
 
 
 async def subscribe_json(request: Request, web: WebState, now: datetime) -> Response:
-    if (limited := rate_limited(request)) is not None:
+    if (limited := await rate_limited(request)) is not None:
         return limited
     try:
         body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return error_json(400, "bad_json", "The body is not valid JSON.")
     if not isinstance(body, dict):
         return error_json(422, "invalid", "The body must be a JSON object.")
@@ -230,17 +259,18 @@ async def subscribe_json(request: Request, web: WebState, now: datetime) -> Resp
     )
     known = [lst["slug"] for lst in await signup_lists(web.app, None)] + await private_slugs(web.app)
     try:
-        item = signup_form.parse_signup(body, known, consent)
+        item = signup_form.parse_signup(body, known, consent, offered_topics=offered_topics(web.app))
     except signup_form.SignupInvalid as exc:
         return error_json(422, "invalid", "Some fields need fixing.", fields=exc.fields)
-    response = JSONResponse({"status": "accepted", "message": ACCEPTED_TEXT}, status_code=202)
     if not body.get("website"):
-        response.background = signup_task(web, item, "api", now)
-    return response
+        # The reader's own signup, as through the form ("api" is the operator API's: it may not
+        # bring back an erased address).
+        queue_signup(web, item, "web", now)
+    return JSONResponse({"status": "accepted", "message": ACCEPTED_TEXT}, status_code=202)
 
 
 async def subscribe_form(request: Request, web: WebState, now: datetime) -> Response:
-    if (limited := rate_limited(request)) is not None:
+    if (limited := await rate_limited(request)) is not None:
         return limited
     form = await read_form(request)
     if form is None:
@@ -251,15 +281,18 @@ async def subscribe_form(request: Request, web: WebState, now: datetime) -> Resp
     if not lists:
         lists, single = await signup_lists(web.app, None), None
     values: dict[str, Any] = {
-        k: signup_form.clean_text(v, 320) for k, v in form.multi_items() if isinstance(v, str) and k != "list"
+        k: signup_form.clean_text(v, 320)
+        for k, v in form.multi_items()
+        if isinstance(v, str) and k not in ("list", "topics")
     }
     values["list"] = [v for v in form.getlist("list") if isinstance(v, str)]
+    values["topics"] = [v for v in form.getlist("topics") if isinstance(v, str)]
     ref = web_url(form.get("ref"))
     if not csrf_ok(request, form):
         expired = {"form": "This form had expired. Please check it and submit it again."}
         return signup_page(request, now, lists, single, values=values, errors=expired, status=403, ref=ref)
-    fields: dict[str, object] = {k: form.get(k) for k in form if k != "list"}
-    fields["list"] = values["list"]
+    fields: dict[str, object] = {k: form.get(k) for k in form if k not in ("list", "topics")}
+    fields["list"], fields["topics"] = values["list"], values["topics"]
     referer = request.headers.get("referer", "")
     consent = readers.Consent(
         ip=client_ip(request),
@@ -270,14 +303,15 @@ async def subscribe_form(request: Request, web: WebState, now: datetime) -> Resp
     )
     known = [lst["slug"] for lst in lists]
     try:
-        item = signup_form.parse_signup(fields, known, consent)
+        item = signup_form.parse_signup(fields, known, consent, offered_topics=offered_topics(web.app))
     except signup_form.SignupInvalid as exc:
         return signup_page(request, now, lists, single, values=values, errors=exc.fields, status=422, ref=ref)
     if form.get("website"):  # the honeypot: only a robot fills a field it cannot see
-        return accepted_page(request, item.address, None)
+        return accepted_page(request, item.address)
     if web.forms.too_fast(form.get(csrf.STAMP_FIELD), now, web.min_fill):
         # Robots post at once; a person with a form filler can too. Ask for the button once more
         # (the form comes back filled in) rather than drop the signup without a word.
         again = {"form": "That was quick! Please check your details and press Subscribe again."}
         return signup_page(request, now, lists, single, values=values, errors=again, status=422, ref=ref)
-    return accepted_page(request, item.address, signup_task(web, item, "web", now))
+    queue_signup(web, item, "web", now)
+    return accepted_page(request, item.address)
