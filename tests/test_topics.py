@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,11 +45,16 @@ STORIES = {
 }
 
 
-def write_stories(seeds: Path, stories: dict[str, tuple[str, str, str]], when: datetime = NOW) -> None:
+def write_stories(
+    seeds: Path,
+    stories: dict[str, tuple[str, str, str]],
+    when: datetime = NOW,
+    site: str = "harbour.example.org",
+) -> None:
     for slug, (title, text, category) in stories.items():
         tags = f"tags: [{category}]\n" if category else ""
         (seeds / f"{slug}.md").write_text(
-            f"---\ntitle: {title}\ndate: {when:%Y-%m-%dT%H:%M:%SZ}\nurl: https://harbour.example.org/{slug}\n"
+            f"---\ntitle: {title}\ndate: {when:%Y-%m-%dT%H:%M:%SZ}\nurl: https://{site}/{slug}\n"
             f"{tags}---\n{text}\n"
         )
 
@@ -333,3 +339,130 @@ def test_the_cli_adds_a_reader_with_topics_and_lists_show_counts_readers_per_top
     assert isinstance(info, dict)
     counts = {t["slug"]: t["readers"] for t in info["topics"]}
     assert counts == {"transport": 2, "local": 2, "sport": 1, "politics": 1}
+
+
+async def test_the_html_part_groups_stories_under_topic_headings(
+    project: bootstrap.App, smtp_sink: SmtpSink
+) -> None:
+    await add_reader(project, "ann@example.com", "transport,local")
+    await send(project)
+    [msg] = [
+        email.message_from_bytes(m.data, policy=email.policy.default) for m in smtp_sink.to("ann@example.com")
+    ]
+    html = msg.get_body(("html",))
+    assert html is not None
+    body = str(html.get_content())
+
+    def card(slug: str) -> int:
+        return body.index(f">{STORIES[slug][0]}</a>")
+
+    assert body.index(">Transport<") < card("ferry") < body.index(">Local life<") < card("market")
+
+
+async def test_n_more_counts_only_the_readers_topics_and_its_page_lists_exactly_those(
+    tmp_path: Path, database_url: str, smtp_sink: SmtpSink
+) -> None:
+    app = await open_project(tmp_path, database_url, smtp_sink.port)
+    try:
+        extra = {f"bus{n}": (f"Bus route {n} changes", f"Route {n} runs later.", "") for n in range(4)}
+        write_stories(app.cfg.base_dir / "seeds", extra, NOW - timedelta(hours=1))
+        await sources.ingest_sources(app, NOW)
+        async with app.db.write() as s:
+            lst_row = await bootstrap.get_list(app, "demo")
+            lst_row.max_articles = 2
+            s.add(lst_row)
+        await add_reader(app, "ann@example.com", "transport")
+        await send(app)
+        [text] = text_of(smtp_sink, "ann@example.com")
+        # transport: the ferry, the night bus and four bus routes; two shown, four more.
+        assert "And 4 more new stories" in text
+        more = re.search(r"See all 6: (\S+)", text)
+        assert more
+        from httpx import ASGITransport, AsyncClient
+
+        from digest.web import create_app
+
+        asgi = create_app(app, purge_every=None)
+        async with AsyncClient(transport=ASGITransport(app=asgi), base_url=app.base_url) as c:
+            page = (await c.get(more.group(1).removeprefix(app.base_url))).text
+        titles = [t for t, _, _ in [*STORIES.values(), *extra.values()] if t in page]
+        assert sorted(titles) == sorted(
+            [STORIES["ferry"][0], STORIES["bus"][0], *(t for t, _, _ in extra.values())]
+        )
+    finally:
+        await app.db.close()
+
+
+async def test_a_csv_import_takes_a_topics_column_and_refuses_a_topic_the_list_lacks(
+    project: bootstrap.App,
+) -> None:
+    import io
+
+    from digest import readers_io
+
+    lst = await bootstrap.get_list(project, "demo")
+    handle = io.StringIO(
+        "email,topics\nann@example.com,transport local\nbob@example.com,\ncy@example.com,weather\n"
+    )
+    report = await readers_io.import_csv(project, lst, handle, confirmed=True, apply=True, now=NOW)
+    assert report.added == 2
+    assert [line for line, _ in report.bad] == [4] and "no topic 'weather'" in report.bad[0][1]
+    rows = {r["email"]: r["topics"] for r in await readers_io.export_rows(project, lst.id)}
+    assert rows == {"ann@example.com": "local,transport", "bob@example.com": ""}
+
+
+async def test_preview_as_a_reader_and_metrics_show_their_topics(project: bootstrap.App) -> None:
+    from digest import observability
+
+    await add_reader(project, "ann@example.com", "politics")
+    await add_reader(project, "bob@example.com", None)
+    lst = await bootstrap.get_list(project, "demo")
+    _, rendered = await compose.preview(project, lst, NOW, "ann@example.com")
+    assert STORIES["budget"][0] in rendered.text and STORIES["ferry"][0] not in rendered.text
+    metrics = (await observability.render_metrics(project, NOW)).decode()
+    assert 'digest_topic_readers{list="demo",topic="politics"} 2.0' in metrics
+    assert 'digest_topic_readers{list="demo",topic="sport"} 1.0' in metrics
+
+
+async def test_one_story_from_three_sources_shows_once_with_also_reported_by(
+    tmp_path: Path, database_url: str, smtp_sink: SmtpSink
+) -> None:
+    wire, gazette = tmp_path / "wire", tmp_path / "gazette"
+    wire.mkdir()
+    gazette.mkdir()
+    extra = "".join(
+        f'\n[[sources]]\nname = "{d.name}"\nkind = "directory"\npath = "{d}"\n' for d in (wire, gazette)
+    )
+    lists = LIST.replace('sources = ["seeds"]', 'sources = ["seeds", "wire", "gazette"]') + TOPICS
+    path = write_config(
+        tmp_path, database_url=database_url, smtp_port=smtp_sink.port, lists=lists, extra=extra
+    )
+    for seed in (tmp_path / "seeds").iterdir():
+        seed.unlink()
+    ferry = "The harbour ferry will keep its Tuesday and Thursday sailings through the winter after a council vote."
+    write_stories(tmp_path / "seeds", {"ferry": ("Harbour ferry timetable extended into winter", ferry, "")})
+    write_stories(wire, {"ferry": (
+        "Ferry sailings to continue through winter, council decides",
+        "Tuesday and Thursday harbour ferry sailings will continue through the winter, the council decided in a vote.",
+        "",
+    )}, site="wire.example.com")  # fmt: skip
+    write_stories(gazette, {"bus": STORIES["bus"]})
+    cfg = load_config(path, environ={})
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
+    app = await bootstrap.open_app(cfg)
+    try:
+        await sources.ingest_sources(app, NOW)
+        await add_reader(app, "ann@example.com", None)
+        await send(app)
+        [text] = text_of(smtp_sink, "ann@example.com")
+        shown = [t for t in ("Harbour ferry timetable", "Ferry sailings to continue") if t in text]
+        assert len(shown) == 1
+        assert "Also reported by:" in text and STORIES["bus"][0] in text
+        [msg] = [
+            email.message_from_bytes(m.data, policy=email.policy.default)
+            for m in smtp_sink.to("ann@example.com")
+        ]
+        html = msg.get_body(("html",))
+        assert html is not None and "Also reported by:" in str(html.get_content())
+    finally:
+        await app.db.close()
