@@ -32,10 +32,12 @@ Pure core (no session, socket, environment or clock; `now` is a parameter):
     inbound_dsn   RFC 3464 DSNs block by block, and other MTAs' text bounces (flufl.bounce)
     inbound_feedback  complaints (ARF, Microsoft JMRP) and providers' JSON notices
     inbound     what a message at the bounce inbox means: the order of the above, auto-replies, unparsed
+    topic_rules which of a list's topics an article belongs to (whole words, headline first)
+    same_story  near-duplicate stories across sources, folded into one ("Also reported by")
 
 Edges (never import the domain or the fronts):
     store/      engines and transactions; every query, named, in one room per domain:
-                migrate, sources, compose, readers, ledger, inbound, reports, retention
+                migrate, sources, compose, topics, readers, ledger, inbound, reports, retention
     ingest      fetch sources: feeds over HTTP (limits, conditional GET) or from files, article folders
     smtp        aiosmtplib connections that send exactly the given bytes
     capture     the embedded SMTP server that stores mail as .eml files
@@ -49,6 +51,7 @@ Domain operations (each about one thing; lower ones never import higher ones):
     welcome     the mail after confirming: what comes next, in the reader's zone
     signup      double opt-in: confirmation mail (web and operator), confirm tokens, stale signups
     preferences the reader's own page: preferences, leaving one list or all, coming back
+    topics      a list's topics: matched at ingest, re-matched on demand, each reader's choice
     sources     ingest every configured source, one broken source never stopping the rest
     stories     sources as readers know them; every new story of an edition ("and N more")
     compose     the one place a draft becomes an edition (digests and test sends)
