@@ -125,3 +125,52 @@ async def test_metrics_and_status_count_through_indexes(app: bootstrap.App) -> N
 async def test_the_plan_check_sees_a_full_scan(app: bootstrap.App) -> None:
     scan = [("SELECT count(*) FROM deliveries WHERE smtp_reply = 'x'", {} if not app.db.is_sqlite else ())]
     assert len(full_scans(app, scan)) == 1
+
+
+def plan_lines(app: bootstrap.App, sql: str, params: Any) -> list[str]:
+    if app.db.is_sqlite:
+        conn = sqlite3.connect(app.db.url[len("sqlite:///") :])
+        try:
+            return [str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+        finally:
+            conn.close()
+    with psycopg.connect(app.db.url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        lines = [str(line) for (line,) in conn.execute("EXPLAIN " + sql, params).fetchall()]  # type: ignore[arg-type]
+        conn.rollback()
+        return lines
+
+
+async def test_compose_claims_its_readers_by_primary_key_not_by_a_range_of_every_due_reader(
+    app: bootstrap.App,
+) -> None:
+    """Without fresh statistics a planner may drive the claim's UPDATE from the (status, due) or
+    (list, status) index: every due reader scanned for each chunk of ids, a quadratic tick."""
+    from digest import compose, sources
+
+    await sources.ingest_sources(app, NOW)
+    lst = await bootstrap.get_list(app, "demo")
+    async with app.db.write() as s:
+        for name in ("ann", "bob"):
+            await readers.add_subscription(
+                s,
+                lst,
+                f"{name}@example.com",
+                readers.ReaderPrefs(),
+                confirmed=True,
+                now=NOW - timedelta(days=2),
+            )
+
+    async def tick() -> None:
+        await compose.compose(app, lst, NOW + timedelta(days=1), manual=False)
+
+    claims = [
+        (sql, p)
+        for sql, p in await statements_of(app, tick)
+        if sql.lstrip().upper().startswith("UPDATE SUBSCRIPTIONS")
+    ]
+    assert claims
+    for sql, params in claims:
+        plan = " | ".join(plan_lines(app, sql, params))
+        driver = plan.split(" | ")[0] if app.db.is_sqlite else plan
+        assert "PRIMARY KEY" in driver or "subscriptions_pkey" in driver, plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -120,18 +120,29 @@ class Slot:
     topics: str | None = None  # the reader's topic choice (None: every topic)
 
 
-def _sendable(list_id: int) -> Any:
+def _sendable(list_id: int, *, by_id: bool = False) -> Any:
+    """Confirmed, active readers of the list with nothing outstanding. `by_id`: the statement names
+    its rows by id, and only the primary key may drive it. Otherwise a planner without fresh
+    statistics may scan a (list, status) or (status, due) index range of every due reader for
+    each chunk of 40 ids, which made a 100,000-reader tick quadratic (minutes, not seconds);
+    `coalesce` keeps those terms out of index matching on SQLite and PostgreSQL alike."""
     outstanding = (
         select(Delivery.id)
         .where(Delivery.subscription_id == Subscription.id, Delivery.status.in_(list(OUTSTANDING)))
         .exists()
     )
+    list_col: Any = Subscription.list_id
+    status_col: Any = Subscription.status
+    reader_status: Any = Subscriber.status
+    if by_id:
+        list_col, status_col = func.coalesce(list_col, 0), func.coalesce(status_col, "")
+        reader_status = func.coalesce(reader_status, "")
     active = select(Subscriber.id).where(
-        Subscriber.id == Subscription.subscriber_id, Subscriber.status == "active"
+        Subscriber.id == Subscription.subscriber_id, reader_status == "active"
     )
     return and_(
-        Subscription.list_id == list_id,
-        Subscription.status == SubscriptionStatus.CONFIRMED,
+        list_col == list_id,
+        status_col == SubscriptionStatus.CONFIRMED,
         Subscription.confirmed_at.is_not(None),
         active.exists(),
         ~outstanding,
@@ -176,9 +187,13 @@ async def advance_readers(
     only readers whose topic choice is one of them are taken: one who changed it since the draft
     waits for the next pass.
     """
-    cond = [Subscription.id.in_(ids), Subscription.watermark == old_watermark, _sendable(list_id)]
+    cond = [
+        Subscription.id.in_(ids),
+        Subscription.watermark == old_watermark,
+        _sendable(list_id, by_id=True),
+    ]
     if due_before is not None:
-        cond.append(Subscription.next_due_at <= due_before)
+        cond.append(func.coalesce(Subscription.next_due_at, due_before + timedelta(days=1)) <= due_before)
     if choices is not None:
         named = [c for c in choices if c is not None]
         either = [Subscription.topics.in_(named)] if named else []
