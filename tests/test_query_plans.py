@@ -174,3 +174,20 @@ async def test_compose_claims_its_readers_by_primary_key_not_by_a_range_of_every
         plan = " | ".join(plan_lines(app, sql, params))
         driver = plan.split(" | ")[0] if app.db.is_sqlite else plan
         assert "PRIMARY KEY" in driver or "subscriptions_pkey" in driver, plan
+
+
+async def test_postgresql_plans_each_run_for_its_values_not_a_generic_plan(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """psycopg prepares a statement run five times; a generic plan then ignores the ids a claim
+    names (measured: 30 ms a claim instead of 1.5 ms at 10,000 readers)."""
+    from sqlalchemy import text
+
+    cfg = load_config(write_config(tmp_path, database_url=postgres_url, smtp_port=2525), environ={})
+    migrate.migrate(store.resolve_url(cfg.database.url, cfg.base_dir))
+    opened = await bootstrap.open_app(cfg)
+    try:
+        async with opened.db.read() as s:
+            assert (await s.execute(text("SHOW plan_cache_mode"))).scalar_one() == "force_custom_plan"
+    finally:
+        await opened.db.close()

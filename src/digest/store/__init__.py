@@ -77,6 +77,23 @@ def _sqlite_engine(url: str, immediate: bool) -> AsyncEngine:
     return engine
 
 
+def _postgres_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=10, max_overflow=10)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # psycopg prepares a statement run five times, and PostgreSQL then settles on a generic
+        # plan that cannot see the parameters: compose's claim (ids IN a list, with a topic choice)
+        # went from the primary key to an index range of every reader, 30 ms a chunk instead of
+        # 1.5 ms. Prepared statements are kept (no parsing); each run is planned for its values.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET plan_cache_mode = force_custom_plan")
+        cursor.close()
+        dbapi_connection.commit()
+
+    return engine
+
+
 class Database:
     """Engines and transactions for one database URL."""
 
@@ -88,7 +105,7 @@ class Database:
             self.writer = _sqlite_engine(aurl, immediate=True)
             self.reader = _sqlite_engine(aurl, immediate=False)
         else:
-            self.writer = self.reader = create_async_engine(aurl, pool_size=10, max_overflow=10)
+            self.writer = self.reader = _postgres_engine(aurl)
         self._write = async_sessionmaker(self.writer, expire_on_commit=False)
         self._read = async_sessionmaker(self.reader, expire_on_commit=False)
 

@@ -18,7 +18,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
     select,
     update,
 )
@@ -194,12 +193,9 @@ async def advance_readers(
     ]
     if due_before is not None:
         cond.append(func.coalesce(Subscription.next_due_at, due_before + timedelta(days=1)) <= due_before)
-    if choices is not None:
-        named = [c for c in choices if c is not None]
-        either = [Subscription.topics.in_(named)] if named else []
-        if None in choices:
-            either.append(Subscription.topics.is_(None))
-        cond.append(or_(*either) if either else false())
+    if choices is not None:  # '' stands for every topic (NULL): no stored choice is empty
+        keys = ["" if c is None else c for c in choices]
+        cond.append(func.coalesce(Subscription.topics, "").in_(keys) if keys else false())
     values: dict[str, Any] = {"watermark": new_watermark, "next_due_at": next_due}
     if sent and new_watermark != old_watermark:
         values["last_digest_at"] = now
