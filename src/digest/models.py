@@ -276,6 +276,12 @@ def topic_choice_key(slugs: Iterable[str] | None) -> str | None:
     return None if slugs is None else ",".join(sorted(set(slugs)))
 
 
+def topic_choice(chosen: Iterable[str], offered: Iterable[str]) -> str | None:
+    """The stored choice of `chosen` among a list's `offered` topics: none or all is every topic."""
+    picked = set(chosen)
+    return None if not picked or picked >= set(offered) else topic_choice_key(picked)
+
+
 def topic_choice_slugs(key: str | None) -> list[str] | None:
     return None if key is None else [s for s in key.split(",") if s]
 

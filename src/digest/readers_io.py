@@ -103,7 +103,7 @@ def read_rows(handle: IO[str]) -> Iterator[Row | tuple[int, str]]:
             source=row.get("signup_source") or row.get("source") or "import",
             text_version=row.get("consent_text_version") or None,
         )
-        topic_text = " ".join(re.split(r"[\s,;|]+", row.get("topics", ""))).strip().replace(" ", ",")
+        topic_text = ",".join(t for t in re.split(r"[\s,;|]+", row.get("topics", "")) if t)
         yield Row(line, row.get("email", ""), prefs, consent, topic_text)
 
 

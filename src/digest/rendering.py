@@ -375,6 +375,18 @@ def _edition_context(view: EditionView, articles: Sequence[ArticleView], more_co
     }
 
 
+def _transactional_context(postal_address: str, sender_name: str) -> dict[str, Any]:
+    """What the confirmation and welcome mails share: the sender, the default colours."""
+    return {
+        "postal_address": clean_lines(postal_address),
+        "sender_name": clean(sender_name),
+        "accent": LIGHT_PALETTE.link,
+        "accent_text": readable_on(LIGHT_PALETTE.link),
+        "light": LIGHT_PALETTE,
+        "dark": DARK_PALETTE,
+    }
+
+
 def _confirm_context(view: ConfirmView) -> dict[str, Any]:
     names = [clean(n) for n in view.list_names]
     lists = join_names(names)
@@ -383,12 +395,7 @@ def _confirm_context(view: ConfirmView) -> dict[str, Any]:
         "lists": lists,
         "confirm_url": view.confirm_url,
         "base_url": view.base_url.rstrip("/"),
-        "postal_address": clean_lines(view.postal_address),
-        "sender_name": clean(view.sender_name),
-        "accent": LIGHT_PALETTE.link,
-        "accent_text": readable_on(LIGHT_PALETTE.link),
-        "light": LIGHT_PALETTE,
-        "dark": DARK_PALETTE,
+        **_transactional_context(view.postal_address, view.sender_name),
         "preheader": preheader(
             [f"Confirm your subscription to {lists}. The link expires in 48 hours."],
             "If you did not ask for this, ignore this email.",
@@ -418,12 +425,7 @@ def _welcome_context(view: WelcomeView) -> dict[str, Any]:
         "reader_name": private(NAME_MARKER),
         "preferences_url": f"{base_url}/p/{private(TOKEN_PLACEHOLDER)}",
         "base_url": base_url,
-        "postal_address": clean_lines(view.postal_address),
-        "sender_name": clean(view.sender_name),
-        "accent": LIGHT_PALETTE.link,
-        "accent_text": readable_on(LIGHT_PALETTE.link),
-        "light": LIGHT_PALETTE,
-        "dark": DARK_PALETTE,
+        **_transactional_context(view.postal_address, view.sender_name),
         "preheader": preheader(
             [f"You are subscribed to {names}. Here is what comes next and how to change it."],
             "Welcome aboard.",

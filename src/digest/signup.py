@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from digest import bootstrap, messages, readers, rendering, views, welcome
 from digest.alerting import Alert, raise_alert
-from digest.models import DeliveryKind, DeliveryStatus, MailingList, Subscription, SubscriptionStatus
+from digest.models import MailingList, Subscription, SubscriptionStatus
 from digest.signup_form import MAX_LISTS, TEXT_MAX, Signup, clean_text
 from digest.store import compose as compose_store
 from digest.store import readers as readers_store
@@ -240,27 +240,16 @@ async def _queue_confirmation(
             sender_name=sender_name(app),
         ),
     )
-    new_id = await compose_store.insert_delivery(
+    return await compose_store.insert_transactional(
         s,
-        {
-            "kind": DeliveryKind.TRANSACTIONAL,
-            "edition_id": None,
-            "subscription_id": subs[0][0].id,
-            "address": address,
-            "priority": 0,
-            "status": DeliveryStatus.PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "message_id": messages.new_message_id(app.cfg.sender.domain),
-            "subject": rendered.subject,
-            "body_html": rendered.html,
-            "body_text": rendered.text,
-            "created_at": now,
-            "updated_at": now,
-        },
+        subscription_id=subs[0][0].id,
+        address=address,
+        message_id=messages.new_message_id(app.cfg.sender.domain),
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        now=now,
     )
-    assert new_id is not None  # transactional mail has no dedupe key to conflict on
-    return new_id
 
 
 @dataclass(frozen=True)

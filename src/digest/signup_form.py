@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from digest import readers, schedule
 from digest.errors import AddressError, UsageError
-from digest.models import topic_choice_key
+from digest.models import topic_choice
 
 MAX_LISTS = 20
 
@@ -217,11 +217,7 @@ def parse_topics(
         for t in targets:
             if t in named:  # ticked under a list the reader did not choose: nothing to keep
                 named[t].add(topic)
-    return {
-        slug: None if not chosen or chosen == set(offered.get(slug, ())) else topic_choice_key(chosen)
-        for slug, chosen in named.items()
-        if chosen
-    }
+    return {slug: topic_choice(chosen, offered.get(slug, ())) for slug, chosen in named.items() if chosen}
 
 
 def _offer(lists: Sequence[str], offered: Mapping[str, Sequence[str]]) -> str:

@@ -17,7 +17,7 @@ from digest import topic_rules
 from digest.bootstrap import App
 from digest.config import ListConfig
 from digest.errors import UsageError
-from digest.models import MailingList, topic_choice_key, topic_choice_slugs
+from digest.models import MailingList, topic_choice, topic_choice_slugs
 from digest.store import readers as readers_store
 from digest.store import reports as reports_store
 from digest.store import topics as topics_store
@@ -50,9 +50,7 @@ def parse_choice(lst: ListConfig, given: str | Sequence[str] | None) -> str | No
     unknown = [s for s in slugs if s not in offered]
     if unknown:
         raise UsageError(f"list {lst.slug} has no topic {unknown[0]!r} (its topics: {', '.join(offered)})")
-    if set(slugs) == set(offered):
-        return None
-    return topic_choice_key(slugs)
+    return topic_choice(slugs, offered)
 
 
 async def match_articles(app: App, s: AsyncSession, article_ids: Sequence[int]) -> None:

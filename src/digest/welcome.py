@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from digest import bootstrap, messages, readers, rendering, schedule, views
-from digest.models import DeliveryKind, DeliveryStatus, MailingList, Subscriber, Subscription
+from digest.models import MailingList, Subscriber, Subscription
 from digest.store import compose as compose_store
 from digest.store import reports as reports_store
 
@@ -57,23 +57,14 @@ async def queue_welcome(
             sender_name=sender,
         ),
     )
-    return await compose_store.insert_delivery(
+    return await compose_store.insert_transactional(
         s,
-        {
-            "kind": DeliveryKind.TRANSACTIONAL,
-            "edition_id": None,
-            # Its token fills the preferences link: the page shows every list of the reader.
-            "subscription_id": first_sub.id,
-            "address": reader.email,
-            "priority": 0,
-            "status": DeliveryStatus.PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "message_id": messages.new_message_id(app.cfg.sender.domain),
-            "subject": rendered.subject,
-            "body_html": rendered.html,
-            "body_text": rendered.text,
-            "created_at": now,
-            "updated_at": now,
-        },
+        # Its token fills the preferences link: the page shows every list of the reader.
+        subscription_id=first_sub.id,
+        address=reader.email,
+        message_id=messages.new_message_id(app.cfg.sender.domain),
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        now=now,
     )

@@ -280,6 +280,42 @@ async def insert_delivery(session: AsyncSession, values: dict[str, Any]) -> int 
     return int(row[0]) if row else None
 
 
+async def insert_transactional(
+    session: AsyncSession,
+    *,
+    subscription_id: int,
+    address: str,
+    message_id: str,
+    subject: str,
+    html: str,
+    text: str,
+    now: datetime,
+) -> int:
+    """Queue one rendered transactional mail (confirmation, welcome) first in line; it carries its
+    own parts, and no dedupe key, so it is always inserted."""
+    new_id = await insert_delivery(
+        session,
+        {
+            "kind": DeliveryKind.TRANSACTIONAL,
+            "edition_id": None,
+            "subscription_id": subscription_id,
+            "address": address,
+            "priority": 0,
+            "status": DeliveryStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "message_id": message_id,
+            "subject": subject,
+            "body_html": html,
+            "body_text": text,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    assert new_id is not None  # no dedupe key to conflict on
+    return new_id
+
+
 async def set_next_due(session: AsyncSession, subscription_id: int, next_due: datetime | None) -> None:
     await session.execute(
         update(Subscription).where(Subscription.id == subscription_id).values(next_due_at=next_due)

@@ -21,12 +21,11 @@ from digest.web.deps import DigestApp, Now, Web, client_ip, user_agent, web_stat
 from digest.web.errors import content_type
 from digest.web.render import (
     FORM_TYPES,
-    TOKEN,
     WEEKDAYS,
     ZONES,
     csrf_ok,
-    inert,
     message,
+    not_a_reader,
     page,
     rate_limited,
     read_form,
@@ -41,10 +40,8 @@ router = APIRouter()
 @readable(router, "/u/{token}")
 async def unsubscribe_page(request: Request, token: str, app: DigestApp) -> HTMLResponse:
     """A page with one button; the GET itself changes nothing."""
-    if (shown := inert(request, token)) is not None:
+    if (shown := not_a_reader(request, token)) is not None:
         return shown
-    if not TOKEN.fullmatch(token):
-        return unknown(request)
     async with app.db.read() as s:
         sub = await readers_store.subscription_by_token(s, token)
         lst = await reports_store.list_by_id(s, sub.list_id) if sub else None
@@ -87,10 +84,8 @@ def unsubscribed_page(request: Request, token: str, name: str, *, one_click: boo
 @router.post("/u/{token}/resubscribe", response_class=HTMLResponse, tags=["pages"])
 async def resubscribe(request: Request, token: str, web: Web, now: Now) -> HTMLResponse:
     """Come back from the unsubscribe page: following the link from the digest proved the mailbox."""
-    if (shown := inert(request, token)) is not None:
+    if (shown := not_a_reader(request, token)) is not None:
         return shown
-    if not TOKEN.fullmatch(token):
-        return unknown(request)
     form = await read_form(request)
     if form is None or not csrf_ok(request, form):
         return message(
@@ -141,10 +136,8 @@ _RESUBSCRIBE_PAGES = {
 @router.post("/u/{token}", response_class=HTMLResponse, tags=["pages"])
 async def unsubscribe(request: Request, token: str, app: DigestApp, now: Now) -> HTMLResponse:
     """The page's button and RFC 8058 one-click: no cookie or CSRF token, 200, never a redirect."""
-    if (shown := inert(request, token)) is not None:
+    if (shown := not_a_reader(request, token)) is not None:
         return shown
-    if not TOKEN.fullmatch(token):
-        return unknown(request)
     body = await request.body()
     one_click = False
     if content_type(request) in FORM_TYPES:
@@ -221,19 +214,15 @@ async def preferences_page(
 @readable(router, "/p/{token}")
 async def preferences_show(request: Request, token: str, app: DigestApp) -> HTMLResponse:
     """Lists, cadence, weekday, send hour, time zone and name; or leave everything."""
-    if (shown := inert(request, token)) is not None:
+    if (shown := not_a_reader(request, token)) is not None:
         return shown
-    if not TOKEN.fullmatch(token):
-        return unknown(request)
     return await preferences_page(request, app, token)
 
 
 @router.post("/p/{token}", response_class=HTMLResponse, tags=["pages"])
 async def preferences_save(request: Request, token: str, web: Web, now: Now) -> Response:
-    if (shown := inert(request, token)) is not None:
+    if (shown := not_a_reader(request, token)) is not None:
         return shown
-    if not TOKEN.fullmatch(token):
-        return unknown(request)
     form = await read_form(request)
     reader = await preferences.reader_for_token(web.app, token)
     if reader is None:
@@ -301,10 +290,8 @@ def _saved_notes(outcome: preferences.PrefsOutcome) -> list[str]:
 
 @router.post("/p/{token}/leave", response_class=HTMLResponse, tags=["pages"])
 async def leave(request: Request, token: str, app: DigestApp, now: Now) -> HTMLResponse:
-    if (shown := inert(request, token)) is not None:
+    if (shown := not_a_reader(request, token)) is not None:
         return shown
-    if not TOKEN.fullmatch(token):
-        return unknown(request)
     base_url = web_state(request).base_url
     form = await read_form(request)
     if form is None or not csrf_ok(request, form):

@@ -106,8 +106,9 @@ def unknown(request: Request) -> HTMLResponse:
     )
 
 
-def inert(request: Request, token: str) -> HTMLResponse | None:
-    """The page for a token that stands in for a reader's (test sends, public copies), else None."""
+def not_a_reader(request: Request, token: str) -> HTMLResponse | None:
+    """The page for a token that names no reader: one that stands in for a reader's (test sends,
+    public copies) or is malformed. None for a token worth looking up."""
     if token == tokens.TEST_TOKEN:
         return message(request, "This was a test", "This link came from a test send, so it does nothing.")
     if token in _INERT:
@@ -117,7 +118,7 @@ def inert(request: Request, token: str) -> HTMLResponse | None:
             "This is the public copy of a digest; its links belong to no reader.",
             link={"url": f"{web_state(request).base_url}/subscribe", "text": "Subscribe"},
         )
-    return None
+    return None if TOKEN.fullmatch(token) else unknown(request)
 
 
 async def rate_limited(request: Request) -> Response | None:

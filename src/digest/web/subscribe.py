@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from digest import bootstrap, readers, signup, signup_form
+from digest import bootstrap, readers, signup, signup_form, topics
 from digest.schedule import describe_schedule
 from digest.store import sources as sources_store
 from digest.web import csrf
@@ -91,7 +91,7 @@ async def signup_lists(app: bootstrap.App, slug: str | None) -> list[dict[str, A
 
 def topic_choices(app: bootstrap.App, slug: str) -> list[dict[str, str]]:
     """The topics a list offers, as the pages show them (in the list's order)."""
-    cfg = next((c for c in app.cfg.lists if c.slug == slug), None)
+    cfg = topics.list_config(app, slug)
     return [
         {"slug": t.slug, "name": t.name, "description": t.description} for t in (cfg.topics if cfg else [])
     ]
